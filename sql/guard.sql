@@ -1,0 +1,42 @@
+-- The C++ / PostgreSQL error boundary: every kind of failure raised in C++ becomes a clean SQL
+-- error with its SQLSTATE; a PostgreSQL error raised under live C++ objects unwinds them (their
+-- destructors run); the backend keeps working afterwards.
+\set VERBOSITY default
+SELECT popularity._guard_selftest('none') AS live_after_success;
+SELECT popularity._guard_selftest('core_error');
+SELECT popularity._guard_selftest('std_exception');
+SELECT popularity._guard_selftest('bad_alloc');
+SELECT popularity._guard_selftest('unknown');
+SELECT popularity._guard_selftest('pg_error');
+SELECT popularity._guard_selftest('no such kind');
+
+-- The SQLSTATE of each.
+DO $$
+DECLARE
+    kind text;
+BEGIN
+    FOREACH kind IN ARRAY ARRAY['core_error', 'std_exception', 'bad_alloc', 'unknown', 'pg_error'] LOOP
+        BEGIN
+            PERFORM popularity._guard_selftest(kind);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE NOTICE '% -> %', kind, SQLSTATE;
+        END;
+    END LOOP;
+END $$;
+
+-- Nothing leaked: every C++ object created before the errors was destroyed.
+SELECT popularity._guard_live_objects() AS live_objects;
+-- The backend still works, in the same session, and inside a transaction after a savepoint.
+BEGIN;
+SAVEPOINT s;
+SELECT popularity._guard_selftest('pg_error');
+ROLLBACK TO s;
+SELECT standardized_popularity(150, 37.49999999999999) AS still_working;
+COMMIT;
+SELECT popularity._guard_live_objects() AS live_objects;
+-- Ordinary users cannot call the self-test.
+CREATE ROLE popularity_guard_user;
+SET ROLE popularity_guard_user;
+SELECT popularity._guard_selftest('none');
+RESET ROLE;
+DROP ROLE popularity_guard_user;

@@ -1,0 +1,92 @@
+#include "popularity.hpp"
+
+#include "error.hpp"
+#include "format.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <string>
+#include <system_error>
+
+namespace popularity::core {
+
+MetricValue classify_metric(double value) {
+    if (!std::isfinite(value) || value < 0.0) {
+        return MetricValue::invalid();
+    }
+    // -0.0 + 0.0 == +0.0 under round-to-nearest.
+    return {MetricStatus::ok, value + 0.0};
+}
+
+namespace {
+bool is_ascii_space(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+} // namespace
+
+MetricValue parse_metric_text(std::string_view text) {
+    while (!text.empty() && is_ascii_space(text.front())) {
+        text.remove_prefix(1);
+    }
+    while (!text.empty() && is_ascii_space(text.back())) {
+        text.remove_suffix(1);
+    }
+    bool negative = false;
+    if (!text.empty() && (text.front() == '+' || text.front() == '-')) {
+        negative = text.front() == '-';
+        text.remove_prefix(1);
+    }
+    // from_chars would accept "inf", "infinity" and "nan"; a metric value must be a decimal
+    // literal.
+    if (text.empty() ||
+        !(std::isdigit(static_cast<unsigned char>(text.front())) || text.front() == '.')) {
+        return MetricValue::invalid();
+    }
+    double value = 0.0;
+    const char *first = text.data();
+    const char *last = text.data() + text.size();
+    auto [ptr, ec] = std::from_chars(first, last, value, std::chars_format::general);
+    if (ec != std::errc() || ptr != last) {
+        return MetricValue::invalid(); // not a number, trailing garbage, overflow or underflow
+    }
+    return classify_metric(negative ? -value : value);
+}
+
+std::optional<double> standardized_popularity(double value, double constant) {
+    if (!std::isfinite(constant) || !(constant > 0.0)) {
+        throw Error(ErrorCode::invalid_parameter,
+                    "popularity constant must be a finite number greater than zero",
+                    "The constant given was " + format_double(constant) + ".",
+                    "Constants come from popularity_constant(); recompute the provider's "
+                    "constant instead of passing it by hand.");
+    }
+    if (!std::isfinite(value) || value < 0.0) {
+        return std::nullopt;
+    }
+    value += 0.0; // -0.0 becomes +0.0: a zero count scores 0.0, never -0.0
+    const double sum = value + constant;
+    if (std::isinf(sum)) {
+        // Only for values within a constant of DBL_MAX; the SQL expression would overflow here.
+        return 1.0 / (1.0 + constant / value);
+    }
+    return value / sum;
+}
+
+double popularity_constant(double percentile_value, double percentile) {
+    if (!(percentile > 0.0 && percentile < 1.0)) { // also rejects NaN
+        throw Error(ErrorCode::invalid_parameter, "percentile must be strictly between 0 and 1",
+                    "The percentile given was " + format_double(percentile) + ".",
+                    "Use a fraction such as 0.85 for the 85th percentile.");
+    }
+    if (!std::isfinite(percentile_value) || percentile_value < 0.0) {
+        throw Error(ErrorCode::invalid_parameter,
+                    "percentile value must be a finite number that is not negative",
+                    "The percentile value given was " + format_double(percentile_value) + ".",
+                    "Percentile values come from popularity_percentile() over "
+                    "popularity_metric_value(), which never yields such values.");
+    }
+    const double value = percentile_value == 0.0 ? 1.0 : percentile_value;
+    return ((1.0 - percentile) / percentile) * value;
+}
+
+} // namespace popularity::core

@@ -1,0 +1,25 @@
+// Reading a row's metric value straight out of a jsonb document.
+#pragma once
+
+#include "../core/popularity.hpp"
+
+#include "pg_includes.hpp"
+
+extern "C" {
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+}
+
+#include <cstddef>
+
+namespace popularity::pg {
+
+// Converts a numeric to the double `numeric::text::float8` would give, bit for bit. Integers and
+// decimals whose digits fit in 53 bits are converted exactly without text; other values go through
+// numeric_out and a correctly rounded parse (same result as float8in).
+core::MetricValue numeric_metric(Numeric num);
+
+// meta_data->>key read as double precision, never raising on data (see core::MetricStatus).
+core::MetricValue jsonb_metric(Jsonb *document, const char *key, std::size_t key_length);
+
+} // namespace popularity::pg

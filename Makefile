@@ -7,9 +7,13 @@ CORE_SRCS = $(wildcard src/core/*.cpp)
 PG_SRCS = $(wildcard src/pg/*.cpp) $(wildcard src/worker/*.cpp)
 OBJS = $(CORE_SRCS:.cpp=.o) $(PG_SRCS:.cpp=.o)
 
-DATA = $(wildcard sql/$(EXTENSION)--*.sql)
+# The extension script is assembled from ordered fragments (sql/install/NN_topic.sql), one per
+# concept, so that each feature keeps its SQL beside its own tests.
+INSTALL_FRAGMENTS = $(sort $(wildcard sql/install/*.sql))
+DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 
-REGRESS = core_functions metric_value percentile guard
+# Every sql/*.sql (except the assembled script) is a pg_regress test, run in name order.
+REGRESS = $(sort $(filter-out $(EXTENSION)--%,$(basename $(notdir $(wildcard sql/*.sql)))))
 REGRESS_OPTS = --load-extension=$(EXTENSION)
 
 # C++17; warnings are errors with WERROR=1 (CI). -Wno-register: PostgreSQL 15 headers use the
@@ -28,6 +32,11 @@ override with_llvm = no
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_FRAGMENTS)
+	{ echo '-- popularity extension, version $(EXTVERSION) (assembled from sql/install/)'; \
+	  echo '\\echo Use "CREATE EXTENSION popularity" to load this file. \\quit'; \
+	  for f in $^; do echo; echo "-- $$f"; cat "$$f"; done; } > $@
 
 # PostgreSQL's CXXFLAGS are tuned for its own C++ (LLVM JIT); ours are set above.
 $(OBJS): CXXFLAGS := -O2 -g $(PG_CXXFLAGS)

@@ -1,14 +1,3 @@
--- popularity extension, version 0.1.0
-\echo Use "CREATE EXTENSION popularity" to load this file. \quit
-
--- State, configuration and internal routines live in a schema of their own. Public routines are
--- created in the extension's schema (public by default), so they can be called unqualified.
-CREATE SCHEMA popularity;
-COMMENT ON SCHEMA popularity IS
-    'State, configuration and internal routines of the popularity extension';
--- Everyone may look up objects in the schema; each object carries its own privileges.
-GRANT USAGE ON SCHEMA popularity TO PUBLIC;
-
 -- Scores -------------------------------------------------------------------------------------------
 
 CREATE FUNCTION @extschema@.standardized_popularity(value double precision, constant double precision)
@@ -87,23 +76,3 @@ COMMENT ON AGGREGATE @extschema@.popularity_percentile(double precision, double 
     'percentile_disc(percentile) WITHIN GROUP (ORDER BY value), computed by linear-time selection: '
     'the k-th smallest non-null value with k = max(1, ceil(percentile * n)); NULL when there is no '
     'value; parallel safe';
-
--- Error-boundary self-test (used by the regression suite) -----------------------------------------
-
-CREATE FUNCTION popularity._guard_selftest(kind text)
-RETURNS integer
-AS 'MODULE_PATHNAME', 'popularity_guard_selftest'
-LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION popularity._guard_selftest(text) IS
-    'Raises an error of the given kind from C++ (none, core_error, std_exception, bad_alloc, unknown, '
-    'pg_error) to test the C++/PostgreSQL error boundary; returns the tracked C++ objects left alive';
-
-CREATE FUNCTION popularity._guard_live_objects()
-RETURNS integer
-AS 'MODULE_PATHNAME', 'popularity_guard_live_objects'
-LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION popularity._guard_live_objects() IS
-    'Number of self-test C++ objects alive in this backend (0 unless an error skipped a destructor)';
-
-REVOKE ALL ON FUNCTION popularity._guard_selftest(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION popularity._guard_live_objects() FROM PUBLIC;

@@ -5,7 +5,8 @@
 # The server runs as the `postgres` user (PostgreSQL refuses root) in a fresh directory, listening
 # only on a Unix socket in that directory and on a free loopback port.
 
-PG_BIN=${PG_BIN:-$(pg_config --bindir)}
+PG_CONFIG=${PG_CONFIG:-pg_config}
+PG_BIN=${PG_BIN:-$("$PG_CONFIG" --bindir)}
 
 _as_postgres() {
     if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi

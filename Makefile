@@ -40,4 +40,6 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_FRAGMENTS)
 
 # PostgreSQL's CXXFLAGS are tuned for its own C++ (LLVM JIT); ours are set above.
 $(OBJS): CXXFLAGS := -O2 -g $(PG_CXXFLAGS)
+# The core sees no PostgreSQL include directory at all (see src/core/no_postgres.hpp).
+$(CORE_SRCS:.cpp=.o): override CPPFLAGS := -DPOPULARITY_CORE_BUILD -D_GNU_SOURCE
 $(OBJS): $(wildcard src/core/*.hpp src/pg/*.hpp src/worker/*.hpp)

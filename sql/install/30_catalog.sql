@@ -1,0 +1,288 @@
+-- Catalog integration: metrics and constants per (media type, provider), registration of media
+-- tables, constant recomputation, and the ingestion trigger that scores rows as they are stored.
+
+CREATE TABLE popularity.metrics (
+    media_type text NOT NULL REFERENCES popularity.media_types (media_type) ON DELETE CASCADE,
+    provider text NOT NULL CONSTRAINT provider_not_empty CHECK (provider <> ''),
+    metric text NOT NULL CONSTRAINT metric_not_empty CHECK (metric <> ''),
+    percentile double precision NOT NULL DEFAULT 0.85
+        CONSTRAINT percentile_in_range CHECK (percentile > 0 AND percentile < 1),
+    val double precision
+        CONSTRAINT val_usable CHECK (val >= 0 AND val < 'Infinity'),
+    constant double precision
+        CONSTRAINT constant_usable CHECK (constant > 0 AND constant < 'Infinity'),
+    computed_at timestamptz,
+    constant_changed_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (media_type, provider)
+);
+COMMENT ON TABLE popularity.metrics IS
+    'Per (media type, provider): the meta_data key scored, the percentile, the percentile value (val) and the constant';
+COMMENT ON COLUMN popularity.metrics.val IS
+    'The percentile value of the provider''s metric values, with 0 replaced by 1; NULL until computed';
+COMMENT ON COLUMN popularity.metrics.constant IS
+    '((1 - percentile) / percentile) * val; NULL until computed (rows then score NULL)';
+COMMENT ON COLUMN popularity.metrics.computed_at IS 'When refresh_constants last wrote val and constant';
+COMMENT ON COLUMN popularity.metrics.constant_changed_at IS 'When the constant last changed value';
+SELECT pg_catalog.pg_extension_config_dump('popularity.metrics', '');
+GRANT SELECT ON popularity.metrics TO PUBLIC;
+
+-- Every committed change to the metrics makes every backend reload its constants before its next row.
+CREATE FUNCTION popularity._config_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'popularity_config_changed'
+LANGUAGE C;
+COMMENT ON FUNCTION popularity._config_changed() IS
+    'Statement trigger on configuration tables: backends reload the named cache after the transaction commits';
+CREATE TRIGGER metrics_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.metrics
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
+
+CREATE TABLE popularity.default_metrics (
+    media_type text NOT NULL,
+    provider text NOT NULL,
+    metric text NOT NULL,
+    percentile double precision NOT NULL DEFAULT 0.85,
+    PRIMARY KEY (media_type, provider)
+);
+COMMENT ON TABLE popularity.default_metrics IS
+    'The Openverse default metrics, installed by register_media_type(..., default_metrics => true)';
+INSERT INTO popularity.default_metrics (media_type, provider, metric) VALUES
+    ('image', 'flickr', 'views'),
+    ('image', 'nappy', 'downloads'),
+    ('image', 'rawpixel', 'download_count'),
+    ('image', 'stocksnap', 'downloads_raw'),
+    ('image', 'wikimedia', 'global_usage_count'),
+    ('audio', 'jamendo', 'listens'),
+    ('audio', 'wikimedia_audio', 'global_usage_count'),
+    ('audio', 'freesound', 'num_downloads'),
+    ('audio', 'ccmixter', 'upload_num_scores');
+GRANT SELECT ON popularity.default_metrics TO PUBLIC;
+
+CREATE FUNCTION popularity._score_trigger()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'popularity_score_trigger'
+LANGUAGE C;
+COMMENT ON FUNCTION popularity._score_trigger() IS
+    'Ingestion trigger (BEFORE INSERT OR UPDATE OF provider, meta_data, FOR EACH ROW): sets standardized_popularity from the row as stored';
+
+-- Raises 42704 unless the media type is registered; returns its table.
+CREATE FUNCTION popularity._media_table(media_type text)
+RETURNS regclass
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result regclass;
+BEGIN
+    SELECT m.media_table INTO result FROM popularity.media_types AS m WHERE m.media_type = $1;
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'media type "%" is not registered', $1
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Register it with popularity.register_media_type(media_type, media_table).';
+    END IF;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION popularity._media_table(text) IS
+    'The table of a registered media type; raises 42704 for an unknown one';
+
+CREATE FUNCTION popularity.register_media_type(
+    media_type text, media_table regclass, default_metrics boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    required record;
+    found_type regtype;
+    existing regclass;
+    trigger_columns text := 'provider, meta_data';
+BEGIN
+    IF media_type IS NULL OR media_type = '' THEN
+        RAISE EXCEPTION 'media type must be a non-empty name'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a name such as ''image'' or ''audio''.';
+    END IF;
+    IF media_table IS NULL THEN
+        RAISE EXCEPTION 'media table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = media_table) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '"%" is not a table', media_table
+            USING ERRCODE = 'wrong_object_type', HINT = 'Register an ordinary or partitioned table.';
+    END IF;
+    -- The columns scoring reads, with the types it reads them as.
+    FOR required IN
+        SELECT * FROM (VALUES ('provider', ARRAY['text', 'character varying']::regtype[]),
+                              ('meta_data', ARRAY['jsonb']::regtype[]),
+                              ('updated_on', ARRAY['timestamp with time zone']::regtype[])) AS r(name, types)
+    LOOP
+        SELECT a.atttypid::regtype INTO found_type FROM pg_attribute AS a
+        WHERE a.attrelid = media_table AND a.attname = required.name AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'table % has no column "%"', media_table, required.name
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'A media table needs provider (text or varchar), meta_data (jsonb) and updated_on (timestamptz).';
+        ELSIF NOT found_type = ANY (required.types) THEN
+            RAISE EXCEPTION 'column "%" of table % has type %, expected %', required.name, media_table,
+                found_type, array_to_string(required.types, ' or ')
+                USING ERRCODE = 'datatype_mismatch';
+        END IF;
+    END LOOP;
+    SELECT a.atttypid::regtype INTO found_type FROM pg_attribute AS a
+    WHERE a.attrelid = media_table AND a.attname = 'standardized_popularity' AND a.attnum > 0
+      AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN standardized_popularity double precision', media_table);
+    ELSIF found_type <> 'double precision'::regtype THEN
+        RAISE EXCEPTION 'column "standardized_popularity" of table % has type %, expected double precision',
+            media_table, found_type
+            USING ERRCODE = 'datatype_mismatch';
+    END IF;
+    IF EXISTS (SELECT FROM pg_attribute AS a WHERE a.attrelid = media_table AND a.attname = 'tags'
+                                              AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        trigger_columns := trigger_columns || ', tags';
+    END IF;
+
+    -- The registry: one table per media type and one media type per table.
+    SELECT m.media_table INTO existing FROM popularity.media_types AS m WHERE m.media_type = $1;
+    IF existing IS NOT NULL AND existing <> $2 THEN
+        RAISE EXCEPTION 'media type "%" is already registered for table %', $1, existing
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Call popularity.unregister_media_type() first to move it to another table.';
+    END IF;
+    IF EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_table = $2 AND m.media_type <> $1) THEN
+        RAISE EXCEPTION 'table % is already registered as media type "%"', $2,
+            (SELECT m.media_type FROM popularity.media_types AS m WHERE m.media_table = $2)
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    INSERT INTO popularity.media_types AS m (media_type, media_table) VALUES ($1, $2)
+    ON CONFLICT ON CONSTRAINT media_types_pkey DO NOTHING;
+
+    -- The ingestion trigger; named to fire after the table's own BEFORE triggers (they fire in
+    -- name order), so it scores the row exactly as it will be stored.
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_score BEFORE INSERT OR UPDATE OF %s ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION popularity._score_trigger(%L)',
+                   trigger_columns, media_table, media_type);
+
+    IF default_metrics THEN
+        INSERT INTO popularity.metrics AS m (media_type, provider, metric, percentile)
+        SELECT d.media_type, d.provider, d.metric, d.percentile
+        FROM popularity.default_metrics AS d WHERE d.media_type = $1
+        ON CONFLICT ON CONSTRAINT metrics_pkey DO NOTHING;
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity.register_media_type(text, regclass, boolean) IS
+    'Registers a media table: checks its columns, adds standardized_popularity if absent, installs the '
+    'ingestion trigger, and (default_metrics) the Openverse default metrics. Idempotent.';
+
+CREATE FUNCTION popularity.unregister_media_type(media_type text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl regclass := popularity._media_table(media_type);
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS zz_popularity_score ON %s', tbl);
+    DELETE FROM popularity.media_types AS m WHERE m.media_type = $1; -- metrics go with it (cascade)
+END $$;
+COMMENT ON FUNCTION popularity.unregister_media_type(text) IS
+    'Removes a media type''s trigger, registration and metrics; the table and its data (including '
+    'standardized_popularity) are left alone';
+
+CREATE FUNCTION popularity.set_metric(
+    media_type text, provider text, metric text, percentile double precision DEFAULT 0.85)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM popularity._media_table(media_type);
+    IF provider IS NULL OR provider = '' OR metric IS NULL OR metric = '' THEN
+        RAISE EXCEPTION 'provider and metric must be non-empty names'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The metric is the key of meta_data holding the provider''s count, e.g. ''views''.';
+    END IF;
+    IF percentile IS NULL OR NOT (percentile > 0 AND percentile < 1) THEN
+        RAISE EXCEPTION 'percentile must be strictly between 0 and 1'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The percentile given was %s.', percentile),
+                  HINT = 'Use a fraction such as 0.85 for the 85th percentile.';
+    END IF;
+    -- Never resets val/constant: rows keep scoring with the current constant until
+    -- refresh_constants() computes the new one.
+    INSERT INTO popularity.metrics AS m (media_type, provider, metric, percentile)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT ON CONSTRAINT metrics_pkey DO UPDATE
+        SET metric = excluded.metric, percentile = excluded.percentile
+        WHERE (m.metric, m.percentile) IS DISTINCT FROM (excluded.metric, excluded.percentile);
+END $$;
+COMMENT ON FUNCTION popularity.set_metric(text, text, text, double precision) IS
+    'Sets the metric and percentile of a provider (keeps its current constant until refresh_constants)';
+
+CREATE FUNCTION popularity.refresh_constants(media_type text, providers text[] DEFAULT NULL)
+RETURNS TABLE (provider text, metric text, percentile double precision, old_val double precision,
+               new_val double precision, old_constant double precision, new_constant double precision,
+               changed boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl regclass := popularity._media_table(media_type);
+    m record;
+    pv double precision;
+    changed_providers text[] := '{}';
+BEGIN
+    IF providers IS NOT NULL AND EXISTS (
+            SELECT FROM unnest(providers) AS p
+            WHERE NOT EXISTS (SELECT FROM popularity.metrics AS x WHERE x.media_type = $1 AND x.provider = p)) THEN
+        RAISE EXCEPTION 'provider % has no metric for media type "%"',
+            (SELECT string_agg(quote_literal(p), ', ') FROM unnest(providers) AS p
+             WHERE NOT EXISTS (SELECT FROM popularity.metrics AS x WHERE x.media_type = $1 AND x.provider = p)),
+            $1
+            USING ERRCODE = 'undefined_object', HINT = 'Configure it with popularity.set_metric().';
+    END IF;
+    -- Lock the providers' rows first (in key order, so concurrent refreshes cannot deadlock): a
+    -- concurrent refresh of the same providers waits instead of computing twice.
+    FOR m IN
+        SELECT x.provider, x.metric, x.percentile, x.val, x.constant FROM popularity.metrics AS x
+        WHERE x.media_type = $1 AND (providers IS NULL OR x.provider = ANY (providers))
+        ORDER BY x.provider
+        FOR UPDATE
+    LOOP
+        -- One provider at a time, so only one provider's values are held in memory.
+        EXECUTE format('SELECT @extschema@.popularity_percentile(@extschema@.popularity_metric_value(t.meta_data, $1), $2) '
+                       'FROM %s AS t WHERE t.provider = $3', tbl)
+            INTO pv USING m.metric, m.percentile, m.provider;
+        provider := m.provider;
+        metric := m.metric;
+        percentile := m.percentile;
+        old_val := m.val;
+        old_constant := m.constant;
+        IF pv IS NULL THEN
+            -- No values: keep the previous val and constant.
+            new_val := m.val;
+            new_constant := m.constant;
+        ELSE
+            new_val := CASE WHEN pv = 0 THEN 1 ELSE pv END;
+            new_constant := @extschema@.popularity_constant(pv, m.percentile);
+        END IF;
+        changed := (new_val, new_constant) IS DISTINCT FROM (m.val, m.constant);
+        IF changed THEN
+            UPDATE popularity.metrics AS x
+            SET val = new_val, constant = new_constant, computed_at = now(),
+                constant_changed_at = CASE WHEN x.constant IS DISTINCT FROM new_constant
+                                           THEN now() ELSE x.constant_changed_at END
+            WHERE x.media_type = $1 AND x.provider = m.provider;
+            changed_providers := changed_providers || m.provider;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    IF cardinality(changed_providers) > 0 THEN
+        PERFORM pg_notify('popularity', json_build_object(
+            'event', 'constants_changed', 'media_type', $1, 'providers', changed_providers)::text);
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity.refresh_constants(text, text[]) IS
+    'Recomputes the percentile value and constant of each provider (all, or the given ones) exactly '
+    '(popularity_percentile); writes a provider''s row only when it changed; keeps the old constant '
+    'when a provider has no values; returns old and new values per provider and NOTIFYs popularity';

@@ -1,0 +1,249 @@
+// The ingestion trigger: computes standardized_popularity for every inserted row and every row
+// whose provider or meta_data is updated, from the row as stored (so an upsert's merged meta_data
+// is what is scored), with the constants of popularity.metrics cached per backend.
+#include "../core/constants_table.hpp"
+#include "../core/popularity.hpp"
+
+#include "guard.hpp"
+#include "metric_jsonb.hpp"
+#include "settings.hpp"
+#include "shared_state.hpp"
+
+extern "C" {
+#include "access/htup_details.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+}
+
+#include <cstring>
+#include <string_view>
+
+using namespace popularity;
+
+namespace {
+
+core::ConstantsTable constants; // this backend's copy of popularity.metrics
+
+struct ConstantRow {
+    char *media_type;
+    char *provider;
+    char *metric;
+    double constant;
+    bool has_constant;
+};
+
+// Reads popularity.metrics with the latest snapshot into `context`. Plain C data only: it runs
+// SPI, which may raise, so it is called through pg_call.
+int fetch_constant_rows(MemoryContext context, ConstantRow **rows_out) {
+    if (SPI_connect() != SPI_OK_CONNECT) {
+        elog(ERROR, "SPI_connect failed");
+    }
+    SPIPlanPtr plan = SPI_prepare(
+        "SELECT media_type, provider, metric, constant FROM popularity.metrics", 0, nullptr);
+    if (plan == nullptr) {
+        elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+    }
+    // The latest snapshot, not the statement's: a version bump we observed is then always
+    // matched by the committed data it announces.
+    int rc = SPI_execute_snapshot(plan, nullptr, nullptr, GetLatestSnapshot(), InvalidSnapshot,
+                                  true, false, 0);
+    if (rc != SPI_OK_SELECT) {
+        elog(ERROR, "reading popularity.metrics failed: %s", SPI_result_code_string(rc));
+    }
+    const int n = static_cast<int>(SPI_processed);
+    auto *rows = static_cast<ConstantRow *>(
+        MemoryContextAllocZero(context, sizeof(ConstantRow) * static_cast<Size>(n > 0 ? n : 1)));
+    for (int i = 0; i < n; ++i) {
+        HeapTuple tuple = SPI_tuptable->vals[i];
+        TupleDesc desc = SPI_tuptable->tupdesc;
+        rows[i].media_type = MemoryContextStrdup(context, SPI_getvalue(tuple, desc, 1));
+        rows[i].provider = MemoryContextStrdup(context, SPI_getvalue(tuple, desc, 2));
+        rows[i].metric = MemoryContextStrdup(context, SPI_getvalue(tuple, desc, 3));
+        bool isnull = false;
+        Datum constant = SPI_getbinval(tuple, desc, 4, &isnull);
+        rows[i].has_constant = !isnull;
+        rows[i].constant = isnull ? 0.0 : DatumGetFloat8(constant);
+    }
+    SPI_finish();
+    *rows_out = rows;
+    return n;
+}
+
+void refresh_constants_cache() {
+    const std::uint64_t version = pg::config_version(pg::ConfigKind::constants);
+    if (constants.loaded && constants.loaded_version == version) {
+        return;
+    }
+    MemoryContext context =
+        AllocSetContextCreate(CurrentMemoryContext, "popularity constants", ALLOCSET_SMALL_SIZES);
+    ConstantRow *rows = nullptr;
+    const int n = pg::pg_call([&] { return fetch_constant_rows(context, &rows); });
+    try {
+        constants.clear();
+        for (int i = 0; i < n; ++i) {
+            constants.add(rows[i].media_type, rows[i].provider, rows[i].metric,
+                          rows[i].has_constant ? std::optional<double>(rows[i].constant)
+                                               : std::nullopt);
+        }
+        constants.loaded_version = version;
+        constants.loaded = true;
+    } catch (...) {
+        constants.clear();
+        MemoryContextDelete(context);
+        throw;
+    }
+    MemoryContextDelete(context);
+}
+
+// Column positions in the media table, remembered for the relation's current tuple descriptor.
+struct Columns {
+    Oid relid = InvalidOid;
+    TupleDesc desc = nullptr;
+    int natts = 0;
+    int provider = 0;
+    int meta_data = 0;
+    int score = 0;
+};
+Columns columns;
+
+int column_number(Relation rel, const char *name, Oid expected_type) {
+    const int attnum = SPI_fnumber(RelationGetDescr(rel), name);
+    if (attnum <= 0) {
+        throw pg::SqlError(
+            ERRCODE_UNDEFINED_COLUMN,
+            pg::strprintf("table \"%s\" has no column \"%s\"", RelationGetRelationName(rel), name),
+            {}, "Register the media type again with popularity.register_media_type().");
+    }
+    if (expected_type != InvalidOid &&
+        TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid != expected_type) {
+        throw pg::SqlError(ERRCODE_DATATYPE_MISMATCH,
+                           pg::strprintf("column \"%s\" of table \"%s\" has the wrong type", name,
+                                         RelationGetRelationName(rel)),
+                           {},
+                           "Register the media type again with popularity.register_media_type().");
+    }
+    return attnum;
+}
+
+const Columns &columns_of(Relation rel) {
+    TupleDesc desc = RelationGetDescr(rel);
+    if (columns.relid != RelationGetRelid(rel) || columns.desc != desc ||
+        columns.natts != desc->natts) {
+        columns.relid = InvalidOid; // stays invalid if a lookup below throws
+        const int provider = column_number(rel, "provider", InvalidOid);
+        const int meta_data = column_number(rel, "meta_data", JSONBOID);
+        const int score = column_number(rel, "standardized_popularity", FLOAT8OID);
+        columns = Columns{RelationGetRelid(rel), desc, desc->natts, provider, meta_data, score};
+    }
+    return columns;
+}
+
+std::string_view text_view(Datum datum) {
+    text *value = DatumGetTextPP(datum);
+    return std::string_view(VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value));
+}
+
+} // namespace
+
+// popularity._score_trigger(media_type): BEFORE INSERT OR UPDATE OF provider, meta_data, FOR EACH
+// ROW.
+POPULARITY_FUNCTION(popularity_score_trigger) {
+    if (!CALLED_AS_TRIGGER(fcinfo)) {
+        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                           "popularity._score_trigger() must be called as a trigger");
+    }
+    auto *trigger_data = reinterpret_cast<TriggerData *>(fcinfo->context);
+    const TriggerEvent event = trigger_data->tg_event;
+    if (!TRIGGER_FIRED_BEFORE(event) || !TRIGGER_FIRED_FOR_ROW(event) ||
+        !(TRIGGER_FIRED_BY_INSERT(event) || TRIGGER_FIRED_BY_UPDATE(event))) {
+        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                           "popularity._score_trigger() must be fired BEFORE INSERT OR UPDATE "
+                           "FOR EACH ROW");
+    }
+    if (trigger_data->tg_trigger->tgnargs != 1) {
+        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                           "popularity._score_trigger() needs the media type as its argument", {},
+                           "Register the table with popularity.register_media_type().");
+    }
+    pg::require_shared_state("the popularity ingestion trigger");
+    const std::string_view media_type(trigger_data->tg_trigger->tgargs[0]);
+    HeapTuple tuple =
+        TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple : trigger_data->tg_newtuple;
+    Relation rel = trigger_data->tg_relation;
+    const Columns &cols = columns_of(rel);
+    TupleDesc desc = cols.desc;
+    refresh_constants_cache();
+
+    bool provider_null = false;
+    bool meta_null = false;
+    bool old_score_null = false;
+    const Datum provider_datum = heap_getattr(tuple, cols.provider, desc, &provider_null);
+    const Datum meta_datum = heap_getattr(tuple, cols.meta_data, desc, &meta_null);
+    const Datum old_score = heap_getattr(tuple, cols.score, desc, &old_score_null);
+
+    std::optional<double> score;
+    if (!provider_null && !meta_null) {
+        const std::string_view provider = text_view(provider_datum);
+        const core::ProviderMetric *metric = constants.find(media_type, provider);
+        if (metric != nullptr && metric->constant) {
+            Jsonb *document = DatumGetJsonbP(meta_datum);
+            const core::MetricValue value =
+                pg::jsonb_metric(document, metric->metric.data(), metric->metric.size());
+            if (value.ok()) {
+                score = core::standardized_popularity(value.value, *metric->constant);
+            } else if (value.status == core::MetricStatus::invalid && pg::strict_metrics) {
+                throw pg::SqlError(
+                    ERRCODE_INVALID_TEXT_REPRESENTATION,
+                    pg::strprintf("invalid value for metric \"%s\" of provider \"%.*s\"",
+                                  metric->metric.c_str(), static_cast<int>(provider.size()),
+                                  provider.data()),
+                    "The value is not a finite, non-negative number.",
+                    "Fix the row's meta_data, or set popularity.strict_metrics = off to score "
+                    "such rows NULL.");
+            }
+            if (reinterpret_cast<Pointer>(document) != DatumGetPointer(meta_datum)) {
+                pfree(document);
+            }
+        }
+    }
+
+    // Leave the row alone when the stored score is already right (bit for bit).
+    if (!score) {
+        if (old_score_null) {
+            return PointerGetDatum(tuple);
+        }
+    } else if (!old_score_null) {
+        const double old_value = DatumGetFloat8(old_score);
+        if (std::memcmp(&old_value, &*score, sizeof(double)) == 0) {
+            return PointerGetDatum(tuple);
+        }
+    }
+    int attnum = cols.score;
+    Datum value = score ? Float8GetDatum(*score) : Datum(0);
+    bool isnull = !score;
+    return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1, &attnum, &value, &isnull));
+}
+
+// popularity._config_changed(kind): AFTER ... FOR EACH STATEMENT on a configuration table; makes
+// every backend reload its cache of that configuration after this transaction commits.
+POPULARITY_FUNCTION(popularity_config_changed) {
+    if (!CALLED_AS_TRIGGER(fcinfo)) {
+        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                           "popularity._config_changed() must be called as a trigger");
+    }
+    auto *trigger_data = reinterpret_cast<TriggerData *>(fcinfo->context);
+    const Trigger *trigger = trigger_data->tg_trigger;
+    const std::string_view kind = trigger->tgnargs == 1 ? trigger->tgargs[0] : "";
+    if (kind == "constants") {
+        pg::bump_config_version_at_commit(pg::ConfigKind::constants);
+    } else if (kind == "tag_rules") {
+        pg::bump_config_version_at_commit(pg::ConfigKind::tag_rules);
+    } else {
+        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                           "popularity._config_changed() needs 'constants' or 'tag_rules' as "
+                           "its argument");
+    }
+    return PointerGetDatum(nullptr);
+}

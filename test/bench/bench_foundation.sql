@@ -1,0 +1,96 @@
+-- Issue 2 (foundation) benchmark: percentile and score functions against the Openverse SQL.
+-- Needs the catalog from gen_catalog.sql (tables image, metrics), the extensions popularity and
+-- pg_prewarm, and bench_lib.sql. Variables: reps (timed pairs per measurement), pairs (rows of the
+-- float8 pair table for the score measurement).
+--   psql -v reps=5 -v pairs=10000000 -f bench_lib.sql -f bench_foundation.sql
+\set ON_ERROR_STOP on
+SET client_min_messages = notice;
+-- Single-core work on both sides: ratios compare the functions, not the number of workers.
+SET max_parallel_workers_per_gather = 0;
+SET jit = off;
+SELECT (:'reps')::integer AS bench_reps, (:'pairs')::bigint AS bench_pairs,
+       (:'reps')::integer >= 1 AND (:'pairs')::bigint >= 1 AS bench_args_ok
+\gset
+\if :bench_args_ok
+\else
+DO $$ BEGIN RAISE EXCEPTION 'bench_foundation.sql: need reps >= 1 and pairs >= 1'; END $$;
+\endif
+
+-- Score input: (value, constant) pairs, values skewed like counts (10% zeros), constants from the
+-- reference page's vectors. Both sides of the score measurement scan this same table.
+DROP TABLE IF EXISTS bench_pairs;
+SELECT setseed(0.17) AS bench_setseed \gset
+CREATE TABLE bench_pairs AS
+SELECT CASE WHEN random() < 0.1 THEN 0 ELSE floor(exp(random() * 14)) END::double precision AS v,
+       (ARRAY[0.17647058823529416, 37.49999999999999, 12.499999999999996, 50.0,
+              0.24999999999999994])[1 + g % 5]::double precision AS c
+FROM generate_series(1, :bench_pairs) AS g;
+VACUUM (FREEZE, ANALYZE) bench_pairs;
+
+-- The Openverse way for all providers: one percentile_disc query per provider, each with the
+-- metric key and provider as literals (as Openverse's SQL function formats them).
+CREATE OR REPLACE FUNCTION bench_openverse_percentiles() RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+    v double precision;
+    result text := '';
+BEGIN
+    FOR m IN SELECT provider, metric, percentile FROM metrics ORDER BY provider LOOP
+        EXECUTE format('SELECT percentile_disc(%s) WITHIN GROUP (ORDER BY (meta_data->>%L)::float) '
+                       'FROM image WHERE provider = %L', m.percentile, m.metric, m.provider) INTO v;
+        result := result || CASE WHEN result = '' THEN '' ELSE ',' END || m.provider || '=' || v;
+    END LOOP;
+    RETURN result;
+END $$;
+
+-- Measurements. Ratio = ours ms / baseline ms (lower is better); target met when the median
+-- per-pair ratio is within max_ratio.
+INSERT INTO bench_measurement (measurement, ours, baseline, max_ratio, target)
+SELECT 'percentile ' || provider,
+       format('SELECT popularity_percentile(popularity_metric_value(meta_data, %L), %s) '
+              'FROM image WHERE provider = %L', metric, percentile, provider),
+       format('SELECT percentile_disc(%s) WITHIN GROUP (ORDER BY (meta_data->>%L)::float) '
+              'FROM image WHERE provider = %L', percentile, metric, provider),
+       0.5, '>= 2x faster'
+FROM metrics
+ORDER BY (SELECT count(*) FROM image AS i WHERE i.provider = metrics.provider) DESC, provider;
+
+INSERT INTO bench_measurement (measurement, ours, baseline, max_ratio, target) VALUES
+('percentile all, GROUP BY vs per-provider queries',
+ $q$SELECT string_agg(provider || '=' || v, ',' ORDER BY provider) FROM (
+        SELECT m.provider, popularity_percentile(popularity_metric_value(i.meta_data, m.metric), m.percentile) AS v
+        FROM image AS i JOIN metrics AS m ON m.provider = i.provider
+        GROUP BY m.provider) AS s$q$,
+ 'SELECT bench_openverse_percentiles()',
+ 0.5, '>= 2x faster'),
+('percentile all, GROUP BY vs GROUP BY (info)',
+ $q$SELECT string_agg(provider || '=' || v, ',' ORDER BY provider) FROM (
+        SELECT m.provider, popularity_percentile(popularity_metric_value(i.meta_data, m.metric), m.percentile) AS v
+        FROM image AS i JOIN metrics AS m ON m.provider = i.provider
+        GROUP BY m.provider) AS s$q$,
+ $q$SELECT string_agg(provider || '=' || v, ',' ORDER BY provider) FROM (
+        SELECT m.provider, percentile_disc(m.percentile) WITHIN GROUP (ORDER BY (i.meta_data->>m.metric)::float) AS v
+        FROM image AS i JOIN metrics AS m ON m.provider = i.provider
+        GROUP BY m.provider) AS s$q$,
+ NULL, '- (info)'),
+('metric extraction flickr, sum (info)',
+ $q$SELECT sum(popularity_metric_value(meta_data, 'views')) FROM image WHERE provider = 'flickr'$q$,
+ $q$SELECT sum((meta_data->>'views')::float) FROM image WHERE provider = 'flickr'$q$,
+ NULL, '- (info)'),
+(format('score sum over %s pairs', :bench_pairs),
+ 'SELECT sum(standardized_popularity(v, c)) FROM bench_pairs',
+ 'SELECT sum(v / (v + c)) FROM bench_pairs',
+ 1.15, 'within 1.15x');
+
+-- Cache: both tables in shared buffers (the cluster is sized for them), then each query runs once
+-- untimed in bench_run before its timed pairs.
+SELECT pg_prewarm('image') AS image_pages, pg_prewarm('bench_pairs') AS pair_pages
+\gset
+
+SELECT ord, measurement FROM bench_measurement ORDER BY ord \gset bench_m_
+DO $$
+BEGIN
+    RAISE NOTICE 'timing % measurements, % pairs each (ours then baseline)',
+        (SELECT count(*) FROM bench_measurement), current_setting('bench.reps');
+END $$;

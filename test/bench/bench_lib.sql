@@ -1,0 +1,79 @@
+-- Timing helpers shared by the benchmarks: in-server timing with clock_timestamp(), so connection
+-- start-up and client round trips are never measured; ours and the baseline interleaved, pair by pair.
+\set ON_ERROR_STOP on
+SET client_min_messages = warning;
+
+-- One row per measurement (what is compared, and the target), one row per timed run.
+DROP TABLE IF EXISTS bench_measurement, bench_sample CASCADE;
+CREATE TABLE bench_measurement (
+    ord serial PRIMARY KEY,
+    measurement text NOT NULL UNIQUE,
+    ours text NOT NULL,            -- the query using the extension
+    baseline text NOT NULL,        -- the Openverse-style (or plain SQL) query
+    max_ratio double precision,    -- target: median(ours ms / baseline ms) <= max_ratio; NULL: none
+    target text NOT NULL DEFAULT '-'
+);
+CREATE TABLE bench_sample (
+    measurement text NOT NULL,
+    rep integer NOT NULL,
+    side text NOT NULL CHECK (side IN ('ours', 'baseline')),
+    ms double precision NOT NULL,
+    value text,                    -- the query's single result, as text (float8: shortest exact form)
+    PRIMARY KEY (measurement, rep, side)
+);
+
+-- Runs one query that returns one value; returns the elapsed milliseconds (planning and execution
+-- in this backend, nothing else) and the value as text. float8 values print in their shortest form
+-- that reads back bit-identically, so equal text means bit-identical float8.
+CREATE OR REPLACE FUNCTION bench_time(query text, OUT ms double precision, OUT value text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    started timestamptz;
+BEGIN
+    started := clock_timestamp();
+    EXECUTE query INTO value;
+    ms := 1000 * extract(epoch FROM clock_timestamp() - started);
+END $$;
+
+-- Warms up (one untimed run of each side), then times ours and the baseline alternately, reps
+-- times (ours, baseline, ours, baseline, ...), committing each pair.
+CREATE OR REPLACE PROCEDURE bench_run(name text, reps integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    m bench_measurement;
+    a record;
+    b record;
+BEGIN
+    SELECT * INTO STRICT m FROM bench_measurement WHERE measurement = name;
+    PERFORM bench_time(m.ours);
+    PERFORM bench_time(m.baseline);
+    FOR rep IN 1 .. reps LOOP
+        SELECT * INTO a FROM bench_time(m.ours);
+        SELECT * INTO b FROM bench_time(m.baseline);
+        INSERT INTO bench_sample VALUES (name, rep, 'ours', a.ms, a.value),
+                                        (name, rep, 'baseline', b.ms, b.value);
+        RAISE NOTICE '% rep %/%: ours % ms, baseline % ms', name, rep, reps,
+            round(a.ms::numeric, 1), round(b.ms::numeric, 1);
+        COMMIT;
+    END LOOP;
+END $$;
+
+-- Medians of each side, median of the per-pair ratios ours/baseline, target met, values identical.
+CREATE OR REPLACE VIEW bench_report AS
+SELECT m.ord,
+       m.measurement,
+       count(*)::integer AS reps,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY o.ms) AS ours_ms,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY b.ms) AS baseline_ms,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY o.ms / nullif(b.ms, 0)) AS ratio,
+       m.target,
+       CASE WHEN m.max_ratio IS NULL THEN NULL
+            ELSE percentile_cont(0.5) WITHIN GROUP (ORDER BY o.ms / nullif(b.ms, 0)) <= m.max_ratio
+       END AS met,
+       bool_and(o.value IS NOT NULL AND o.value = b.value) AS identical,
+       min(o.value) FILTER (WHERE o.rep = 1) AS ours_value,
+       min(b.value) FILTER (WHERE b.rep = 1) AS baseline_value
+FROM bench_measurement AS m
+JOIN bench_sample AS o ON o.measurement = m.measurement AND o.side = 'ours'
+JOIN bench_sample AS b ON b.measurement = m.measurement AND b.side = 'baseline' AND b.rep = o.rep
+GROUP BY m.ord, m.measurement, m.target, m.max_ratio;

@@ -76,14 +76,18 @@ core::MetricValue numeric_metric(Numeric num) {
     for (std::size_t i = 0; i < ndigits; ++i) {
         std::int16_t digit;
         std::memcpy(&digit, data + offset + i * sizeof digit, sizeof digit);
-        if (digit < 0 || digit >= 10000 || mantissa > kExactLimit) {
+        // Checked before multiplying: 2^53 * 10000 would overflow 64 bits.
+        if (digit < 0 || digit >= 10000 || mantissa > kExactLimit / 10000) {
             return numeric_metric_via_text(num);
         }
         mantissa = mantissa * 10000 + static_cast<std::uint64_t>(digit);
     }
     const long exponent = static_cast<long>(weight) - static_cast<long>(ndigits - 1);
     if (exponent >= 0) {
-        for (long e = 0; e < exponent && mantissa <= kExactLimit; ++e) {
+        for (long e = 0; e < exponent; ++e) {
+            if (mantissa > kExactLimit / 10000) {
+                return numeric_metric_via_text(num);
+            }
             mantissa *= 10000;
         }
         if (mantissa > kExactLimit) {

@@ -18,7 +18,9 @@ DO $$ BEGIN RAISE EXCEPTION 'bench_foundation.sql: need reps >= 1 and pairs >= 1
 
 -- Score input: (value, constant) pairs, values skewed like counts (10% zeros), constants from the
 -- reference page's vectors. Both sides of the score measurement scan this same table.
+SET client_min_messages = warning;
 DROP TABLE IF EXISTS bench_pairs;
+SET client_min_messages = notice;
 SELECT setseed(0.17) AS bench_setseed \gset
 CREATE TABLE bench_pairs AS
 SELECT CASE WHEN random() < 0.1 THEN 0 ELSE floor(exp(random() * 14)) END::double precision AS v,
@@ -78,6 +80,10 @@ INSERT INTO bench_measurement (measurement, ours, baseline, max_ratio, target) V
  $q$SELECT sum(popularity_metric_value(meta_data, 'views')) FROM image WHERE provider = 'flickr'$q$,
  $q$SELECT sum((meta_data->>'views')::float) FROM image WHERE provider = 'flickr'$q$,
  NULL, '- (info)'),
+(format('percentile aggregate only, %s values (info)', :bench_pairs),
+ 'SELECT popularity_percentile(v, 0.85) FROM bench_pairs',
+ 'SELECT percentile_disc(0.85) WITHIN GROUP (ORDER BY v) FROM bench_pairs',
+ NULL, '- (info)'),
 (format('score sum over %s pairs', :bench_pairs),
  'SELECT sum(standardized_popularity(v, c)) FROM bench_pairs',
  'SELECT sum(v / (v + c)) FROM bench_pairs',
@@ -88,9 +94,4 @@ INSERT INTO bench_measurement (measurement, ours, baseline, max_ratio, target) V
 SELECT pg_prewarm('image') AS image_pages, pg_prewarm('bench_pairs') AS pair_pages
 \gset
 
-SELECT ord, measurement FROM bench_measurement ORDER BY ord \gset bench_m_
-DO $$
-BEGIN
-    RAISE NOTICE 'timing % measurements, % pairs each (ours then baseline)',
-        (SELECT count(*) FROM bench_measurement), current_setting('bench.reps');
-END $$;
+CALL bench_run_all(:bench_reps);

@@ -58,6 +58,19 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Every measurement, in order.
+CREATE OR REPLACE PROCEDURE bench_run_all(reps integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    name text;
+BEGIN
+    RAISE NOTICE 'timing % measurements, % pairs each (ours, then baseline)',
+        (SELECT count(*) FROM bench_measurement), reps;
+    FOR name IN SELECT measurement FROM bench_measurement ORDER BY ord LOOP
+        CALL bench_run(name, reps);
+    END LOOP;
+END $$;
+
 -- Medians of each side, median of the per-pair ratios ours/baseline, target met, values identical.
 CREATE OR REPLACE VIEW bench_report AS
 SELECT m.ord,

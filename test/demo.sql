@@ -30,21 +30,29 @@ CROSS JOIN LATERAL (
 ) AS p;
 SELECT provider, count(*) AS rows FROM image GROUP BY 1 ORDER BY 2 DESC;
 
-\echo '### per-provider 85th percentile and constant (popularity_percentile: exact percentile_disc by selection)'
-CREATE TEMP TABLE constants AS
-SELECT provider, metric, popularity_percentile(popularity_metric_value(meta_data, metric), 0.85) AS val
-FROM image JOIN (VALUES ('flickr', 'views'), ('wikimedia', 'global_usage_count'), ('nappy', 'downloads'),
-                        ('stocksnap', 'downloads_raw')) AS m(provider, metric) USING (provider)
-GROUP BY provider, metric;
-SELECT provider, metric, val, popularity_constant(val, 0.85) AS constant FROM constants ORDER BY provider;
+\echo '### registering the table: adds standardized_popularity, the ingestion trigger, the default metrics'
+SELECT popularity.register_media_type('image', 'image');
+SELECT provider, metric, percentile FROM popularity.metrics WHERE media_type = 'image' ORDER BY provider;
 
-\echo '### scores: standardized_popularity(value, constant) = value / (value + constant)'
-UPDATE image i SET standardized_popularity = standardized_popularity(popularity_metric_value(i.meta_data, c.metric),
-                                                                     popularity_constant(c.val, 0.85))
-FROM constants c WHERE c.provider = i.provider;
+\echo '### recomputing the constants (exact 85th percentile by selection, per provider)'
+SELECT provider, metric, new_val AS percentile_value, new_constant AS constant, changed
+FROM popularity.refresh_constants('image') ORDER BY provider;
+
+\echo '### ingestion scores rows as they are stored: one upsert batch of 20000 rows, new and conflicting ones'
+INSERT INTO image AS old (provider, foreign_identifier, url, meta_data)
+SELECT 'flickr', 'fid-' || (g * 2), 'https://example.org/new/' || g,
+       jsonb_build_object('views', floor(exp(random() * 12))::bigint, 'title', 'image ' || g)
+FROM generate_series(1, 20000) AS g
+ON CONFLICT (provider, md5(foreign_identifier))
+DO UPDATE SET meta_data = jsonb_strip_nulls(old.meta_data || excluded.meta_data), updated_on = now();
+SELECT count(*) FILTER (WHERE standardized_popularity IS NOT NULL) AS upserted_rows_scored
+FROM image WHERE meta_data ? 'title';
+
+\echo '### scores of the rows loaded before registration are computed by rewriting them once'
+UPDATE image SET meta_data = meta_data WHERE standardized_popularity IS NULL AND NOT meta_data ? 'title';
 SELECT provider, count(standardized_popularity) AS scored, count(*) - count(standardized_popularity) AS unscored,
        round(avg(standardized_popularity)::numeric, 3) AS mean,
        round((percentile_disc(0.5) WITHIN GROUP (ORDER BY standardized_popularity))::numeric, 3) AS median,
        round((percentile_disc(0.85) WITHIN GROUP (ORDER BY standardized_popularity))::numeric, 3) AS p85
 FROM image GROUP BY provider ORDER BY provider;
-\echo '(the 85th percentile of every scored provider is 0.85 by construction; smithsonian has no metric)'
+\echo '(unscored: rows without the metric; smithsonian has no metric configured)'

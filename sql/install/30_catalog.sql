@@ -64,7 +64,7 @@ RETURNS trigger
 AS 'MODULE_PATHNAME', 'popularity_score_trigger'
 LANGUAGE C;
 COMMENT ON FUNCTION popularity._score_trigger() IS
-    'Ingestion trigger (BEFORE INSERT OR UPDATE OF provider, meta_data, FOR EACH ROW): sets standardized_popularity from the row as stored';
+    'Ingestion trigger (BEFORE INSERT OR UPDATE, FOR EACH ROW): sets standardized_popularity from the row as stored, under the current constant';
 
 -- Raises 42704 unless the media type is registered; returns its table.
 CREATE FUNCTION popularity._media_table(media_type text)
@@ -96,7 +96,6 @@ DECLARE
     required record;
     found_type regtype;
     existing regclass;
-    trigger_columns text := 'provider, meta_data';
 BEGIN
     IF media_type IS NULL OR media_type = '' THEN
         RAISE EXCEPTION 'media type must be a non-empty name'
@@ -137,11 +136,6 @@ BEGIN
             media_table, found_type
             USING ERRCODE = 'datatype_mismatch';
     END IF;
-    IF EXISTS (SELECT FROM pg_attribute AS a WHERE a.attrelid = media_table AND a.attname = 'tags'
-                                              AND a.attnum > 0 AND NOT a.attisdropped) THEN
-        trigger_columns := trigger_columns || ', tags';
-    END IF;
-
     -- The registry: one table per media type and one media type per table.
     SELECT m.media_table INTO existing FROM popularity.media_types AS m WHERE m.media_type = $1;
     IF existing IS NOT NULL AND existing <> $2 THEN
@@ -158,10 +152,11 @@ BEGIN
     ON CONFLICT ON CONSTRAINT media_types_pkey DO NOTHING;
 
     -- The ingestion trigger; named to fire after the table's own BEFORE triggers (they fire in
-    -- name order), so it scores the row exactly as it will be stored.
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_score BEFORE INSERT OR UPDATE OF %s ON %s '
+    -- name order), so it scores the row exactly as it will be stored. It fires on every UPDATE: a
+    -- row version written after a constant changed then never carries a score from the old one.
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_score BEFORE INSERT OR UPDATE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION popularity._score_trigger(%L)',
-                   trigger_columns, media_table, media_type);
+                   media_table, media_type);
 
     IF default_metrics THEN
         INSERT INTO popularity.metrics AS m (media_type, provider, metric, percentile)

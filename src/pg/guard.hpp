@@ -84,6 +84,18 @@ inline Datum invoke_guarded(const char *function_name, FunctionCallInfo fcinfo, 
     error.raise();
 }
 
+// Runs a body with no SQL-level result (a background worker's main, a hook) under the guard.
+template <typename Body> inline void run_guarded(const char *entry_name, Body body) {
+    CapturedError error;
+    try {
+        body();
+        return;
+    } catch (...) {
+        error.capture_current_exception(entry_name);
+    }
+    error.raise();
+}
+
 // Calls a PostgreSQL function that may ereport(ERROR) from a frame holding C++ objects: the
 // error is caught with PG_TRY, copied, and rethrown as PgError. `fn` must be a thin call (no C++
 // objects with destructors inside it): a longjmp out of it skips only its own frame.

@@ -2,6 +2,7 @@
 #include "pg_includes.hpp"
 #include "settings.hpp"
 #include "shared_state.hpp"
+#include "../worker/refresh.hpp"
 
 extern "C" {
 PG_MODULE_MAGIC;
@@ -12,6 +13,7 @@ void _PG_init(void) {
     MarkGUCPrefixReserved("popularity");
     if (process_shared_preload_libraries_in_progress) {
         popularity::pg::install_shared_state_hooks();
+        popularity::worker::register_launcher();
     }
 }
 }

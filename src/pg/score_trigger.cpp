@@ -6,6 +6,7 @@
 
 #include "guard.hpp"
 #include "metric_jsonb.hpp"
+#include "score_trigger.hpp"
 #include "settings.hpp"
 #include "shared_state.hpp"
 
@@ -21,6 +22,8 @@ extern "C" {
 #include <string_view>
 
 using namespace popularity;
+
+bool popularity::pg::scoring_trigger_bypassed = false;
 
 namespace {
 
@@ -166,6 +169,10 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
         throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
                            "popularity._score_trigger() needs the media type as its argument", {},
                            "Register the table with popularity.register_media_type().");
+    }
+    if (pg::scoring_trigger_bypassed) {
+        return PointerGetDatum(TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple
+                                                              : trigger_data->tg_newtuple);
     }
     pg::require_shared_state("the popularity ingestion trigger");
     const std::string_view media_type(trigger_data->tg_trigger->tgargs[0]);

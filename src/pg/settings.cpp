@@ -5,6 +5,14 @@
 namespace popularity::pg {
 
 bool strict_metrics = false;
+char *refresh_database = nullptr;
+int max_workers = 2;
+int batch_blocks = 256;
+int batch_statement_timeout = 300000;
+int batch_lock_timeout = 5000;
+double score_tolerance = 0.0;
+bool refresh_touch_updated_on = true;
+int launcher_naptime = 1000;
 
 void define_settings() {
     DefineCustomBoolVariable(
@@ -14,6 +22,45 @@ void define_settings() {
         "bad data never aborts an ingestion batch. When on, such a value raises SQLSTATE 22P02 "
         "naming the row's provider and metric.",
         &strict_metrics, false, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+    DefineCustomStringVariable("popularity.database",
+                               "Databases (comma-separated) whose interrupted refresh runs are "
+                               "resumed at server start.",
+                               "A refresh runs in the database it was requested in; this list "
+                               "only tells the launcher where to look after a crash or restart.",
+                               &refresh_database, "postgres", PGC_POSTMASTER, 0, nullptr, nullptr,
+                               nullptr);
+    DefineCustomIntVariable("popularity.max_workers",
+                            "Refresh workers that may run at the same time (over all runs).",
+                            "Each uses a max_worker_processes slot.", &max_workers, 2, 1, 64,
+                            PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("popularity.batch_blocks",
+                            "Heap blocks a refresh batch covers; each batch is one transaction.",
+                            nullptr, &batch_blocks, 256, 1, 1 << 20, PGC_SIGHUP, 0, nullptr,
+                            nullptr, nullptr);
+    DefineCustomIntVariable("popularity.batch_statement_timeout",
+                            "statement_timeout of each refresh batch (0 = none).", nullptr,
+                            &batch_statement_timeout, 300000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+                            nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("popularity.batch_lock_timeout",
+                            "lock_timeout of each refresh batch (0 = none); rows held by other "
+                            "transactions are skipped and revisited, never waited for.",
+                            nullptr, &batch_lock_timeout, 5000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+                            nullptr, nullptr, nullptr);
+    DefineCustomRealVariable("popularity.score_tolerance",
+                             "Relative difference below which a refresh leaves a stored score "
+                             "unchanged (0 = rewrite any score that is not bit-identical).",
+                             "Search ranking keeps about 9 significant bits of the score, so "
+                             "differences below 0.002 cannot change it.",
+                             &score_tolerance, 0.0, 0.0, 1.0, PGC_SIGHUP, 0, nullptr, nullptr,
+                             nullptr);
+    DefineCustomBoolVariable("popularity.refresh_touch_updated_on",
+                             "Set updated_on = now() on the rows a refresh rescores.", nullptr,
+                             &refresh_touch_updated_on, true, PGC_SIGHUP, 0, nullptr, nullptr,
+                             nullptr);
+    DefineCustomIntVariable("popularity.naptime",
+                            "How often the refresh launcher looks for work it was not woken for.",
+                            nullptr, &launcher_naptime, 1000, 10, 3600000, PGC_SIGHUP, GUC_UNIT_MS,
+                            nullptr, nullptr, nullptr);
 }
 
 } // namespace popularity::pg

@@ -5,6 +5,21 @@ namespace popularity::pg {
 
 // popularity.strict_metrics: an unusable metric value raises 22P02 instead of scoring NULL.
 extern bool strict_metrics;
+// popularity.database: databases whose interrupted refresh runs are resumed at server start.
+extern char *refresh_database;
+// popularity.max_workers: refresh workers running at once, over all runs.
+extern int max_workers;
+// popularity.batch_blocks: heap blocks per refresh batch (one committed transaction each).
+extern int batch_blocks;
+// popularity.batch_statement_timeout / batch_lock_timeout (ms, 0 = none) for each batch.
+extern int batch_statement_timeout;
+extern int batch_lock_timeout;
+// popularity.score_tolerance: relative difference below which a stored score is left alone.
+extern double score_tolerance;
+// popularity.refresh_touch_updated_on: a rescored row also gets updated_on = now().
+extern bool refresh_touch_updated_on;
+// popularity.naptime: the launcher's poll interval (ms); it is also woken when work is queued.
+extern int launcher_naptime;
 
 void define_settings();
 

@@ -1,12 +1,15 @@
 #include "shared_state.hpp"
 
 #include "guard.hpp"
+#include "../worker/refresh.hpp"
 
 extern "C" {
 #include "access/xact.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 }
 
@@ -14,15 +17,27 @@ namespace popularity::pg {
 
 namespace {
 
+constexpr int kSchedulerSlots = 64;
+
+struct SchedulerSlot {
+    Oid database; // InvalidOid when free
+    int procno;   // PGPROC number of the scheduler
+};
+
 struct SharedState {
     pg_atomic_uint64 config_versions[static_cast<int>(ConfigKind::count)];
+    LWLock *lock; // protects scheduler_slots
+    SchedulerSlot scheduler_slots[kSchedulerSlots];
 };
+
+int my_slot = -1; // the slot this process holds, if it is a scheduler
 
 SharedState *shared_state = nullptr;
 shmem_request_hook_type previous_shmem_request_hook = nullptr;
 shmem_startup_hook_type previous_shmem_startup_hook = nullptr;
 
 bool pending_bumps[static_cast<int>(ConfigKind::count)] = {};
+bool pending_wake = false;
 bool xact_callback_registered = false;
 
 void request_shared_memory() {
@@ -30,6 +45,7 @@ void request_shared_memory() {
         previous_shmem_request_hook();
     }
     RequestAddinShmemSpace(MAXALIGN(sizeof(SharedState)));
+    RequestNamedLWLockTranche("popularity", 1);
 }
 
 void startup_shared_memory() {
@@ -44,6 +60,10 @@ void startup_shared_memory() {
         for (auto &version : shared_state->config_versions) {
             pg_atomic_init_u64(&version, 1);
         }
+        shared_state->lock = &(GetNamedLWLockTranche("popularity"))->lock;
+        for (auto &slot : shared_state->scheduler_slots) {
+            slot = SchedulerSlot{InvalidOid, -1};
+        }
     }
     LWLockRelease(AddinShmemInitLock);
 }
@@ -57,10 +77,15 @@ void on_transaction_end(XactEvent event, void *) {
             }
             pending_bumps[i] = false;
         }
+        if (pending_wake) {
+            pending_wake = false;
+            wake_or_start_scheduler(MyDatabaseId);
+        }
     } else if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT) {
         for (bool &pending : pending_bumps) {
             pending = false;
         }
+        pending_wake = false;
     }
 }
 
@@ -94,12 +119,88 @@ std::uint64_t config_version(ConfigKind kind) {
     return pg_atomic_read_u64(&shared_state->config_versions[static_cast<int>(kind)]);
 }
 
-void bump_config_version_at_commit(ConfigKind kind) {
+namespace {
+void register_callback_once() {
     if (!xact_callback_registered) {
         RegisterXactCallback(on_transaction_end, nullptr);
         xact_callback_registered = true;
     }
+}
+} // namespace
+
+void bump_config_version_at_commit(ConfigKind kind) {
+    register_callback_once();
     pending_bumps[static_cast<int>(kind)] = true;
+}
+
+namespace {
+void release_slot_at_exit(int, Datum) {
+    release_scheduler_slot();
+}
+} // namespace
+
+bool claim_scheduler_slot(Oid database) {
+    if (shared_state == nullptr) {
+        return false;
+    }
+    bool claimed = false;
+    LWLockAcquire(shared_state->lock, LW_EXCLUSIVE);
+    int free_slot = -1;
+    bool taken = false;
+    for (int i = 0; i < kSchedulerSlots; ++i) {
+        const SchedulerSlot &slot = shared_state->scheduler_slots[i];
+        if (slot.database == database && slot.procno != MyProc->pgprocno) {
+            taken = true;
+        } else if (slot.database == database || (slot.database == InvalidOid && free_slot < 0)) {
+            free_slot = i;
+        }
+    }
+    if (!taken && free_slot >= 0) {
+        shared_state->scheduler_slots[free_slot] = SchedulerSlot{database, MyProc->pgprocno};
+        if (my_slot < 0) {
+            before_shmem_exit(release_slot_at_exit, 0);
+        }
+        my_slot = free_slot;
+        claimed = true;
+    }
+    LWLockRelease(shared_state->lock);
+    return claimed;
+}
+
+void release_scheduler_slot() {
+    if (shared_state == nullptr || my_slot < 0) {
+        return;
+    }
+    LWLockAcquire(shared_state->lock, LW_EXCLUSIVE);
+    SchedulerSlot &slot = shared_state->scheduler_slots[my_slot];
+    if (slot.procno == MyProc->pgprocno) {
+        slot = SchedulerSlot{InvalidOid, -1};
+    }
+    LWLockRelease(shared_state->lock);
+}
+
+void wake_or_start_scheduler(Oid database) {
+    if (shared_state == nullptr) {
+        return;
+    }
+    int procno = -1;
+    LWLockAcquire(shared_state->lock, LW_SHARED);
+    for (const SchedulerSlot &slot : shared_state->scheduler_slots) {
+        if (slot.database == database) {
+            procno = slot.procno;
+        }
+    }
+    LWLockRelease(shared_state->lock);
+    if (procno >= 0 && static_cast<uint32>(procno) < ProcGlobal->allProcCount) {
+        SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+    } else {
+        worker::start_scheduler(database, nullptr);
+    }
+}
+
+void wake_scheduler_at_commit() {
+    register_callback_once();
+    pending_wake = true;
 }
 
 } // namespace popularity::pg

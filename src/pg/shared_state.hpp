@@ -30,4 +30,14 @@ std::uint64_t config_version(ConfigKind kind);
 // Bumps the version of `kind` when the current top-level transaction commits.
 void bump_config_version_at_commit(ConfigKind kind);
 
+// Refresh schedulers: at most one per database, found through a slot in shared memory.
+// Claims the slot of `database` for the calling process; false if another scheduler holds it.
+bool claim_scheduler_slot(Oid database);
+// Releases the calling process's slot (also done automatically when it exits).
+void release_scheduler_slot();
+// Wakes the scheduler of `database`, or starts one when none runs. Never raises.
+void wake_or_start_scheduler(Oid database);
+// wake_or_start_scheduler(MyDatabaseId) when the current top-level transaction commits.
+void wake_scheduler_at_commit();
+
 } // namespace popularity::pg

@@ -1,0 +1,263 @@
+-- Popularity refresh: runs queued by refresh_popularity(), executed by background workers in
+-- committed block-range batches (src/worker/). All state lives in these tables, so a crash or
+-- restart resumes from the last committed batch.
+
+CREATE TABLE popularity.refresh_runs (
+    run_id bigserial PRIMARY KEY,
+    media_type text NOT NULL,
+    media_table regclass NOT NULL,
+    key_column name NOT NULL,
+    providers text[] NOT NULL,
+    forced boolean NOT NULL DEFAULT false,
+    state text NOT NULL DEFAULT 'queued'
+        CONSTRAINT state_known CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    requested_by oid NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at timestamptz,
+    finished_at timestamptz,
+    error text
+);
+-- At most one active run per media type.
+CREATE UNIQUE INDEX refresh_runs_one_active ON popularity.refresh_runs (media_type)
+    WHERE state IN ('queued', 'running');
+COMMENT ON TABLE popularity.refresh_runs IS
+    'Popularity refresh runs (history is kept): what was requested, by whom, its state and error';
+
+CREATE TABLE popularity.refresh_tasks (
+    task_id bigserial PRIMARY KEY,
+    run_id bigint NOT NULL REFERENCES popularity.refresh_runs ON DELETE CASCADE,
+    segment integer NOT NULL,
+    first_block bigint NOT NULL,
+    end_block bigint NOT NULL,
+    next_block bigint NOT NULL,
+    state text NOT NULL DEFAULT 'pending'
+        CONSTRAINT state_known CHECK (state IN ('pending', 'running', 'revisiting', 'done', 'failed', 'cancelled')),
+    batches bigint NOT NULL DEFAULT 0,
+    revisit_passes bigint NOT NULL DEFAULT 0,
+    started_at timestamptz,
+    finished_at timestamptz,
+    error text,
+    UNIQUE (run_id, segment)
+);
+COMMENT ON TABLE popularity.refresh_tasks IS
+    'A run''s units of work: contiguous block ranges of the media table, each with its progress marker '
+    '(next_block) committed in the same transaction as each batch';
+
+CREATE TABLE popularity.refresh_progress (
+    task_id bigint NOT NULL REFERENCES popularity.refresh_tasks ON DELETE CASCADE,
+    provider text NOT NULL,
+    rows_scanned bigint NOT NULL DEFAULT 0,
+    rows_updated bigint NOT NULL DEFAULT 0,
+    rows_skipped_locked bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_id, provider)
+);
+COMMENT ON TABLE popularity.refresh_progress IS
+    'Counters per task and provider, written with each batch (so no batch is ever counted twice)';
+
+CREATE TABLE popularity.refresh_skipped (
+    task_id bigint NOT NULL REFERENCES popularity.refresh_tasks ON DELETE CASCADE,
+    row_key text NOT NULL,
+    PRIMARY KEY (task_id, row_key)
+);
+COMMENT ON TABLE popularity.refresh_skipped IS
+    'Rows a batch could not lock (another transaction held them), by primary key, to revisit until none is left';
+
+GRANT SELECT ON popularity.refresh_runs, popularity.refresh_tasks, popularity.refresh_progress TO PUBLIC;
+
+CREATE VIEW popularity.refresh_status AS
+SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,
+       blocks.done AS blocks_done, blocks.total AS blocks_total,
+       coalesce(c.rows_scanned, 0) AS rows_scanned, coalesce(c.rows_updated, 0) AS rows_updated,
+       coalesce(c.rows_skipped_locked, 0) AS rows_skipped_locked,
+       blocks.pending_revisit AS rows_pending_revisit,
+       blocks.batches,
+       round((coalesce(c.rows_scanned, 0)
+              / greatest(extract(epoch FROM coalesce(r.finished_at, clock_timestamp()) - r.started_at), 0.001))::numeric)
+           AS rows_per_second,
+       r.requested_at, r.started_at, r.finished_at, r.error
+FROM popularity.refresh_runs AS r
+CROSS JOIN LATERAL unnest(r.providers) AS p(provider)
+LEFT JOIN LATERAL (
+    SELECT sum(x.rows_scanned) AS rows_scanned, sum(x.rows_updated) AS rows_updated,
+           sum(x.rows_skipped_locked) AS rows_skipped_locked
+    FROM popularity.refresh_progress AS x JOIN popularity.refresh_tasks AS t USING (task_id)
+    WHERE t.run_id = r.run_id AND x.provider = p.provider
+) AS c ON true
+LEFT JOIN LATERAL (
+    SELECT sum(t.next_block - t.first_block) AS done, sum(t.end_block - t.first_block) AS total,
+           sum(t.batches) AS batches,
+           (SELECT count(*) FROM popularity.refresh_skipped AS s JOIN popularity.refresh_tasks AS u USING (task_id)
+            WHERE u.run_id = r.run_id) AS pending_revisit
+    FROM popularity.refresh_tasks AS t WHERE t.run_id = r.run_id
+) AS blocks ON true;
+COMMENT ON VIEW popularity.refresh_status IS
+    'Per refresh run and provider: state, blocks done/total, rows scanned, updated and skipped while '
+    'locked, batches, rate, times and error (history included)';
+GRANT SELECT ON popularity.refresh_status TO PUBLIC;
+
+CREATE FUNCTION popularity._wake_scheduler()
+RETURNS void
+AS 'MODULE_PATHNAME', 'popularity_wake_scheduler'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION popularity._wake_scheduler() IS
+    'Wakes (or starts) the refresh scheduler of this database when the current transaction commits';
+
+CREATE FUNCTION popularity._score_differs(old double precision, new double precision, tolerance double precision)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'popularity_score_differs'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION popularity._score_differs(double precision, double precision, double precision) IS
+    'Whether a stored score must be rewritten: NULL-ness differs, or the relative difference exceeds the tolerance (Boost.Math)';
+
+-- The primary key column of a media table (refresh tracks skipped rows by it).
+CREATE FUNCTION popularity._key_column(media_table regclass)
+RETURNS name
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result name;
+BEGIN
+    SELECT a.attname INTO result
+    FROM pg_index AS i JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = media_table AND i.indisprimary AND i.indnkeyatts = 1;
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'table % has no single-column primary key', media_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The refresh revisits rows it could not lock by their primary key; add one (Openverse: identifier).';
+    END IF;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION popularity._key_column(regclass) IS 'The single-column primary key of a media table';
+
+CREATE PROCEDURE @extschema@.refresh_popularity(
+    media_type text, providers text[] DEFAULT NULL, wait boolean DEFAULT true, force boolean DEFAULT false)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    tbl regclass := popularity._media_table(media_type);
+    key_column name := popularity._key_column(tbl);
+    changed_providers text[];
+    new_run bigint;
+    nblocks bigint;
+    segments integer;
+    per_segment bigint;
+    run_state text;
+    run_error text;
+BEGIN
+    IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = tbl) <> 'r' THEN
+        RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Register and refresh each partition as a media type of its own.';
+    END IF;
+    IF EXISTS (SELECT FROM popularity.refresh_runs AS r
+               WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running')) THEN
+        RAISE EXCEPTION 'a refresh of media type "%" is already in progress (run %)', media_type,
+            (SELECT r.run_id FROM popularity.refresh_runs AS r
+             WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running'))
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
+    END IF;
+
+    -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
+    SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}')
+    INTO changed_providers
+    FROM popularity.refresh_constants(media_type, providers) AS c;
+    COMMIT;
+
+    -- 2. The run and its block-range tasks.
+    nblocks := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;
+    segments := greatest(1, least(pg_catalog.current_setting('popularity.max_workers')::integer * 4,
+                                  (nblocks + 63) / 64));
+    per_segment := greatest(1, (nblocks + segments - 1) / segments);
+    BEGIN
+        INSERT INTO popularity.refresh_runs AS r
+            (media_type, media_table, key_column, providers, forced, requested_by, state, finished_at)
+        VALUES (media_type, tbl, key_column, changed_providers, force, current_user::text::regrole::oid,
+                CASE WHEN cardinality(changed_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
+                CASE WHEN cardinality(changed_providers) = 0 THEN pg_catalog.clock_timestamp() END)
+        RETURNING r.run_id INTO new_run;
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'a refresh of media type "%" is already in progress', media_type
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
+    END;
+    IF cardinality(changed_providers) = 0 THEN
+        RAISE NOTICE 'refresh run %: no constant changed, nothing to rescore', new_run
+            USING HINT = 'Use force => true to rescore every configured provider anyway.';
+        PERFORM pg_catalog.pg_notify('popularity', pg_catalog.json_build_object(
+            'event', 'refresh_finished', 'run_id', new_run, 'media_type', media_type, 'state', 'succeeded')::text);
+        COMMIT;
+        RETURN;
+    END IF;
+    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
+    SELECT new_run, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
+    FROM generate_series(0, segments - 1) AS s
+    WHERE s * per_segment < nblocks OR s = 0;
+    PERFORM popularity._wake_scheduler();
+    COMMIT;
+    RAISE NOTICE 'refresh run % queued for providers %', new_run, array_to_string(changed_providers, ', ');
+    IF NOT wait THEN
+        RETURN;
+    END IF;
+
+    -- 3. Wait, committing between looks so no snapshot is held while the workers run.
+    LOOP
+        SELECT r.state, r.error INTO run_state, run_error FROM popularity.refresh_runs AS r WHERE r.run_id = new_run;
+        EXIT WHEN run_state IN ('succeeded', 'failed', 'cancelled');
+        COMMIT;
+        PERFORM pg_catalog.pg_sleep(0.1);
+    END LOOP;
+    IF run_state = 'failed' THEN
+        RAISE EXCEPTION 'refresh run % failed: %', new_run, run_error
+            USING ERRCODE = 'external_routine_exception',
+                  HINT = 'Fix the cause, then resume it with popularity.resume_refresh(' || new_run || ').';
+    ELSIF run_state = 'cancelled' THEN
+        RAISE EXCEPTION 'refresh run % was cancelled', new_run
+            USING ERRCODE = 'query_canceled',
+                  HINT = 'Resume it with popularity.resume_refresh(' || new_run || ') or start a new one.';
+    END IF;
+END $$;
+COMMENT ON PROCEDURE @extschema@.refresh_popularity(text, text[], boolean, boolean) IS
+    'Recomputes the constants of a media type, then rescoring of every provider whose constant changed '
+    '(all with force) runs in background workers; with wait, returns when the run finished and raises '
+    'if it failed or was cancelled';
+
+CREATE FUNCTION popularity.cancel_refresh(run_id bigint DEFAULT NULL, media_type text DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE popularity.refresh_runs AS r SET state = 'cancelled', finished_at = clock_timestamp(),
+           error = 'cancelled by ' || session_user
+    WHERE r.state IN ('queued', 'running')
+      AND (cancel_refresh.run_id IS NULL OR r.run_id = cancel_refresh.run_id)
+      AND (cancel_refresh.media_type IS NULL OR r.media_type = cancel_refresh.media_type)
+    RETURNING r.run_id;
+$$;
+COMMENT ON FUNCTION popularity.cancel_refresh(bigint, text) IS
+    'Stops active runs (all, one run, or one media type''s) between batches; returns the runs cancelled. '
+    'Their progress is kept: popularity.resume_refresh() continues them.';
+
+CREATE FUNCTION popularity.resume_refresh(run_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE popularity.refresh_runs AS r SET state = 'queued', finished_at = NULL, error = NULL
+    WHERE r.run_id = resume_refresh.run_id AND r.state IN ('failed', 'cancelled');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'refresh run % cannot be resumed', run_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Only failed or cancelled runs can be resumed; see popularity.refresh_status.';
+    END IF;
+    UPDATE popularity.refresh_tasks AS t SET state = 'pending', error = NULL
+    WHERE t.run_id = resume_refresh.run_id AND t.state IN ('failed', 'cancelled', 'running', 'revisiting');
+    PERFORM popularity._wake_scheduler();
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'another refresh of the same media type is in progress'
+        USING ERRCODE = 'object_in_use', HINT = 'Wait for it to finish, or cancel it first.';
+END $$;
+COMMENT ON FUNCTION popularity.resume_refresh(bigint) IS
+    'Continues a failed or cancelled run from its last committed batch';

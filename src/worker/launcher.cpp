@@ -1,0 +1,340 @@
+// The refresh launcher and the per-database schedulers (see refresh.hpp).
+//
+// A scheduler wakes on its latch (work queued, a worker stopped) or every popularity.naptime, then
+// in one transaction: finishes runs whose tasks are all done (or one failed), starts queued runs,
+// and starts a worker for every task of a running run that has none, up to popularity.max_workers.
+// After a crash or restart, tasks interrupted mid-way have no worker and are simply picked up
+// again: their progress marker says where to resume.
+#include "../pg/guard.hpp"
+#include "../pg/settings.hpp"
+#include "../pg/shared_state.hpp"
+#include "refresh.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/snapmgr.h"
+#include "utils/varlena.h"
+}
+
+#include <cstring>
+
+using namespace popularity;
+
+namespace {
+
+// Workers this launcher started, to avoid starting a second one for a task whose worker has not
+// yet taken its advisory lock.
+struct Started {
+    int64 task_id;
+    BackgroundWorkerHandle *handle;
+};
+constexpr int kMaxTracked = 256;
+Started started[kMaxTracked];
+int started_count = 0;
+
+bool worker_alive(BackgroundWorkerHandle *handle) {
+    pid_t pid;
+    const BgwHandleStatus status = GetBackgroundWorkerPid(handle, &pid);
+    return status == BGWH_STARTED || status == BGWH_NOT_YET_STARTED;
+}
+
+void forget_stopped_workers() {
+    int kept = 0;
+    for (int i = 0; i < started_count; ++i) {
+        if (worker_alive(started[i].handle)) {
+            started[kept++] = started[i];
+        } else {
+            pfree(started[i].handle);
+        }
+    }
+    started_count = kept;
+}
+
+bool tracked(int64 task_id) {
+    for (int i = 0; i < started_count; ++i) {
+        if (started[i].task_id == task_id) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool start_worker(int64 task_id, Oid role) {
+    BackgroundWorker worker;
+    std::memset(&worker, 0, sizeof worker);
+    worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+    worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+    worker.bgw_restart_time = BGW_NEVER_RESTART;
+    snprintf(worker.bgw_library_name, BGW_MAXLEN, "popularity");
+    snprintf(worker.bgw_function_name, BGW_MAXLEN, "popularity_refresh_worker_main");
+    snprintf(worker.bgw_name, BGW_MAXLEN, "popularity refresh worker (task %lld)",
+             static_cast<long long>(task_id));
+    snprintf(worker.bgw_type, BGW_MAXLEN, "popularity refresh worker");
+    worker::WorkerArgs args{MyDatabaseId, role, task_id};
+    static_assert(sizeof args <= BGW_EXTRALEN);
+    std::memcpy(worker.bgw_extra, &args, sizeof args);
+    worker.bgw_notify_pid = MyProcPid;
+    BackgroundWorkerHandle *handle = nullptr;
+    MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+    const bool ok = RegisterDynamicBackgroundWorker(&worker, &handle);
+    MemoryContextSwitchTo(old);
+    if (!ok) {
+        return false; // no free worker slot: try again on the next round
+    }
+    if (started_count < kMaxTracked) {
+        started[started_count++] = Started{task_id, handle};
+    }
+    return true;
+}
+
+void notify_finished(const char *sql_returning_payloads) {
+    const int rc = SPI_execute(sql_returning_payloads, false, 0);
+    if (rc != SPI_OK_UPDATE_RETURNING) {
+        elog(ERROR, "popularity launcher: finishing runs failed: %s", SPI_result_code_string(rc));
+    }
+    for (uint64 i = 0; i < SPI_processed; ++i) {
+        char *payload = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+        Async_Notify("popularity", payload);
+    }
+}
+
+// One round; returns whether any run of this database is queued or running.
+bool tick() {
+    bool active = false;
+    SetCurrentStatementStartTimestamp();
+    StartTransactionCommand();
+    if (SPI_connect() != SPI_OK_CONNECT) {
+        elog(ERROR, "SPI_connect failed");
+    }
+    PushActiveSnapshot(GetTransactionSnapshot());
+    pgstat_report_activity(STATE_RUNNING, "popularity launcher: scheduling");
+
+    int rc = SPI_execute("SELECT 1 FROM pg_extension WHERE extname = 'popularity'", true, 1);
+    if (rc == SPI_OK_SELECT && SPI_processed == 1) {
+        notify_finished(
+            "UPDATE popularity.refresh_runs AS r SET state = 'failed', finished_at = "
+            "clock_timestamp(),"
+            " error = (SELECT t.error FROM popularity.refresh_tasks AS t"
+            "          WHERE t.run_id = r.run_id AND t.state = 'failed' ORDER BY t.segment LIMIT 1)"
+            " WHERE r.state = 'running' AND EXISTS (SELECT FROM popularity.refresh_tasks AS t"
+            "                                       WHERE t.run_id = r.run_id AND t.state = "
+            "'failed')"
+            " RETURNING json_build_object('event', 'refresh_finished', 'run_id', r.run_id,"
+            "                             'media_type', r.media_type, 'state', r.state)::text");
+        notify_finished(
+            "UPDATE popularity.refresh_runs AS r SET state = 'succeeded', finished_at = "
+            "clock_timestamp()"
+            " WHERE r.state = 'running' AND NOT EXISTS (SELECT FROM popularity.refresh_tasks AS t"
+            "                                           WHERE t.run_id = r.run_id AND t.state <> "
+            "'done')"
+            " RETURNING json_build_object('event', 'refresh_finished', 'run_id', r.run_id,"
+            "                             'media_type', r.media_type, 'state', r.state)::text");
+        rc = SPI_execute("UPDATE popularity.refresh_runs SET state = 'running',"
+                         " started_at = coalesce(started_at, clock_timestamp())"
+                         " WHERE state = 'queued'",
+                         false, 0);
+        if (rc != SPI_OK_UPDATE) {
+            elog(ERROR, "popularity launcher: starting runs failed");
+        }
+        // Tasks that need a worker: not finished, of a running run, and no worker holds their lock.
+        char *sql = psprintf(
+            "SELECT t.task_id, r.requested_by,"
+            "       (SELECT count(*) FROM pg_locks AS l WHERE l.locktype = 'advisory'"
+            "          AND l.database = (SELECT oid FROM pg_database WHERE datname = "
+            "current_database())"
+            "          AND l.classid = %d AND l.objsubid = 2 AND l.granted) AS live"
+            " FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
+            " WHERE r.state = 'running' AND t.state IN ('pending', 'running', 'revisiting')"
+            "   AND NOT EXISTS (SELECT FROM pg_locks AS l WHERE l.locktype = 'advisory'"
+            "          AND l.database = (SELECT oid FROM pg_database WHERE datname = "
+            "current_database())"
+            "          AND l.classid = %d AND l.objid = t.task_id::oid AND l.objsubid = 2 AND "
+            "l.granted)"
+            " ORDER BY t.run_id, t.segment",
+            worker::kTaskLockSpace, worker::kTaskLockSpace);
+        rc = SPI_execute(sql, true, 0);
+        if (rc != SPI_OK_SELECT) {
+            elog(ERROR, "popularity launcher: listing tasks failed");
+        }
+        active = SPI_processed > 0;
+        forget_stopped_workers();
+        int live = 0;
+        for (uint64 i = 0; i < SPI_processed; ++i) {
+            bool isnull = false;
+            const int64 task_id = DatumGetInt64(
+                SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+            const Oid role = DatumGetObjectId(
+                SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+            if (i == 0) {
+                // Workers holding a task, or started by this launcher and not yet holding one.
+                const int holding = static_cast<int>(DatumGetInt64(
+                    SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull)));
+                live = Max(holding, started_count);
+            }
+            if (tracked(task_id)) {
+                continue;
+            }
+            if (live >= pg::max_workers) {
+                break;
+            }
+            if (start_worker(task_id, role)) {
+                ++live;
+            }
+        }
+    }
+    if (!active) {
+        rc = SPI_execute("SELECT 1 FROM pg_extension WHERE extname = 'popularity'", true, 1);
+        if (rc == SPI_OK_SELECT && SPI_processed == 1) {
+            rc = SPI_execute(
+                "SELECT 1 FROM popularity.refresh_runs WHERE state IN ('queued', 'running')", true,
+                1);
+            active = rc == SPI_OK_SELECT && SPI_processed > 0;
+        }
+    }
+    SPI_finish();
+    PopActiveSnapshot();
+    CommitTransactionCommand();
+    pgstat_report_stat(false);
+    pgstat_report_activity(STATE_IDLE, nullptr);
+    return active || started_count > 0;
+}
+
+// Runs tick() with errors logged rather than fatal: the next round starts from the tables again.
+bool guarded_tick() {
+    MemoryContext context = CurrentMemoryContext;
+    volatile bool active = true;
+    PG_TRY();
+    { active = tick(); }
+    PG_CATCH();
+    {
+        MemoryContextSwitchTo(context);
+        EmitErrorReport();
+        FlushErrorState();
+        AbortCurrentTransaction();
+    }
+    PG_END_TRY();
+    return active;
+}
+
+void scheduler_main() {
+    worker::SchedulerArgs args;
+    std::memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof args);
+    pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+    pqsignal(SIGHUP, SignalHandlerForConfigReload);
+    BackgroundWorkerUnblockSignals();
+    if (args.database_name[0] != '\0') {
+        BackgroundWorkerInitializeConnection(args.database_name, nullptr, 0);
+    } else {
+        BackgroundWorkerInitializeConnectionByOid(args.database, InvalidOid, 0);
+    }
+    pgstat_report_appname("popularity scheduler");
+    if (!pg::claim_scheduler_slot(MyDatabaseId)) {
+        proc_exit(0); // another scheduler serves this database
+    }
+
+    while (!ShutdownRequestPending) {
+        if (ConfigReloadPending) {
+            ConfigReloadPending = false;
+            ProcessConfigFile(PGC_SIGHUP);
+        }
+        if (!guarded_tick()) {
+            // Nothing to do: give up the slot, then look once more, so that a run queued just
+            // before the slot was released (whose wake-up reached this process) is not missed;
+            // one queued after it starts a new scheduler.
+            pg::release_scheduler_slot();
+            if (guarded_tick() && pg::claim_scheduler_slot(MyDatabaseId)) {
+                continue;
+            }
+            break;
+        }
+        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+                        pg::launcher_naptime, PG_WAIT_EXTENSION);
+        ResetLatch(MyLatch);
+        CHECK_FOR_INTERRUPTS();
+    }
+    pg::release_scheduler_slot();
+    proc_exit(0);
+}
+
+// The launcher: no database connection; starts a scheduler for each configured database now and
+// every minute (a scheduler exits at once when its database has no active run).
+void launcher_main() {
+    pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+    pqsignal(SIGHUP, SignalHandlerForConfigReload);
+    BackgroundWorkerUnblockSignals();
+    while (!ShutdownRequestPending) {
+        if (ConfigReloadPending) {
+            ConfigReloadPending = false;
+            ProcessConfigFile(PGC_SIGHUP);
+        }
+        char *names = pstrdup(pg::refresh_database != nullptr ? pg::refresh_database : "");
+        List *databases = NIL;
+        if (!SplitIdentifierString(names, ',', &databases)) {
+            ereport(LOG, (errmsg("popularity.database is not a valid list of database names")));
+        } else {
+            ListCell *cell;
+            foreach (cell, databases) {
+                worker::start_scheduler(InvalidOid, static_cast<const char *>(lfirst(cell)));
+            }
+        }
+        list_free(databases);
+        pfree(names);
+        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 60000L,
+                        PG_WAIT_EXTENSION);
+        ResetLatch(MyLatch);
+    }
+    proc_exit(0);
+}
+
+} // namespace
+
+void popularity::worker::register_launcher() {
+    BackgroundWorker worker;
+    std::memset(&worker, 0, sizeof worker);
+    worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+    worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+    worker.bgw_restart_time = 5;
+    snprintf(worker.bgw_library_name, BGW_MAXLEN, "popularity");
+    snprintf(worker.bgw_function_name, BGW_MAXLEN, "popularity_launcher_main");
+    snprintf(worker.bgw_name, BGW_MAXLEN, "popularity launcher");
+    snprintf(worker.bgw_type, BGW_MAXLEN, "popularity launcher");
+    RegisterBackgroundWorker(&worker);
+}
+
+bool popularity::worker::start_scheduler(Oid database, const char *database_name) {
+    BackgroundWorker worker;
+    std::memset(&worker, 0, sizeof worker);
+    worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+    worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+    worker.bgw_restart_time = BGW_NEVER_RESTART;
+    snprintf(worker.bgw_library_name, BGW_MAXLEN, "popularity");
+    snprintf(worker.bgw_function_name, BGW_MAXLEN, "popularity_scheduler_main");
+    snprintf(worker.bgw_name, BGW_MAXLEN, "popularity scheduler");
+    snprintf(worker.bgw_type, BGW_MAXLEN, "popularity scheduler");
+    SchedulerArgs args{};
+    args.database = database;
+    if (database_name != nullptr) {
+        strlcpy(args.database_name, database_name, sizeof args.database_name);
+    }
+    static_assert(sizeof args <= BGW_EXTRALEN);
+    std::memcpy(worker.bgw_extra, &args, sizeof args);
+    return RegisterDynamicBackgroundWorker(&worker, nullptr);
+}
+
+extern "C" void popularity_launcher_main(Datum) {
+    pg::run_guarded("popularity launcher", [] { launcher_main(); });
+}
+
+extern "C" void popularity_scheduler_main(Datum) {
+    pg::run_guarded("popularity scheduler", [] { scheduler_main(); });
+}

@@ -1,0 +1,44 @@
+// Background workers of the popularity refresh:
+//  * the launcher: one per server, started at server start, connected to no database; it starts a
+//    scheduler for each database named in popularity.database, so that runs a crash or restart
+//    interrupted are resumed, and checks again every minute;
+//  * schedulers: at most one per database, started on demand (when a run is queued) or by the
+//    launcher; they start refresh workers, finish runs, and exit when no run is active;
+//  * refresh workers: one per task (a block range of a media table).
+#pragma once
+
+#include "../pg/pg_includes.hpp"
+
+namespace popularity::worker {
+
+// Advisory-lock key space of refresh tasks: a worker holds (kTaskLockSpace, task_id) while it
+// runs a task, so a task is never run twice and the launcher can see which tasks have a worker.
+constexpr int32 kTaskLockSpace = 0x706f7075; // "popu"
+
+// What the launcher hands a refresh worker (BackgroundWorker.bgw_extra).
+struct WorkerArgs {
+    Oid database;
+    Oid role;
+    int64 task_id;
+};
+
+// What a scheduler is given: its database, by OID or (from the launcher) by name.
+struct SchedulerArgs {
+    Oid database;
+    char database_name[NAMEDATALEN];
+};
+
+// Registers the launcher; called from _PG_init while preloading.
+void register_launcher();
+
+// Starts a scheduler for a database (by OID, or by name when database_name is given). Never
+// raises: false when no background worker slot is free.
+bool start_scheduler(Oid database, const char *database_name);
+
+} // namespace popularity::worker
+
+extern "C" {
+PGDLLEXPORT void popularity_launcher_main(Datum);
+PGDLLEXPORT void popularity_scheduler_main(Datum);
+PGDLLEXPORT void popularity_refresh_worker_main(Datum);
+}

@@ -94,10 +94,11 @@ WHERE foreign_identifier IN ('a', 'b', 'q') ORDER BY 1;
 -- A provider change rescored with the new provider's constant (none here: NULL).
 UPDATE image SET provider = 'smithsonian' WHERE foreign_identifier = 'e';
 SELECT foreign_identifier, provider, standardized_popularity FROM image WHERE foreign_identifier = 'e';
--- Updating other columns does not touch the score; a hand-set score is recomputed when meta_data changes.
+-- Every written row version carries the score under the current constant: a hand-set score is
+-- replaced, and an update of any other column rescores too.
 UPDATE image SET standardized_popularity = 0.123 WHERE foreign_identifier = 'f';
 SELECT standardized_popularity FROM image WHERE foreign_identifier = 'f';
-UPDATE image SET meta_data = meta_data WHERE foreign_identifier = 'f';
+UPDATE image SET tags = '[]' WHERE foreign_identifier = 'f';
 SELECT standardized_popularity FROM image WHERE foreign_identifier = 'f';
 
 -- Constant change (p = 0.8 with views 0 and 50 -> 12.499999999999996), then new inserts.

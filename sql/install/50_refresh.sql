@@ -20,6 +20,7 @@ CREATE TABLE popularity.refresh_runs (
 -- At most one active run per media type.
 CREATE UNIQUE INDEX refresh_runs_one_active ON popularity.refresh_runs (media_type)
     WHERE state IN ('queued', 'running');
+COMMENT ON SEQUENCE popularity.refresh_runs_run_id_seq IS 'Run identifiers of popularity.refresh_runs';
 COMMENT ON TABLE popularity.refresh_runs IS
     'Popularity refresh runs (history is kept): what was requested, by whom, its state and error';
 
@@ -39,6 +40,7 @@ CREATE TABLE popularity.refresh_tasks (
     error text,
     UNIQUE (run_id, segment)
 );
+COMMENT ON SEQUENCE popularity.refresh_tasks_task_id_seq IS 'Task identifiers of popularity.refresh_tasks';
 COMMENT ON TABLE popularity.refresh_tasks IS
     'A run''s units of work: contiguous block ranges of the media table, each with its progress marker '
     '(next_block) committed in the same transaction as each batch';

@@ -9,6 +9,8 @@ namespace popularity::pg {
 
 namespace {
 
+CapturedError captured; // one error in flight per process at most: it is raised right away
+
 void copy_text(char *dest, const char *src) noexcept {
     if (src == nullptr) {
         dest[0] = '\0';
@@ -54,43 +56,52 @@ std::string strprintf(const char *format, ...) {
     return out;
 }
 
-void CapturedError::capture_current_exception(const char *function_name) noexcept {
+void capture_current_exception(const char *function_name) noexcept {
+    CapturedError &c = captured;
+    c.pg_error = nullptr;
+    c.sqlstate = ERRCODE_INTERNAL_ERROR;
+    c.message[0] = c.detail[0] = c.hint[0] = '\0';
+    char *message = c.message;
+    char *detail = c.detail;
+    char *hint = c.hint;
+    constexpr std::size_t text_size = CapturedError::text_size;
     try {
         throw;
     } catch (const PgError &e) {
-        pg_error = e.data();
+        c.pg_error = e.data();
     } catch (const SqlError &e) {
-        sqlstate = e.sqlstate();
+        c.sqlstate = e.sqlstate();
         copy_text(message, e.what());
         copy_text(detail, e.detail().c_str());
         copy_text(hint, e.hint().c_str());
     } catch (const core::Error &e) {
-        sqlstate = sqlstate_of(e.code());
+        c.sqlstate = sqlstate_of(e.code());
         copy_text(message, e.what());
         copy_text(detail, e.detail().c_str());
         copy_text(hint, e.hint().c_str());
     } catch (const std::bad_alloc &) {
-        sqlstate = ERRCODE_OUT_OF_MEMORY;
+        c.sqlstate = ERRCODE_OUT_OF_MEMORY;
         snprintf(message, text_size, "out of memory in %s", function_name);
     } catch (const std::exception &e) {
-        sqlstate = ERRCODE_INTERNAL_ERROR;
+        c.sqlstate = ERRCODE_INTERNAL_ERROR;
         snprintf(message, text_size, "unexpected C++ exception in %s: %s", function_name, e.what());
         copy_text(hint, "This is a bug in the popularity extension; please report it.");
     } catch (...) {
-        sqlstate = ERRCODE_INTERNAL_ERROR;
+        c.sqlstate = ERRCODE_INTERNAL_ERROR;
         snprintf(message, text_size, "unexpected C++ exception of unknown type in %s",
                  function_name);
         copy_text(hint, "This is a bug in the popularity extension; please report it.");
     }
 }
 
-void CapturedError::raise() const {
-    if (pg_error != nullptr) {
-        ReThrowError(pg_error);
+void raise_captured_error() {
+    const CapturedError &c = captured;
+    if (c.pg_error != nullptr) {
+        ReThrowError(c.pg_error);
     }
-    ereport(ERROR, (errcode(sqlstate), errmsg_internal("%s", message),
-                    detail[0] != '\0' ? errdetail_internal("%s", detail) : 0,
-                    hint[0] != '\0' ? errhint("%s", hint) : 0));
+    ereport(ERROR, (errcode(c.sqlstate), errmsg_internal("%s", c.message),
+                    c.detail[0] != '\0' ? errdetail_internal("%s", c.detail) : 0,
+                    c.hint[0] != '\0' ? errhint("%s", c.hint) : 0));
     pg_unreachable();
 }
 

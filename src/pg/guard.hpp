@@ -57,43 +57,46 @@ class SqlError : public std::exception {
 // printf-style formatting into a std::string, without PostgreSQL.
 std::string strprintf(const char *format, ...) __attribute__((format(printf, 1, 2)));
 
-// Plain storage for an exception's content: trivially destructible, filled inside a catch block
-// without calling PostgreSQL, raised after the try scope has closed.
+// The content of a caught exception, kept in plain process-wide storage (static, trivially
+// destructible): filled inside a catch block without calling PostgreSQL, raised as ereport(ERROR)
+// after the try scope has closed. Nothing is reserved on the stack of a call that succeeds, which
+// matters for functions called once per row.
 struct CapturedError {
     static constexpr std::size_t text_size = 1024;
-    ErrorData *pg_error = nullptr; // set for PgError: re-raised unchanged
-    int sqlstate = 0;
-    char message[text_size] = {0};
-    char detail[text_size] = {0};
-    char hint[text_size] = {0};
-
-    void capture_current_exception(const char *function_name) noexcept;
-    [[noreturn]] void raise() const;
+    ErrorData *pg_error; // set for PgError: re-raised unchanged
+    int sqlstate;
+    char message[text_size];
+    char detail[text_size];
+    char hint[text_size];
 };
 static_assert(std::is_trivially_destructible_v<CapturedError>);
+
+// Copies the exception being handled into the process-wide CapturedError. Call only from a catch
+// block.
+void capture_current_exception(const char *entry_name) noexcept;
+// Raises the captured error as a PostgreSQL ERROR.
+[[noreturn]] void raise_captured_error();
 
 // Runs body(fcinfo) under the guard. Anything thrown becomes a PostgreSQL ERROR.
 template <typename Body>
 inline Datum invoke_guarded(const char *function_name, FunctionCallInfo fcinfo, Body body) {
-    CapturedError error;
     try {
         return body(fcinfo);
     } catch (...) {
-        error.capture_current_exception(function_name);
+        capture_current_exception(function_name);
     }
-    error.raise();
+    raise_captured_error();
 }
 
 // Runs a body with no SQL-level result (a background worker's main, a hook) under the guard.
 template <typename Body> inline void run_guarded(const char *entry_name, Body body) {
-    CapturedError error;
     try {
         body();
         return;
     } catch (...) {
-        error.capture_current_exception(entry_name);
+        capture_current_exception(entry_name);
     }
-    error.raise();
+    raise_captured_error();
 }
 
 // Calls a PostgreSQL function that may ereport(ERROR) from a frame holding C++ objects: the

@@ -169,5 +169,8 @@ SELECT foreign_identifier, standardized_popularity FROM audio WHERE foreign_iden
 CREATE TABLE wrong (provider text, meta_data jsonb, standardized_popularity float8);
 CREATE TRIGGER t AFTER INSERT ON wrong FOR EACH ROW EXECUTE FUNCTION popularity._score_trigger('image');
 SELECT pg_temp.try($$INSERT INTO wrong VALUES ('flickr', '{}')$$);
+-- Dropping a registered table unregisters its media type, so it can be registered again.
+SELECT media_type FROM popularity.media_types ORDER BY 1;
 DROP TABLE wrong, audio, "Odd ""Table""; DROP TABLE image; --", image CASCADE;
-DELETE FROM popularity.media_types;
+SELECT count(*) AS registered_after_drop FROM popularity.media_types;
+SELECT count(*) AS metrics_after_drop FROM popularity.metrics;

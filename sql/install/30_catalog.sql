@@ -177,7 +177,9 @@ AS $$
 DECLARE
     tbl regclass := popularity._media_table(media_type);
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS zz_popularity_score ON %s', tbl);
+    IF EXISTS (SELECT FROM pg_class WHERE oid = tbl) THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS zz_popularity_score ON %s', tbl);
+    END IF;
     DELETE FROM popularity.media_types AS m WHERE m.media_type = $1; -- metrics go with it (cascade)
 END $$;
 COMMENT ON FUNCTION popularity.unregister_media_type(text) IS
@@ -281,3 +283,22 @@ COMMENT ON FUNCTION popularity.refresh_constants(text, text[]) IS
     'Recomputes the percentile value and constant of each provider (all, or the given ones) exactly '
     '(popularity_percentile); writes a provider''s row only when it changed; keeps the old constant '
     'when a provider has no values; returns old and new values per provider and NOTIFYs popularity';
+
+-- Dropping a registered table unregisters its media type (and its metrics), so the registry never
+-- points at a table that no longer exists.
+CREATE FUNCTION popularity._forget_dropped_tables()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM popularity.media_types AS m
+    WHERE m.media_table::oid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() AS d
+                                 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
+END $$;
+COMMENT ON FUNCTION popularity._forget_dropped_tables() IS
+    'Event trigger: unregisters the media types of dropped tables';
+CREATE EVENT TRIGGER popularity_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION popularity._forget_dropped_tables();
+COMMENT ON EVENT TRIGGER popularity_forget_dropped_tables IS
+    'Unregisters the media types of dropped tables';

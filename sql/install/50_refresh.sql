@@ -147,6 +147,12 @@ DECLARE
     run_state text;
     run_error text;
 BEGIN
+    -- It commits between its steps, so it must be called on its own (like VACUUM).
+    IF pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() THEN
+        RAISE EXCEPTION 'refresh_popularity() cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'Call it on its own: it commits the new constants before the workers rescore.';
+    END IF;
     IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = tbl) <> 'r' THEN
         RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
             USING ERRCODE = 'feature_not_supported',

@@ -11,7 +11,10 @@ CREATE TABLE bench_measurement (
     ours text NOT NULL,            -- the query using the extension
     baseline text NOT NULL,        -- the Openverse-style (or plain SQL) query
     max_ratio double precision,    -- target: median(ours ms / baseline ms) <= max_ratio; NULL: none
-    target text NOT NULL DEFAULT '-'
+    target text NOT NULL DEFAULT '-',
+    parallel_workers integer,      -- max_parallel_workers_per_gather for both sides; NULL: the session's
+    ours_setup text,               -- run (untimed, committed) before each run of ours, warm-up included
+    baseline_setup text            -- the same for the baseline
 );
 CREATE TABLE bench_sample (
     measurement text NOT NULL,
@@ -35,20 +38,40 @@ BEGIN
     ms := 1000 * extract(epoch FROM clock_timestamp() - started);
 END $$;
 
+-- Runs a measurement's setup statement (if any) and commits, outside any timing.
+CREATE OR REPLACE PROCEDURE bench_setup(setup text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF setup IS NOT NULL THEN
+        EXECUTE setup;
+    END IF;
+    COMMIT;
+END $$;
+
 -- Warms up (one untimed run of each side), then times ours and the baseline alternately, reps
--- times (ours, baseline, ours, baseline, ...), committing each pair.
+-- times (ours, baseline, ours, baseline, ...), committing each pair. A measurement's setup
+-- statements run untimed (and are committed) before every run of their side; its
+-- parallel_workers, if set, is the max_parallel_workers_per_gather of both sides.
 CREATE OR REPLACE PROCEDURE bench_run(name text, reps integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     m bench_measurement;
     a record;
     b record;
+    saved_workers text := current_setting('max_parallel_workers_per_gather');
 BEGIN
     SELECT * INTO STRICT m FROM bench_measurement WHERE measurement = name;
+    IF m.parallel_workers IS NOT NULL THEN
+        PERFORM set_config('max_parallel_workers_per_gather', m.parallel_workers::text, false);
+    END IF;
+    CALL bench_setup(m.ours_setup);
     PERFORM bench_time(m.ours);
+    CALL bench_setup(m.baseline_setup);
     PERFORM bench_time(m.baseline);
     FOR rep IN 1 .. reps LOOP
+        CALL bench_setup(m.ours_setup);
         SELECT * INTO a FROM bench_time(m.ours);
+        CALL bench_setup(m.baseline_setup);
         SELECT * INTO b FROM bench_time(m.baseline);
         INSERT INTO bench_sample VALUES (name, rep, 'ours', a.ms, a.value),
                                         (name, rep, 'baseline', b.ms, b.value);
@@ -56,6 +79,7 @@ BEGIN
             round(a.ms::numeric, 1), round(b.ms::numeric, 1);
         COMMIT;
     END LOOP;
+    PERFORM set_config('max_parallel_workers_per_gather', saved_workers, false);
 END $$;
 
 -- Every measurement, in order.

@@ -1,0 +1,152 @@
+-- refresh_popularity: background workers rescore in committed batches; status, cancel, resume.
+CREATE FUNCTION pg_temp.try(statement text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    hint text;
+BEGIN
+    EXECUTE statement;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS hint = PG_EXCEPTION_HINT;
+    RETURN SQLSTATE || ': ' || SQLERRM || coalesce(' (hint: ' || nullif(hint, '') || ')', '');
+END $$;
+-- Waits (up to 60 s) for a run to end; returns its state.
+CREATE FUNCTION pg_temp.wait_run(run bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    s text;
+BEGIN
+    FOR i IN 1..1200 LOOP
+        SELECT state INTO s FROM popularity.refresh_runs WHERE run_id = run;
+        IF s IN ('succeeded', 'failed', 'cancelled') THEN
+            RETURN s;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN 'timed out in state ' || s;
+END $$;
+-- Rows whose stored score is not the one their provider's current constant gives.
+CREATE FUNCTION pg_temp.wrong_scores(tbl regclass, mt text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM %s AS t LEFT JOIN popularity.metrics AS m
+                    ON m.media_type = $1 AND m.provider = t.provider
+                    WHERE t.standardized_popularity IS DISTINCT FROM
+                          standardized_popularity(popularity_metric_value(t.meta_data, m.metric), m.constant)', tbl)
+        INTO n USING mt;
+    RETURN n;
+END $$;
+
+CREATE TABLE image (
+    identifier uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    provider varchar(80),
+    foreign_identifier text,
+    meta_data jsonb,
+    updated_on timestamptz NOT NULL DEFAULT now()
+);
+-- 30000 rows loaded before registration: unscored. Constant for flickr views (p 0.85): 850.
+INSERT INTO image (provider, foreign_identifier, meta_data, updated_on)
+SELECT (ARRAY['flickr', 'wikimedia', 'smithsonian'])[1 + g % 3], 'f' || g,
+       jsonb_build_object('views', g % 1000, 'global_usage_count', g % 7, 'title', repeat('x', 200)),
+       '2020-01-01'
+FROM generate_series(1, 30000) AS g;
+SELECT popularity.register_media_type('image', 'image');
+
+-- Errors.
+SELECT pg_temp.try($$CALL refresh_popularity('video')$$);
+CREATE TABLE nokey (provider text, meta_data jsonb, updated_on timestamptz NOT NULL DEFAULT now());
+SELECT popularity.register_media_type('nokey', 'nokey', false);
+SELECT pg_temp.try($$CALL refresh_popularity('nokey')$$);
+CREATE TABLE parted (id int PRIMARY KEY, provider text, meta_data jsonb, updated_on timestamptz NOT NULL DEFAULT now())
+    PARTITION BY RANGE (id);
+SELECT popularity.register_media_type('parted', 'parted', false);
+SELECT pg_temp.try($$CALL refresh_popularity('parted')$$);
+SELECT pg_temp.try($$SELECT popularity.resume_refresh(12345)$$);
+DROP TABLE nokey, parted;
+
+-- A full refresh: constants, then every row of the changed providers rescored by the workers.
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_before;
+CALL refresh_popularity('image');
+SELECT provider, val, constant FROM popularity.metrics WHERE constant IS NOT NULL ORDER BY 1;
+-- (rows_scanned can exceed the provider's rows: a rewritten row that lands in a block not yet walked is
+-- seen again, already right, and not rewritten.)
+SELECT run_id, provider, state, blocks_done = blocks_total AS all_blocks, rows_scanned >= 10000 AS all_scanned, rows_updated,
+       rows_skipped_locked, rows_pending_revisit, batches > 0 AS batched, error
+FROM popularity.refresh_status ORDER BY run_id, provider;
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after;
+SELECT count(*) FILTER (WHERE updated_on > '2020-01-01') AS touched,
+       count(*) FILTER (WHERE provider IN ('flickr', 'wikimedia')) AS scored_providers_rows
+FROM image;
+SELECT state, count(*) FROM popularity.refresh_tasks GROUP BY 1;
+
+-- Nothing changed: no run work, a notice says so; force rescans but rewrites nothing.
+CALL refresh_popularity('image');
+CALL refresh_popularity('image', force => true);
+SELECT run_id, provider, state, rows_scanned, rows_updated FROM popularity.refresh_status WHERE run_id > 1
+ORDER BY run_id, provider;
+
+-- A constant change for one provider rescores only that provider's rows.
+SELECT popularity.set_metric('image', 'wikimedia', 'global_usage_count', 0.5);
+CALL refresh_popularity('image');
+SELECT run_id, provider, state, rows_scanned >= 10000 AS all_scanned, rows_updated FROM popularity.refresh_status WHERE run_id > 3
+ORDER BY run_id, provider;
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_change;
+
+-- Tolerance: relative changes below popularity.score_tolerance are left alone.
+ALTER SYSTEM SET popularity.score_tolerance = 0.01;
+SELECT pg_reload_conf();
+UPDATE popularity.metrics SET percentile = 0.8500001 WHERE media_type = 'image' AND provider = 'flickr';
+CALL refresh_popularity('image', ARRAY['flickr']);
+SELECT provider, rows_scanned, rows_updated FROM popularity.refresh_status WHERE run_id = 5;
+ALTER SYSTEM RESET popularity.score_tolerance;
+SELECT pg_reload_conf();
+UPDATE popularity.metrics SET percentile = 0.85 WHERE media_type = 'image' AND provider = 'flickr';
+CALL refresh_popularity('image', ARRAY['flickr']);
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_tolerance;
+
+-- One active run per media type; without wait the call returns at once with the run queued.
+SELECT popularity.set_metric('image', 'flickr', 'views', 0.5);
+CALL refresh_popularity('image', wait => false);
+SELECT pg_temp.try($$CALL refresh_popularity('image')$$);
+SELECT pg_temp.wait_run(7);
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_no_wait;
+
+-- It commits between steps, so it refuses to run inside a transaction block.
+BEGIN;
+SELECT pg_temp.try($$CALL refresh_popularity('image')$$);
+ROLLBACK;
+
+-- Cancel stops a run between batches; its progress is kept and resume finishes it.
+ALTER SYSTEM SET popularity.batch_blocks = 4;
+SELECT pg_reload_conf();
+SELECT popularity.set_metric('image', 'flickr', 'views', 0.7);
+CALL refresh_popularity('image', wait => false);
+SELECT popularity.cancel_refresh(media_type => 'image');
+SELECT state, error LIKE 'cancelled by %' AS cancelled_by_someone FROM popularity.refresh_runs WHERE run_id = 8;
+-- Workers stop between batches: wait until none holds a task, then no task of the run is running.
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'popularity refresh worker');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT count(*) FILTER (WHERE next_block < end_block) > 0 AS stopped_mid_way FROM popularity.refresh_tasks WHERE run_id = 8;
+SELECT popularity.resume_refresh(8);
+SELECT pg_temp.wait_run(8);
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_resume;
+SELECT pg_temp.try($$SELECT popularity.resume_refresh(8)$$);
+ALTER SYSTEM RESET popularity.batch_blocks;
+SELECT pg_reload_conf();
+SELECT count(*) AS cancelled_nothing_active FROM popularity.cancel_refresh();
+
+-- The history is kept; the status view reads it.
+SELECT run_id, media_type, providers, forced, state FROM popularity.refresh_runs ORDER BY run_id;
+
+-- Ordinary users can read the status but not change constants.
+CREATE ROLE popularity_reader;
+SET ROLE popularity_reader;
+SELECT count(*) > 0 AS can_read_status FROM popularity.refresh_status;
+SELECT pg_temp.try($$UPDATE popularity.metrics SET constant = 1$$);
+RESET ROLE;
+DROP ROLE popularity_reader;
+DROP TABLE image;

@@ -5,7 +5,8 @@
 --   psql -v reps=5 -v pairs=10000000 -f bench_lib.sql -f bench_foundation.sql
 \set ON_ERROR_STOP on
 SET client_min_messages = notice;
--- Single-core work on both sides: ratios compare the functions, not the number of workers.
+-- Single-core work on both sides unless a measurement sets its own parallel_workers (the
+-- "default parallel" rows use the server's default): the other ratios compare the functions.
 SET max_parallel_workers_per_gather = 0;
 SET jit = off;
 SELECT (:'reps')::integer AS bench_reps, (:'pairs')::bigint AS bench_pairs,

@@ -185,6 +185,7 @@ CREATE PROCEDURE @extschema@.filter_tags(media_type text, dry_run boolean DEFAUL
                                          batch_blocks integer DEFAULT 1000)
 LANGUAGE plpgsql
 AS $procedure$
+#variable_conflict use_column
 DECLARE
     v_media_type CONSTANT text := filter_tags.media_type;
     v_dry_run CONSTANT boolean := filter_tags.dry_run;

@@ -16,6 +16,10 @@ DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 REGRESS = $(sort $(filter-out $(EXTENSION)--%,$(basename $(notdir $(wildcard sql/*.sql)))))
 REGRESS_OPTS = --load-extension=$(EXTENSION)
 
+# Isolation specs (concurrency claims), run by `make installcheck` after the pg_regress tests.
+ISOLATION = $(sort $(basename $(notdir $(wildcard test/isolation/specs/*.spec))))
+ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION)
+
 # C++17; warnings are errors with WERROR=1 (CI). -Wno-register: PostgreSQL 15 headers use the
 # C "register" keyword; -fno-strict-aliasing -fwrapv: as PostgreSQL itself, its macros rely on them.
 # Floating-point contraction is off so every formula rounds exactly like PostgreSQL's float8 operators.

@@ -1,6 +1,7 @@
 -- Tag filter: popularity.filtered_tags, the rules tables and their cache, and CALL filter_tags
 -- through a real media table (reference vectors: openverse-semantics.md, section 5).
 \set VERBOSITY default
+\set SHOW_CONTEXT never
 
 -- A media table and its registration (registration routines belong to the catalog feature).
 CREATE TABLE image (

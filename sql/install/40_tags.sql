@@ -174,7 +174,8 @@ GRANT SELECT ON popularity.tag_filter_runs TO PUBLIC;
 --  2. locks those rows (and the pending ones) with FOR UPDATE SKIP LOCKED, re-checks them under the
 --     lock and rewrites only rows whose tags change;
 --  3. rows it could not lock and that still need filtering become `pending`, retried by the next
---     batches and, after the walk, with a growing pause until none is left;
+--     batches; after the walk, each batch waits (at most 1 s, lock_timeout) for the holder of a
+--     pending row and retries, until none is left;
 --  4. stores its progress and counts in popularity.tag_filter_runs in the same transaction.
 -- It runs with the caller's rights (it needs UPDATE on the media table and on
 -- popularity.tag_filter_runs) and cannot pin search_path (a procedure with a SET clause cannot
@@ -196,7 +197,8 @@ DECLARE
     v_run_id bigint;
     v_lo bigint;
     v_hi bigint;
-    v_sleep double precision := 0;
+    v_lock_wait CONSTANT text := '1s';
+    v_wait_sql text;
     v_scanned bigint;
     v_malformed_rows bigint;
     v_candidates uuid[];
@@ -309,10 +311,10 @@ BEGIN
         'FROM (SELECT t.identifier, popularity._tag_drop_counts(t.tags, t.provider, $2) AS c '
         '      FROM %s t WHERE t.identifier = ANY ($1)) s WHERE s.c[1] = 0', v_table);
 
+    v_wait_sql := pg_catalog.format(
+        'SELECT FROM %s t WHERE t.identifier = $1 FOR UPDATE OF t', v_table);
+
     LOOP
-        IF v_sleep > 0 THEN
-            PERFORM pg_catalog.pg_sleep(v_sleep);
-        END IF;
         -- The run row is the batch's mutex: concurrent calls for the same media type take turns.
         SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id FOR UPDATE;
         EXIT WHEN v_run.state <> 'running';
@@ -346,6 +348,16 @@ BEGIN
             v_changed := 0;
             v_drops := '{0,0,0,0,0,0}';
             v_pending := '{}';
+            IF v_lo >= v_hi AND pg_catalog.cardinality(v_candidates) > 0 THEN
+                -- The walk is over and only rows held by other transactions are left: wait for the
+                -- holder of the first one, boundedly (lock_timeout), then lock what is free.
+                BEGIN
+                    PERFORM pg_catalog.set_config('lock_timeout', v_lock_wait, true);
+                    EXECUTE v_wait_sql USING v_candidates[1];
+                EXCEPTION WHEN lock_not_available THEN
+                    NULL; -- still held: the next batch waits again
+                END;
+            END IF;
             IF pg_catalog.cardinality(v_candidates) > 0 THEN
                 EXECUTE v_lock_sql INTO v_locked, v_changed, v_drops USING v_candidates, v_media_type;
                 IF pg_catalog.cardinality(v_locked) < pg_catalog.cardinality(v_candidates) THEN
@@ -374,13 +386,6 @@ BEGIN
             updated_at = pg_catalog.clock_timestamp()
         WHERE r.run_id = v_run_id;
         COMMIT;
-
-        -- After the walk, only pending rows are left: wait for their holders, a little longer each time.
-        IF v_lo >= v_hi AND pg_catalog.cardinality(v_pending) > 0 THEN
-            v_sleep := least(1.0, greatest(0.01, v_sleep * 2));
-        ELSE
-            v_sleep := 0;
-        END IF;
     END LOOP;
 
     SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id;

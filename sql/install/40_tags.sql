@@ -131,6 +131,8 @@ CREATE TABLE popularity.tag_filter_runs (
     updated_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
 );
+COMMENT ON SEQUENCE popularity.tag_filter_runs_run_id_seq IS
+    'Run numbers of filter_tags (identity of popularity.tag_filter_runs)';
 CREATE UNIQUE INDEX tag_filter_runs_one_running
     ON popularity.tag_filter_runs (media_type, dry_run) WHERE state = 'running';
 COMMENT ON TABLE popularity.tag_filter_runs IS

@@ -28,7 +28,8 @@ PG_CXXFLAGS = -std=c++17 -fPIC -Wall -Wextra -Wno-unused-parameter -Wno-register
 ifeq ($(WERROR),1)
 PG_CXXFLAGS += -Werror
 endif
-SHLIB_LINK = -lstdc++
+# ICU's common library: full Unicode lower-casing for the tag rules (PostgreSQL links it too).
+SHLIB_LINK = -lstdc++ -licuuc
 
 # No LLVM bitcode for JIT inlining: it would need clang and buys nothing for these functions.
 override with_llvm = no

@@ -1,0 +1,409 @@
+-- Tag filter: rules, the per-row functions, and the batch procedure filter_tags.
+-- Semantics: shared/reference/openverse-semantics.md, section 5.
+
+-- Rules ----------------------------------------------------------------------------------------------
+
+-- One optional global row (media_type NULL) and optional rows per media type. A NULL column
+-- inherits: media type row -> global row -> built-in default (popularity.tag_rule_defaults). The
+-- table starts empty, so that pg_dump keeps exactly what the operator wrote.
+CREATE TABLE popularity.tag_rules (
+    media_type text UNIQUE NULLS NOT DISTINCT
+        REFERENCES popularity.media_types (media_type) ON UPDATE CASCADE ON DELETE CASCADE,
+    min_accuracy numeric
+        CONSTRAINT min_accuracy_between_0_and_1 CHECK (min_accuracy >= 0 AND min_accuracy <= 1),
+    filtered_providers text[]
+        CONSTRAINT filtered_providers_no_null CHECK (array_position(filtered_providers, NULL) IS NULL),
+    exact_denylist text[]
+        CONSTRAINT exact_denylist_no_null CHECK (array_position(exact_denylist, NULL) IS NULL),
+    substring_denylist text[]
+        CONSTRAINT substring_denylist_no_null CHECK (array_position(substring_denylist, NULL) IS NULL),
+    machine_labels text[]
+        CONSTRAINT machine_labels_no_null CHECK (array_position(machine_labels, NULL) IS NULL)
+);
+COMMENT ON TABLE popularity.tag_rules IS
+    'Tag filter rules: the row with media_type NULL overrides the built-in defaults for every media '
+    'type, a media type''s row overrides it for that type; a NULL column inherits. Names are matched '
+    'case-insensitively (full Unicode lower-casing), never trimmed';
+COMMENT ON COLUMN popularity.tag_rules.media_type IS
+    'A registered media type, or NULL for the global rules';
+COMMENT ON COLUMN popularity.tag_rules.min_accuracy IS
+    'Minimum confidence: a tag whose accuracy is strictly below it is dropped (compared exactly)';
+COMMENT ON COLUMN popularity.tag_rules.filtered_providers IS
+    'Tags whose provider is one of these are dropped';
+COMMENT ON COLUMN popularity.tag_rules.exact_denylist IS
+    'Tags whose lower-cased name equals one of these are dropped';
+COMMENT ON COLUMN popularity.tag_rules.substring_denylist IS
+    'Tags whose lower-cased name contains one of these are dropped';
+COMMENT ON COLUMN popularity.tag_rules.machine_labels IS
+    'Machine-generated labels to exclude (e.g. demographic labels): dropped when the tag''s name '
+    'equals one of these and the tag has a provider that differs from the record''s provider';
+SELECT pg_catalog.pg_extension_config_dump('popularity.tag_rules', '');
+GRANT SELECT ON popularity.tag_rules TO PUBLIC;
+
+CREATE VIEW popularity.tag_rule_defaults AS
+SELECT 0.90::numeric AS min_accuracy,
+       ARRAY['rekognition']::text[] AS filtered_providers,
+       ARRAY['no person', 'squareformat', 'uploaded:by=flickrmobile', 'uploaded:by=instagram',
+             'flickriosapp:filter=flamingo', 'by']::text[] AS exact_denylist,
+       ARRAY['flickriosapp', 'uploaded', ':', '=', 'cc0', 'by-nc', 'by-nd', 'by-sa', 'by-nc-nd',
+             'by-nc-sa', 'pdm']::text[] AS substring_denylist,
+       ARRAY[]::text[] AS machine_labels;
+COMMENT ON VIEW popularity.tag_rule_defaults IS
+    'Built-in tag rules (the Openverse data refresh rules); override them in popularity.tag_rules';
+GRANT SELECT ON popularity.tag_rule_defaults TO PUBLIC;
+
+CREATE VIEW popularity.effective_tag_rules AS
+SELECT m.media_type,
+       coalesce(t.min_accuracy, g.min_accuracy, d.min_accuracy) AS min_accuracy,
+       coalesce(t.filtered_providers, g.filtered_providers, d.filtered_providers) AS filtered_providers,
+       coalesce(t.exact_denylist, g.exact_denylist, d.exact_denylist) AS exact_denylist,
+       coalesce(t.substring_denylist, g.substring_denylist, d.substring_denylist) AS substring_denylist,
+       coalesce(t.machine_labels, g.machine_labels, d.machine_labels) AS machine_labels
+FROM (SELECT NULL::text AS media_type
+      UNION ALL
+      SELECT mt.media_type FROM popularity.media_types mt) AS m
+CROSS JOIN popularity.tag_rule_defaults AS d
+LEFT JOIN popularity.tag_rules AS g ON g.media_type IS NULL
+LEFT JOIN popularity.tag_rules AS t ON t.media_type = m.media_type;
+COMMENT ON VIEW popularity.effective_tag_rules IS
+    'The tag rules in force: one row for the global rules (media_type NULL) and one per registered '
+    'media type';
+GRANT SELECT ON popularity.effective_tag_rules TO PUBLIC;
+
+CREATE FUNCTION popularity._tag_rules_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'popularity_tag_rules_changed'
+LANGUAGE C;
+COMMENT ON FUNCTION popularity._tag_rules_changed() IS
+    'Trigger: makes every backend reload its cached tag rules once the change commits (internal)';
+
+CREATE TRIGGER tag_rules_changed
+AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.tag_rules
+FOR EACH STATEMENT EXECUTE FUNCTION popularity._tag_rules_changed();
+COMMENT ON TRIGGER tag_rules_changed ON popularity.tag_rules IS
+    'Invalidates the per-backend cache of compiled tag rules';
+
+-- Per-row functions -------------------------------------------------------------------------------
+
+CREATE FUNCTION popularity.filtered_tags(tags jsonb, record_provider text DEFAULT NULL,
+                                         media_type text DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'popularity_filtered_tags'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION popularity.filtered_tags(jsonb, text, text) IS
+    'The tags the rules keep (the original objects, in order), or the input itself when nothing is '
+    'dropped or when tags is not an array; rules of media_type (raises 42704 if not registered), '
+    'or the global rules when it is NULL. Never raises on data';
+
+CREATE FUNCTION popularity._tag_drop_counts(tags jsonb, record_provider text, media_type text)
+RETURNS integer[]
+AS 'MODULE_PATHNAME', 'popularity_tag_drop_counts'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION popularity._tag_drop_counts(jsonb, text, text) IS
+    'NULL when tags is an array that loses nothing; else {not_an_array (0/1), malformed, '
+    'low_accuracy, filtered_provider, exact_denylist, substring_denylist, machine_label} (internal)';
+
+-- Runs of filter_tags ---------------------------------------------------------------------------
+
+CREATE TABLE popularity.tag_filter_runs (
+    run_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    media_type text NOT NULL
+        REFERENCES popularity.media_types (media_type) ON UPDATE CASCADE ON DELETE CASCADE,
+    media_table regclass NOT NULL,
+    dry_run boolean NOT NULL,
+    state text NOT NULL DEFAULT 'running'
+        CONSTRAINT tag_filter_run_state CHECK (state IN ('running', 'finished', 'abandoned')),
+    total_blocks bigint NOT NULL,
+    next_block bigint NOT NULL DEFAULT 0,
+    pending uuid[] NOT NULL DEFAULT '{}',
+    batches bigint NOT NULL DEFAULT 0,
+    rows_scanned bigint NOT NULL DEFAULT 0,
+    rows_changed bigint NOT NULL DEFAULT 0,
+    rows_malformed bigint NOT NULL DEFAULT 0,
+    lock_skips bigint NOT NULL DEFAULT 0,
+    dropped_malformed bigint NOT NULL DEFAULT 0,
+    dropped_low_accuracy bigint NOT NULL DEFAULT 0,
+    dropped_filtered_provider bigint NOT NULL DEFAULT 0,
+    dropped_exact_denylist bigint NOT NULL DEFAULT 0,
+    dropped_substring_denylist bigint NOT NULL DEFAULT 0,
+    dropped_machine_label bigint NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+COMMENT ON SEQUENCE popularity.tag_filter_runs_run_id_seq IS
+    'Run numbers of filter_tags (identity of popularity.tag_filter_runs)';
+CREATE UNIQUE INDEX tag_filter_runs_one_running
+    ON popularity.tag_filter_runs (media_type, dry_run) WHERE state = 'running';
+COMMENT ON TABLE popularity.tag_filter_runs IS
+    'Runs of filter_tags: progress (committed with each batch, so an interrupted run resumes) and '
+    'counts. A dry run counts what a run would change';
+COMMENT ON COLUMN popularity.tag_filter_runs.state IS
+    'running (or interrupted: the next call resumes it), finished, or abandoned (its media type was '
+    're-registered with another table)';
+COMMENT ON COLUMN popularity.tag_filter_runs.total_blocks IS
+    'Size of the media table in blocks when the run started: the walk covers blocks [0, total_blocks)';
+COMMENT ON COLUMN popularity.tag_filter_runs.next_block IS
+    'First block of the next batch: blocks below it are done';
+COMMENT ON COLUMN popularity.tag_filter_runs.pending IS
+    'Identifiers of rows that need filtering but were locked by another transaction: revisited by '
+    'the next batches and after the walk until none is left';
+COMMENT ON COLUMN popularity.tag_filter_runs.rows_scanned IS 'Rows read by the walk';
+COMMENT ON COLUMN popularity.tag_filter_runs.rows_changed IS
+    'Rows whose tags were rewritten (dry run: would be)';
+COMMENT ON COLUMN popularity.tag_filter_runs.rows_malformed IS
+    'Rows whose tags are not an array (left as they are)';
+COMMENT ON COLUMN popularity.tag_filter_runs.lock_skips IS
+    'Times a row was skipped because another transaction held it';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_malformed IS
+    'Tags dropped because they are not objects, their name is not a string, or their accuracy is not a number';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_low_accuracy IS 'Tags dropped for low accuracy';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_filtered_provider IS
+    'Tags dropped because of their provider';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_exact_denylist IS
+    'Tags dropped by the exact denylist';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_substring_denylist IS
+    'Tags dropped by the substring denylist';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_machine_label IS
+    'Tags dropped as excluded machine-generated labels';
+GRANT SELECT ON popularity.tag_filter_runs TO PUBLIC;
+
+-- The batch procedure -----------------------------------------------------------------------------
+
+-- Walks the media table in ranges of blocks (TID range scans), one committed transaction per batch:
+--  1. without locking, finds the rows of the range whose tags lose a tag (the C++ rules engine;
+--     a row that keeps everything costs no write, no lock and no allocation);
+--  2. locks those rows (and the pending ones) with FOR UPDATE SKIP LOCKED, re-checks them under the
+--     lock and rewrites only rows whose tags change;
+--  3. rows it could not lock and that still need filtering become `pending`, retried by the next
+--     batches; after the walk, each batch waits (at most 1 s, lock_timeout) for the holder of a
+--     pending row and retries, until none is left;
+--  4. stores its progress and counts in popularity.tag_filter_runs in the same transaction.
+-- It runs with the caller's rights (it needs UPDATE on the media table and on
+-- popularity.tag_filter_runs) and cannot pin search_path (a procedure with a SET clause cannot
+-- commit): every object it uses is schema-qualified, and identifiers reach dynamic SQL quoted.
+-- updated_on is deliberately left alone: it drives the popularity refresh (rows updated after its
+-- cutoff are skipped), and the tags are not new data.
+CREATE PROCEDURE @extschema@.filter_tags(media_type text, dry_run boolean DEFAULT false,
+                                         batch_blocks integer DEFAULT 1000)
+LANGUAGE plpgsql
+AS $procedure$
+#variable_conflict use_column
+DECLARE
+    v_media_type CONSTANT text := filter_tags.media_type;
+    v_dry_run CONSTANT boolean := filter_tags.dry_run;
+    v_batch CONSTANT integer := filter_tags.batch_blocks;
+    v_table regclass;
+    v_relkind "char";
+    v_run popularity.tag_filter_runs;
+    v_run_id bigint;
+    v_lo bigint;
+    v_hi bigint;
+    v_lock_wait CONSTANT text := '1s';
+    v_wait_sql text;
+    v_scanned bigint;
+    v_malformed_rows bigint;
+    v_candidates uuid[];
+    v_drops bigint[];
+    v_locked uuid[];
+    v_changed bigint;
+    v_pending uuid[];
+    v_missing text;
+    v_scan_sql text;
+    v_lock_sql text;
+    v_recheck_sql text;
+BEGIN
+    IF v_media_type IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'media type must not be null',
+            HINT = 'Pass a media type registered in popularity.media_types.';
+    END IF;
+    IF v_dry_run IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'dry_run must not be null';
+    END IF;
+    IF v_batch IS NULL OR v_batch < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = pg_catalog.format('batch_blocks must be at least 1, not %s',
+                                        coalesce(v_batch::text, 'NULL')),
+            HINT = 'batch_blocks is the number of table blocks (8 kB pages) per committed batch.';
+    END IF;
+
+    SELECT mt.media_table, c.relkind INTO v_table, v_relkind
+    FROM popularity.media_types mt JOIN pg_catalog.pg_class c ON c.oid = mt.media_table
+    WHERE mt.media_type = v_media_type;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = pg_catalog.format('unknown media type "%s"', v_media_type),
+            DETAIL = pg_catalog.format('Registered media types: %s.',
+                coalesce((SELECT pg_catalog.string_agg(pg_catalog.quote_literal(mt.media_type), ', '
+                                                       ORDER BY mt.media_type)
+                          FROM popularity.media_types mt), 'none')),
+            HINT = 'Media types are registered in popularity.media_types.';
+    END IF;
+    IF v_relkind <> 'r' THEN
+        RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
+            MESSAGE = pg_catalog.format('media table %s of media type "%s" is not a plain table',
+                                        v_table, v_media_type),
+            HINT = 'filter_tags walks the blocks of a heap table; register each partition as a media type.';
+    END IF;
+    -- The columns it needs, with their types.
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I %s', need.name, need.type), ', ')
+    INTO v_missing
+    FROM (VALUES ('identifier', 'uuid'::regtype), ('tags', 'jsonb'::regtype),
+                 ('provider', 'text'::regtype)) AS need(name, type)
+    WHERE NOT EXISTS (
+        SELECT FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = v_table AND a.attname = need.name AND NOT a.attisdropped AND a.attnum > 0
+          AND (a.atttypid = need.type
+               OR (need.type = 'text'::regtype AND a.atttypid = 'character varying'::regtype)));
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_column',
+            MESSAGE = pg_catalog.format('media table %s lacks columns that filter_tags needs', v_table),
+            DETAIL = pg_catalog.format('Missing or of another type: %s.', v_missing),
+            HINT = 'A media table has identifier uuid (its key), provider text or varchar, and tags jsonb.';
+    END IF;
+    -- Fail early on rules that cannot be loaded.
+    PERFORM popularity.filtered_tags('[]'::jsonb, NULL, v_media_type);
+
+    -- Resume the unfinished run of this media type, or start one.
+    UPDATE popularity.tag_filter_runs r SET state = 'abandoned', updated_at = pg_catalog.now()
+    WHERE r.media_type = v_media_type AND r.dry_run = v_dry_run AND r.state = 'running'
+      AND r.media_table <> v_table;
+    INSERT INTO popularity.tag_filter_runs (media_type, media_table, dry_run, total_blocks)
+    VALUES (v_media_type, v_table, v_dry_run,
+            pg_catalog.pg_relation_size(v_table)
+                / pg_catalog.current_setting('block_size')::bigint)
+    ON CONFLICT (media_type, dry_run) WHERE state = 'running' DO NOTHING
+    RETURNING run_id INTO v_run_id;
+    IF v_run_id IS NULL THEN
+        SELECT r.run_id, r.next_block, r.total_blocks INTO v_run_id, v_lo, v_hi
+        FROM popularity.tag_filter_runs r
+        WHERE r.media_type = v_media_type AND r.dry_run = v_dry_run AND r.state = 'running';
+        RAISE NOTICE 'resuming % run % of media type "%" at block % of %',
+            CASE WHEN v_dry_run THEN 'dry' ELSE 'tag filter' END, v_run_id, v_media_type, v_lo, v_hi;
+    END IF;
+    COMMIT;
+
+    v_scan_sql := pg_catalog.format(
+        'SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE s.c[1] = 1), '
+        '       coalesce(pg_catalog.array_agg(s.identifier) FILTER (WHERE s.c[1] = 0), ''{}''), '
+        '       ARRAY[coalesce(pg_catalog.sum(s.c[2]), 0), coalesce(pg_catalog.sum(s.c[3]), 0), '
+        '             coalesce(pg_catalog.sum(s.c[4]), 0), coalesce(pg_catalog.sum(s.c[5]), 0), '
+        '             coalesce(pg_catalog.sum(s.c[6]), 0), coalesce(pg_catalog.sum(s.c[7]), 0)]::bigint[] '
+        'FROM (SELECT t.identifier, popularity._tag_drop_counts(t.tags, t.provider, $3) AS c '
+        '      FROM %s t WHERE t.ctid >= $1 AND t.ctid < $2) s', v_table);
+    v_lock_sql := pg_catalog.format(
+        'WITH locked AS ('
+        '    SELECT t.identifier, popularity._tag_drop_counts(t.tags, t.provider, $2) AS c'
+        '    FROM %1$s t WHERE t.identifier = ANY ($1) FOR UPDATE OF t SKIP LOCKED'
+        '), changed AS ('
+        '    UPDATE %1$s t SET tags = popularity.filtered_tags(t.tags, t.provider, $2)'
+        '    FROM locked l WHERE t.identifier = l.identifier AND l.c[1] = 0'
+        '    RETURNING t.identifier'
+        ') '
+        'SELECT coalesce(pg_catalog.array_agg(l.identifier), ''{}''), (SELECT pg_catalog.count(*) FROM changed), '
+        '       ARRAY[coalesce(pg_catalog.sum(l.c[2]), 0), coalesce(pg_catalog.sum(l.c[3]), 0), '
+        '             coalesce(pg_catalog.sum(l.c[4]), 0), coalesce(pg_catalog.sum(l.c[5]), 0), '
+        '             coalesce(pg_catalog.sum(l.c[6]), 0), coalesce(pg_catalog.sum(l.c[7]), 0)]::bigint[] '
+        'FROM locked l', v_table);
+    -- Rows not locked: those that still exist and still need filtering stay pending.
+    v_recheck_sql := pg_catalog.format(
+        'SELECT coalesce(pg_catalog.array_agg(s.identifier), ''{}'') '
+        'FROM (SELECT t.identifier, popularity._tag_drop_counts(t.tags, t.provider, $2) AS c '
+        '      FROM %s t WHERE t.identifier = ANY ($1)) s WHERE s.c[1] = 0', v_table);
+
+    v_wait_sql := pg_catalog.format(
+        'SELECT FROM %s t WHERE t.identifier = $1 FOR UPDATE OF t', v_table);
+
+    LOOP
+        -- The run row is the batch's mutex: concurrent calls for the same media type take turns.
+        SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id FOR UPDATE;
+        EXIT WHEN v_run.state <> 'running';
+        IF v_run.next_block >= v_run.total_blocks AND pg_catalog.cardinality(v_run.pending) = 0 THEN
+            UPDATE popularity.tag_filter_runs r
+            SET state = 'finished', finished_at = pg_catalog.clock_timestamp(),
+                updated_at = pg_catalog.clock_timestamp()
+            WHERE r.run_id = v_run_id;
+            COMMIT;
+            EXIT;
+        END IF;
+
+        v_lo := v_run.next_block;
+        v_hi := least(v_run.next_block + v_batch, v_run.total_blocks);
+        v_scanned := 0;
+        v_malformed_rows := 0;
+        v_candidates := '{}';
+        v_drops := '{0,0,0,0,0,0}';
+        IF v_lo < v_hi THEN
+            EXECUTE v_scan_sql INTO v_scanned, v_malformed_rows, v_candidates, v_drops
+                USING pg_catalog.format('(%s,0)', v_lo)::tid, pg_catalog.format('(%s,0)', v_hi)::tid,
+                      v_media_type;
+        END IF;
+
+        IF v_dry_run THEN
+            v_changed := pg_catalog.cardinality(v_candidates);
+            v_pending := '{}';
+        ELSE
+            v_candidates := ARRAY(SELECT DISTINCT u FROM pg_catalog.unnest(v_candidates || v_run.pending) u);
+            v_locked := '{}';
+            v_changed := 0;
+            v_drops := '{0,0,0,0,0,0}';
+            v_pending := '{}';
+            IF v_lo >= v_hi AND pg_catalog.cardinality(v_candidates) > 0 THEN
+                -- The walk is over and only rows held by other transactions are left: wait for the
+                -- holder of the first one, boundedly (lock_timeout), then lock what is free.
+                BEGIN
+                    PERFORM pg_catalog.set_config('lock_timeout', v_lock_wait, true);
+                    EXECUTE v_wait_sql USING v_candidates[1];
+                EXCEPTION WHEN lock_not_available THEN
+                    NULL; -- still held: the next batch waits again
+                END;
+            END IF;
+            IF pg_catalog.cardinality(v_candidates) > 0 THEN
+                EXECUTE v_lock_sql INTO v_locked, v_changed, v_drops USING v_candidates, v_media_type;
+                IF pg_catalog.cardinality(v_locked) < pg_catalog.cardinality(v_candidates) THEN
+                    EXECUTE v_recheck_sql INTO v_pending
+                        USING ARRAY(SELECT u FROM pg_catalog.unnest(v_candidates) u
+                                    EXCEPT SELECT u FROM pg_catalog.unnest(v_locked) u),
+                              v_media_type;
+                END IF;
+            END IF;
+        END IF;
+
+        UPDATE popularity.tag_filter_runs r
+        SET next_block = v_hi,
+            pending = v_pending,
+            batches = r.batches + 1,
+            rows_scanned = r.rows_scanned + v_scanned,
+            rows_changed = r.rows_changed + v_changed,
+            rows_malformed = r.rows_malformed + v_malformed_rows,
+            lock_skips = r.lock_skips + pg_catalog.cardinality(v_pending),
+            dropped_malformed = r.dropped_malformed + v_drops[1],
+            dropped_low_accuracy = r.dropped_low_accuracy + v_drops[2],
+            dropped_filtered_provider = r.dropped_filtered_provider + v_drops[3],
+            dropped_exact_denylist = r.dropped_exact_denylist + v_drops[4],
+            dropped_substring_denylist = r.dropped_substring_denylist + v_drops[5],
+            dropped_machine_label = r.dropped_machine_label + v_drops[6],
+            updated_at = pg_catalog.clock_timestamp()
+        WHERE r.run_id = v_run_id;
+        COMMIT;
+    END LOOP;
+
+    SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id;
+    RAISE NOTICE '%', pg_catalog.format(
+        '%s run %s of media type "%s" %s: %s rows scanned, %s %s, %s malformed; tags dropped: '
+        '%s malformed, %s low_accuracy, %s filtered_provider, %s exact_denylist, '
+        '%s substring_denylist, %s machine_label',
+        CASE WHEN v_dry_run THEN 'dry' ELSE 'tag filter' END, v_run.run_id, v_media_type, v_run.state,
+        v_run.rows_scanned, v_run.rows_changed,
+        CASE WHEN v_dry_run THEN 'would change' ELSE 'changed' END, v_run.rows_malformed,
+        v_run.dropped_malformed, v_run.dropped_low_accuracy, v_run.dropped_filtered_provider,
+        v_run.dropped_exact_denylist, v_run.dropped_substring_denylist, v_run.dropped_machine_label);
+END;
+$procedure$;
+COMMENT ON PROCEDURE @extschema@.filter_tags(text, boolean, integer) IS
+    'Applies the tag rules in place to a media type''s table, in committed batches of batch_blocks '
+    'blocks that skip rows other transactions hold and revisit them; resumes an interrupted run. '
+    'With dry_run it changes no media row and only counts. Progress and counts: '
+    'popularity.tag_filter_runs';

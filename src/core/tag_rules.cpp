@@ -1,0 +1,141 @@
+#include "tag_rules.hpp"
+
+#include <algorithm>
+
+namespace popularity::core {
+
+namespace {
+
+std::vector<std::string> lowered_list(const std::vector<std::string> &entries, bool sorted) {
+    std::vector<std::string> out;
+    out.reserve(entries.size());
+    for (const std::string &entry : entries) {
+        out.push_back(to_lower(entry));
+    }
+    if (sorted) {
+        std::sort(out.begin(), out.end());
+        out.erase(std::unique(out.begin(), out.end()), out.end());
+    }
+    return out;
+}
+
+bool sorted_contains(const std::vector<std::string> &list, std::string_view value) {
+    const auto it =
+        std::lower_bound(list.begin(), list.end(), value,
+                         [](const std::string &a, std::string_view b) { return a < b; });
+    return it != list.end() && *it == value;
+}
+
+} // namespace
+
+const char *tag_verdict_name(TagVerdict verdict) {
+    switch (verdict) {
+    case TagVerdict::keep:
+        return "kept";
+    case TagVerdict::malformed:
+        return "malformed";
+    case TagVerdict::low_accuracy:
+        return "low_accuracy";
+    case TagVerdict::filtered_provider:
+        return "filtered_provider";
+    case TagVerdict::exact_denylist:
+        return "exact_denylist";
+    case TagVerdict::substring_denylist:
+        return "substring_denylist";
+    case TagVerdict::machine_label:
+        return "machine_label";
+    }
+    return "unknown";
+}
+
+TagRules::TagRules(const TagRuleConfig &config)
+    : min_accuracy_(Decimal::parse(config.min_accuracy)),
+      filtered_providers_(lowered_list(config.filtered_providers, true)),
+      exact_denylist_(lowered_list(config.exact_denylist, true)),
+      substring_denylist_(lowered_list(config.substring_denylist, false)),
+      machine_labels_(lowered_list(config.machine_labels, true)) {
+    // An empty substring is contained in every name: it is kept, and drops every tag, as written.
+}
+
+bool TagRules::is_filtered_provider(std::string_view lower_provider) const {
+    return sorted_contains(filtered_providers_, lower_provider);
+}
+
+bool TagRules::is_exact_denylisted(std::string_view lower_name) const {
+    return sorted_contains(exact_denylist_, lower_name);
+}
+
+bool TagRules::has_denylisted_substring(std::string_view lower_name) const {
+    for (const std::string &entry : substring_denylist_) {
+        if (lower_name.find(entry) != std::string_view::npos) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool TagRules::is_machine_label(std::string_view lower_name) const {
+    return sorted_contains(machine_labels_, lower_name);
+}
+
+void TagClassifier::start_record(const TagRules &rules,
+                                 std::optional<std::string_view> record_provider) {
+    rules_ = &rules;
+    has_record_provider_ = record_provider.has_value();
+    if (has_record_provider_) {
+        record_provider_.assign(record_lowercaser_.lower(*record_provider));
+    } else {
+        record_provider_.clear();
+    }
+}
+
+TagVerdict TagClassifier::classify(const TagView &tag) {
+    if (!tag.is_object || !tag.name || tag.accuracy == TagView::Accuracy::not_number) {
+        return TagVerdict::malformed;
+    }
+    if (tag.accuracy == TagView::Accuracy::number &&
+        compare_decimal(tag.accuracy_value, rules_->min_accuracy()) < 0) {
+        return TagVerdict::low_accuracy;
+    }
+    bool machine_generated = false;
+    if (tag.provider) {
+        const std::string_view provider = lowercaser_.lower(*tag.provider);
+        if (rules_->is_filtered_provider(provider)) {
+            return TagVerdict::filtered_provider;
+        }
+        machine_generated = has_record_provider_ && provider != record_provider_;
+    }
+    const std::string_view name = lowercaser_.lower(*tag.name);
+    if (rules_->is_exact_denylisted(name)) {
+        return TagVerdict::exact_denylist;
+    }
+    if (rules_->has_denylisted_substring(name)) {
+        return TagVerdict::substring_denylist;
+    }
+    if (machine_generated && rules_->is_machine_label(name)) {
+        return TagVerdict::machine_label;
+    }
+    return TagVerdict::keep;
+}
+
+std::vector<std::size_t> filter_tag_list(const TagRules &rules,
+                                         std::optional<std::string_view> record_provider,
+                                         const std::vector<TagView> &tags,
+                                         TagVerdictCounts *counts) {
+    TagClassifier classifier;
+    classifier.start_record(rules, record_provider);
+    std::vector<std::size_t> kept;
+    kept.reserve(tags.size());
+    for (std::size_t i = 0; i < tags.size(); ++i) {
+        const TagVerdict verdict = classifier.classify(tags[i]);
+        if (counts != nullptr) {
+            ++(*counts)[static_cast<std::size_t>(verdict)];
+        }
+        if (verdict == TagVerdict::keep) {
+            kept.push_back(i);
+        }
+    }
+    return kept;
+}
+
+} // namespace popularity::core

@@ -1,0 +1,109 @@
+// The tag rules engine: decides, tag by tag, whether a tag is kept or why it is dropped. Exact
+// semantics: shared/reference/openverse-semantics.md, section 5, plus the machine-generated label
+// exclusions. The PostgreSQL layer (src/pg/tag_filter.cpp) reads jsonb into TagView values without
+// copying; this file knows nothing about jsonb.
+#pragma once
+#include "no_postgres.hpp"
+
+#include "decimal.hpp"
+#include "unicode_case.hpp"
+
+#include <array>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace popularity::core {
+
+// Why a tag is dropped, in the order the rules are checked (the first that applies is reported).
+enum class TagVerdict {
+    keep = 0,
+    malformed,          // not an object, name not a string, or accuracy present but not a number
+    low_accuracy,       // accuracy strictly below the minimum confidence
+    filtered_provider,  // provider in the filtered provider list (e.g. rekognition)
+    exact_denylist,     // lower(name) equals a denylisted name
+    substring_denylist, // lower(name) contains a denylisted substring
+    machine_label,      // machine-generated label exclusion (tag provider != record provider)
+};
+constexpr std::size_t kTagVerdictCount = 7;
+const char *tag_verdict_name(TagVerdict verdict);
+
+// Rules as configured (any case; lists may repeat entries). Defaults: the reference page.
+struct TagRuleConfig {
+    std::string min_accuracy = "0.90";
+    std::vector<std::string> filtered_providers{"rekognition"};
+    std::vector<std::string> exact_denylist{"no person",
+                                            "squareformat",
+                                            "uploaded:by=flickrmobile",
+                                            "uploaded:by=instagram",
+                                            "flickriosapp:filter=flamingo",
+                                            "by"};
+    std::vector<std::string> substring_denylist{"flickriosapp", "uploaded", ":",     "=",
+                                                "cc0",          "by-nc",    "by-nd", "by-sa",
+                                                "by-nc-nd",     "by-nc-sa", "pdm"};
+    std::vector<std::string> machine_labels{};
+};
+
+// One tag as read from the document, without copies. Strings are UTF-8.
+struct TagView {
+    enum class Accuracy { absent, not_number, number };
+
+    bool is_object = false;
+    std::optional<std::string_view> name;     // nullopt: missing or not a string
+    std::optional<std::string_view> provider; // nullopt: missing or not a string
+    Accuracy accuracy = Accuracy::absent;
+    DecimalView accuracy_value; // when accuracy == number
+};
+
+// Compiled rules: every list lower-cased once, exact lists sorted for binary search.
+class TagRules {
+  public:
+    // Throws Error(invalid_text) for a minimum confidence that is not a decimal.
+    explicit TagRules(const TagRuleConfig &config);
+
+    DecimalView min_accuracy() const { return min_accuracy_.view(); }
+    bool is_filtered_provider(std::string_view lower_provider) const;
+    bool is_exact_denylisted(std::string_view lower_name) const;
+    bool has_denylisted_substring(std::string_view lower_name) const;
+    bool is_machine_label(std::string_view lower_name) const;
+
+  private:
+    Decimal min_accuracy_;
+    std::vector<std::string> filtered_providers_;
+    std::vector<std::string> exact_denylist_;
+    std::vector<std::string> substring_denylist_;
+    std::vector<std::string> machine_labels_;
+};
+
+// Applies rules to the tags of one record. Holds lower-casing buffers: reuse one instance (per
+// backend) and call start_record() per record, so that classifying allocates nothing after
+// warm-up.
+class TagClassifier {
+  public:
+    // record_provider: the record's provider, or nullopt when unknown. Machine-generated label
+    // exclusions apply only to tags that have a provider that differs (case-insensitively) from a
+    // known record provider.
+    void start_record(const TagRules &rules, std::optional<std::string_view> record_provider);
+    TagVerdict classify(const TagView &tag);
+
+  private:
+    const TagRules *rules_ = nullptr;
+    bool has_record_provider_ = false;
+    std::string record_provider_; // lower case
+    Lowercaser record_lowercaser_;
+    Lowercaser lowercaser_;
+};
+
+// Counts per verdict (index = TagVerdict), for reports.
+using TagVerdictCounts = std::array<long long, kTagVerdictCount>;
+
+// Classifies a whole list: the indexes of the kept tags, in order, and counts per verdict.
+// (The PostgreSQL layer walks jsonb itself; this is the reference loop, used by unit tests.)
+std::vector<std::size_t> filter_tag_list(const TagRules &rules,
+                                         std::optional<std::string_view> record_provider,
+                                         const std::vector<TagView> &tags,
+                                         TagVerdictCounts *counts = nullptr);
+
+} // namespace popularity::core

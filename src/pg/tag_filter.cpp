@@ -1,0 +1,269 @@
+#include "../core/tag_rules.hpp"
+
+#include "tag_filter.hpp"
+
+#include "guard.hpp"
+#include "tag_rules_cache.hpp"
+
+extern "C" {
+#include "catalog/pg_type_d.h"
+#include "commands/trigger.h"
+#include "utils/array.h"
+#include "utils/inval.h"
+#include "utils/numeric.h"
+}
+
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+using namespace popularity;
+
+namespace popularity::pg {
+
+namespace {
+
+// numeric's on-disk header (src/backend/utils/adt/numeric.c; fixed for pg_upgrade).
+constexpr std::uint16_t kSignMask = 0xC000;
+constexpr std::uint16_t kNegative = 0x4000;
+constexpr std::uint16_t kShort = 0x8000;
+constexpr std::uint16_t kSpecial = 0xC000;
+constexpr std::uint16_t kShortSignMask = 0x2000;
+constexpr std::uint16_t kShortWeightSignMask = 0x0040;
+constexpr std::uint16_t kShortWeightMask = 0x003F;
+
+// A view of a numeric's digits, or false for NaN and infinities (JSON has neither).
+bool numeric_view(Numeric num, core::DecimalView &out) {
+    const auto *data = reinterpret_cast<const unsigned char *>(VARDATA_ANY(num));
+    const std::size_t size = VARSIZE_ANY_EXHDR(num);
+    if (size < sizeof(std::uint16_t)) {
+        return false;
+    }
+    std::uint16_t header;
+    std::memcpy(&header, data, sizeof header);
+    const std::uint16_t flags = header & kSignMask;
+    std::size_t offset;
+    if (flags == kSpecial) {
+        return false;
+    }
+    if (flags == kShort) {
+        out.negative = (header & kShortSignMask) != 0;
+        int weight = header & kShortWeightMask;
+        if (header & kShortWeightSignMask) {
+            weight |= ~static_cast<int>(kShortWeightMask);
+        }
+        out.weight = weight;
+        offset = sizeof(std::uint16_t);
+    } else {
+        if (size < 2 * sizeof(std::uint16_t)) {
+            return false;
+        }
+        out.negative = flags == kNegative;
+        std::int16_t weight;
+        std::memcpy(&weight, data + sizeof(std::uint16_t), sizeof weight);
+        out.weight = weight;
+        offset = 2 * sizeof(std::uint16_t);
+    }
+    out.digits = data + offset;
+    out.ndigits = (size - offset) / sizeof(std::int16_t);
+    return true;
+}
+
+std::optional<std::string_view> string_member(JsonbContainer *object, const char *key,
+                                              std::size_t key_length, bool *present = nullptr) {
+    JsonbValue buffer;
+    const JsonbValue *value =
+        getKeyJsonValueFromContainer(object, key, static_cast<uint32>(key_length), &buffer);
+    if (present != nullptr) {
+        *present = value != nullptr;
+    }
+    if (value == nullptr || value->type != jbvString) {
+        return std::nullopt;
+    }
+    return server_text_as_utf8(value->val.string.val,
+                               static_cast<std::size_t>(value->val.string.len));
+}
+
+core::TagView read_tag(JsonbContainer *object) {
+    core::TagView tag;
+    tag.is_object = true;
+    tag.name = string_member(object, "name", 4);
+    tag.provider = string_member(object, "provider", 8);
+    JsonbValue buffer;
+    const JsonbValue *accuracy = getKeyJsonValueFromContainer(object, "accuracy", 8, &buffer);
+    if (accuracy == nullptr) {
+        tag.accuracy = core::TagView::Accuracy::absent;
+    } else if (accuracy->type == jbvNumeric &&
+               numeric_view(accuracy->val.numeric, tag.accuracy_value)) {
+        tag.accuracy = core::TagView::Accuracy::number;
+    } else {
+        tag.accuracy = core::TagView::Accuracy::not_number;
+    }
+    return tag;
+}
+
+// A kept element: an object container inside the input document.
+struct KeptElement {
+    JsonbContainer *object;
+    uint32 length;
+};
+
+struct Examination {
+    bool not_array = false; // the document is not an array: left as is, counted as malformed
+    long long dropped = 0;
+    core::TagVerdictCounts counts{};
+};
+
+// Reused per backend, so that examining a document allocates nothing after warm-up.
+core::TagClassifier classifier;
+std::vector<KeptElement> kept_elements;
+
+// Classifies every element of `tags`; the kept ones are left in kept_elements.
+Examination examine(Jsonb *tags, const core::TagRules &rules,
+                    std::optional<std::string_view> record_provider) {
+    Examination result;
+    kept_elements.clear();
+    JsonbContainer *array = &tags->root;
+    if (!JsonContainerIsArray(array) || JsonContainerIsScalar(array)) {
+        result.not_array = true;
+        return result;
+    }
+    classifier.start_record(rules, record_provider);
+    const uint32 count = JsonContainerSize(array);
+    const char *base = reinterpret_cast<const char *>(&array->children[count]);
+    uint32 offset = 0; // of element i's data, as JsonbIteratorNext computes it
+    for (uint32 i = 0; i < count; ++i) {
+        const JEntry entry = array->children[i];
+        const uint32 start = offset;
+        offset = JBE_HAS_OFF(entry) ? JBE_OFFLENFLD(entry) : offset + JBE_OFFLENFLD(entry);
+        core::TagView tag; // not an object unless shown otherwise
+        JsonbContainer *object = nullptr;
+        if (JBE_ISCONTAINER(entry)) {
+            object = reinterpret_cast<JsonbContainer *>(const_cast<char *>(base + INTALIGN(start)));
+            if (JsonContainerIsObject(object)) {
+                tag = read_tag(object);
+            }
+        }
+        const core::TagVerdict verdict = classifier.classify(tag);
+        ++result.counts[static_cast<std::size_t>(verdict)];
+        if (verdict == core::TagVerdict::keep) {
+            const auto padding = static_cast<uint32>(INTALIGN(start) - start);
+            kept_elements.push_back({object, offset - start - padding});
+        } else {
+            ++result.dropped;
+        }
+    }
+    return result;
+}
+
+// A new array of the kept elements (only called when something was dropped).
+Jsonb *build_kept_array() {
+    KeptElement *items = kept_elements.data();
+    const std::size_t n = kept_elements.size();
+    return pg_call([items, n] {
+        JsonbParseState *state = nullptr;
+        pushJsonbValue(&state, WJB_BEGIN_ARRAY, nullptr);
+        for (std::size_t i = 0; i < n; ++i) {
+            JsonbValue value;
+            value.type = jbvBinary;
+            value.val.binary.data = items[i].object;
+            value.val.binary.len = static_cast<int>(items[i].length);
+            pushJsonbValue(&state, WJB_ELEM, &value);
+        }
+        return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_ARRAY, nullptr));
+    });
+}
+
+std::optional<std::string_view> optional_text_arg(FunctionCallInfo fcinfo, int n) {
+    if (PG_NARGS() <= n || PG_ARGISNULL(n)) {
+        return std::nullopt;
+    }
+    text *value = pg_call([fcinfo, n] { return PG_GETARG_TEXT_PP(n); });
+    return std::string_view(VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value));
+}
+
+std::optional<std::string_view> utf8_or_null(std::optional<std::string_view> text) {
+    if (!text) {
+        return std::nullopt;
+    }
+    return server_text_as_utf8(text->data(), text->size());
+}
+
+} // namespace
+
+Jsonb *filter_tags_for_ingestion(const char *media_type, Jsonb *tags, const char *record_provider) {
+    const core::TagRules &rules = tag_rules_for(std::string_view(media_type));
+    std::optional<std::string_view> provider;
+    if (record_provider != nullptr) {
+        provider = server_text_as_utf8(record_provider, std::strlen(record_provider));
+    }
+    const Examination examination = examine(tags, rules, provider);
+    if (examination.not_array || examination.dropped == 0) {
+        return nullptr;
+    }
+    return build_kept_array();
+}
+
+} // namespace popularity::pg
+
+// popularity.filtered_tags(tags jsonb, record_provider text, media_type text) -> jsonb: the kept
+// tags, or the input itself when nothing is dropped (also for a document that is not an array).
+POPULARITY_FUNCTION(popularity_filtered_tags) {
+    if (PG_ARGISNULL(0)) {
+        PG_RETURN_NULL();
+    }
+    Jsonb *tags = pg::pg_call([fcinfo] { return PG_GETARG_JSONB_P(0); });
+    const auto media_type = pg::optional_text_arg(fcinfo, 2);
+    const core::TagRules &rules = pg::tag_rules_for(media_type);
+    const auto provider = pg::utf8_or_null(pg::optional_text_arg(fcinfo, 1));
+    const pg::Examination examination = pg::examine(tags, rules, provider);
+    if (examination.not_array || examination.dropped == 0) {
+        PG_RETURN_JSONB_P(tags);
+    }
+    PG_RETURN_JSONB_P(pg::build_kept_array());
+}
+
+// popularity._tag_drop_counts(tags jsonb, record_provider text, media_type text) -> integer[]:
+// NULL when the document is an array and nothing is dropped (or tags is NULL); otherwise
+// {not_an_array (0 or 1), malformed, low_accuracy, filtered_provider, exact_denylist,
+//  substring_denylist, machine_label}: the number of tags dropped for each reason.
+POPULARITY_FUNCTION(popularity_tag_drop_counts) {
+    if (PG_ARGISNULL(0)) {
+        PG_RETURN_NULL();
+    }
+    Jsonb *tags = pg::pg_call([fcinfo] { return PG_GETARG_JSONB_P(0); });
+    const auto media_type = pg::optional_text_arg(fcinfo, 2);
+    const core::TagRules &rules = pg::tag_rules_for(media_type);
+    const auto provider = pg::utf8_or_null(pg::optional_text_arg(fcinfo, 1));
+    const pg::Examination examination = pg::examine(tags, rules, provider);
+    if (!examination.not_array && examination.dropped == 0) {
+        PG_RETURN_NULL();
+    }
+    Datum values[core::kTagVerdictCount];
+    values[0] = Int32GetDatum(examination.not_array ? 1 : 0);
+    for (std::size_t i = 1; i < core::kTagVerdictCount; ++i) {
+        const long long n = examination.counts[i];
+        values[i] = Int32GetDatum(n > PG_INT32_MAX ? PG_INT32_MAX : static_cast<int32>(n));
+    }
+    Datum *datums = values;
+    ArrayType *array = pg::pg_call([datums] {
+        return construct_array(datums, static_cast<int>(core::kTagVerdictCount), INT4OID,
+                               sizeof(int32), true, TYPALIGN_INT);
+    });
+    PG_RETURN_ARRAYTYPE_P(array);
+}
+
+// Statement trigger on popularity.tag_rules: every backend reloads its cached rules once the change
+// commits (the relcache invalidation is sent at commit, and applied locally at the next command).
+POPULARITY_FUNCTION(popularity_tag_rules_changed) {
+    if (!CALLED_AS_TRIGGER(fcinfo)) {
+        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                           "popularity._tag_rules_changed() must be called as a trigger");
+    }
+    auto *trigger_data = reinterpret_cast<TriggerData *>(fcinfo->context);
+    Relation relation = trigger_data->tg_relation;
+    pg::pg_call([relation] { CacheInvalidateRelcache(relation); });
+    return PointerGetDatum(nullptr);
+}

@@ -1,0 +1,330 @@
+// Unit tests of the tag rules engine: every rule, the reference page's vectors (section 5), Unicode
+// case mapping, exact decimal comparison of accuracies, and large lists.
+#include "decimal.hpp"
+#include "error.hpp"
+#include "tag_rules.hpp"
+#include "unicode_case.hpp"
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace popularity::core;
+
+namespace {
+
+// Builds TagViews that point into storage owned by the builder.
+class Tags {
+  public:
+    Tags &tag(std::string name, std::optional<std::string> accuracy = std::nullopt,
+              std::optional<std::string> provider = std::nullopt) {
+        TagView view;
+        view.is_object = true;
+        view.name = keep(std::move(name));
+        if (provider) {
+            view.provider = keep(std::move(*provider));
+        }
+        if (accuracy) {
+            decimals_.push_back(Decimal::parse(*accuracy));
+            view.accuracy = TagView::Accuracy::number;
+            view.accuracy_value = decimals_.back().view();
+        }
+        views_.push_back(view);
+        return *this;
+    }
+    Tags &raw(TagView view) {
+        views_.push_back(view);
+        return *this;
+    }
+    const std::vector<TagView> &views() const { return views_; }
+
+  private:
+    std::string_view keep(std::string s) {
+        strings_.push_back(std::move(s));
+        return strings_.back();
+    }
+    std::deque<std::string> strings_; // deque: stable addresses
+    std::deque<Decimal> decimals_;
+    std::vector<TagView> views_;
+};
+
+std::vector<std::size_t> kept(const Tags &tags, const TagRuleConfig &config = {},
+                              std::optional<std::string_view> provider = std::nullopt) {
+    return filter_tag_list(TagRules(config), provider, tags.views());
+}
+
+TagVerdict verdict_of(const TagView &tag, const TagRuleConfig &config = {},
+                      std::optional<std::string_view> provider = std::nullopt) {
+    TagRules rules(config);
+    TagClassifier classifier;
+    classifier.start_record(rules, provider);
+    return classifier.classify(tag);
+}
+
+TagVerdict verdict_of_name(std::string name, const TagRuleConfig &config = {}) {
+    Tags tags;
+    tags.tag(std::move(name));
+    return verdict_of(tags.views()[0], config);
+}
+
+using Kept = std::vector<std::size_t>;
+
+} // namespace
+
+// --- Reference vectors (openverse-semantics.md, section 5) -------------------------------------
+
+TEST(TagReference, ValidAccuracyUnchanged) {
+    Tags tags;
+    tags.tag("valid", "0.92");
+    EXPECT_EQ(kept(tags), (Kept{0}));
+}
+
+TEST(TagReference, LicenseAndMachineryDropped) {
+    Tags tags;
+    tags.tag("cc0")
+        .tag(" cc0")
+        .tag("valid", "0.99")
+        .tag("valid_no_accuracy")
+        .tag("garbage:=metacrap");
+    EXPECT_EQ(kept(tags), (Kept{2, 3}));
+}
+
+TEST(TagReference, InaccurateDropped) {
+    Tags tags;
+    tags.tag("inaccurate", "0.5").tag("accurate", "0.999");
+    EXPECT_EQ(kept(tags), (Kept{1}));
+}
+
+TEST(TagReference, FilteredProviderDropped) {
+    Tags tags;
+    tags.tag("valid", std::nullopt, "provider1").tag("invalid", std::nullopt, "rekognition");
+    EXPECT_EQ(kept(tags), (Kept{0}));
+}
+
+// --- Each rule
+// ------------------------------------------------------------------------------------
+
+TEST(TagRulesEach, AccuracyThresholdIsInclusive) {
+    Tags tags;
+    tags.tag("a", "0.90")
+        .tag("b", "0.9")
+        .tag("c", "0.8999999999999999999999")
+        .tag("d", "0.9000")
+        .tag("e", "1")
+        .tag("f", "0")
+        .tag("g", "-0.95")
+        .tag("h", "0.90000000000000000001");
+    EXPECT_EQ(kept(tags), (Kept{0, 1, 3, 4, 7}));
+    EXPECT_EQ(verdict_of(tags.views()[2]), TagVerdict::low_accuracy);
+}
+
+TEST(TagRulesEach, ConfigurableMinimum) {
+    TagRuleConfig config;
+    config.min_accuracy = "0.5";
+    Tags tags;
+    tags.tag("a", "0.5").tag("b", "0.49");
+    EXPECT_EQ(kept(tags, config), (Kept{0}));
+    config.min_accuracy = "0";
+    EXPECT_EQ(kept(tags, config), (Kept{0, 1}));
+}
+
+TEST(TagRulesEach, ExactDenylistEveryDefault) {
+    for (const char *name :
+         {"no person", "squareformat", "by", "NO PERSON", "SquareFormat", "BY"}) {
+        EXPECT_EQ(verdict_of_name(name), TagVerdict::exact_denylist) << name;
+    }
+    // Entries that also contain a denylisted substring are reported as exact matches (first rule).
+    EXPECT_EQ(verdict_of_name("uploaded:by=instagram"), TagVerdict::exact_denylist);
+    // Not trimmed: " by" is not "by", and contains no denylisted substring.
+    EXPECT_EQ(verdict_of_name(" by"), TagVerdict::keep);
+    EXPECT_EQ(verdict_of_name("by "), TagVerdict::keep);
+    EXPECT_EQ(verdict_of_name("byline"), TagVerdict::keep);
+}
+
+TEST(TagRulesEach, SubstringDenylistEveryDefault) {
+    for (const char *name : {"xflickriosappx", "Uploaded today", "a:b", "a=b", "my CC0 photo",
+                             "by-nc", "BY-ND 4.0", "by-sa", "by-nc-nd", "BY-NC-SA", "PDM"}) {
+        EXPECT_EQ(verdict_of_name(name), TagVerdict::substring_denylist) << name;
+    }
+    EXPECT_EQ(verdict_of_name("by nc"), TagVerdict::keep);
+    EXPECT_EQ(verdict_of_name("cc-0"), TagVerdict::keep);
+}
+
+TEST(TagRulesEach, FilteredProviderIsCaseInsensitive) {
+    Tags tags;
+    tags.tag("dog", "0.99", "Rekognition").tag("dog", "0.99", "clarifai");
+    EXPECT_EQ(kept(tags), (Kept{1}));
+    EXPECT_EQ(verdict_of(tags.views()[0]), TagVerdict::filtered_provider);
+}
+
+TEST(TagRulesEach, MachineLabelsOnlyFromOtherProviders) {
+    TagRuleConfig config;
+    config.machine_labels = {"Adult", "boy", "BRIDE"};
+    Tags tags;
+    tags.tag("adult", "0.99", "clarifai")       // 0: machine-generated, excluded
+        .tag("Adult", std::nullopt, "flickr")   // 1: the record's own provider, kept
+        .tag("BOY", std::nullopt, "FLICKR")     // 2: same provider, case-insensitively, kept
+        .tag("Bride")                           // 3: no tag provider, kept
+        .tag("bride", "0.95", "clarifai")       // 4: excluded
+        .tag("bridegroom", "0.95", "clarifai"); // 5: exact label match only, kept
+    EXPECT_EQ(kept(tags, config, "flickr"), (Kept{1, 2, 3, 5}));
+    EXPECT_EQ(verdict_of(tags.views()[0], config, "flickr"), TagVerdict::machine_label);
+    // Unknown record provider: no tag can be shown to be machine-generated.
+    EXPECT_EQ(kept(tags, config, std::nullopt), (Kept{0, 1, 2, 3, 4, 5}));
+}
+
+TEST(TagRulesEach, Malformed) {
+    TagView not_object;
+    EXPECT_EQ(verdict_of(not_object), TagVerdict::malformed);
+    TagView no_name;
+    no_name.is_object = true;
+    EXPECT_EQ(verdict_of(no_name), TagVerdict::malformed);
+    TagView bad_accuracy;
+    bad_accuracy.is_object = true;
+    bad_accuracy.name = "dog";
+    bad_accuracy.accuracy = TagView::Accuracy::not_number;
+    EXPECT_EQ(verdict_of(bad_accuracy), TagVerdict::malformed);
+}
+
+TEST(TagRulesEach, RuleOrderReportsFirstReason) {
+    Tags tags;
+    tags.tag("cc0", "0.1", "rekognition").tag("cc0", "0.95", "rekognition").tag("cc0", "0.95");
+    EXPECT_EQ(verdict_of(tags.views()[0]), TagVerdict::low_accuracy);
+    EXPECT_EQ(verdict_of(tags.views()[1]), TagVerdict::filtered_provider);
+    EXPECT_EQ(verdict_of(tags.views()[2]), TagVerdict::substring_denylist);
+    TagVerdictCounts counts{};
+    filter_tag_list(TagRules(TagRuleConfig{}), std::nullopt, tags.views(), &counts);
+    EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::low_accuracy)], 1);
+    EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::filtered_provider)], 1);
+    EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::substring_denylist)], 1);
+    EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::keep)], 0);
+}
+
+TEST(TagRulesEach, ConfigListsAreLowerCasedOnce) {
+    TagRuleConfig config;
+    config.exact_denylist = {"ÉTÉ"};
+    config.substring_denylist = {"FOO"};
+    config.filtered_providers = {"CLARIFAI"};
+    EXPECT_EQ(verdict_of_name("été", config), TagVerdict::exact_denylist);
+    EXPECT_EQ(verdict_of_name("xfooy", config), TagVerdict::substring_denylist);
+    Tags tags;
+    tags.tag("x", std::nullopt, "clarifai");
+    EXPECT_EQ(verdict_of(tags.views()[0], config), TagVerdict::filtered_provider);
+    EXPECT_EQ(verdict_of_name("cc0", config), TagVerdict::keep); // defaults replaced, not merged
+}
+
+TEST(TagRulesEach, EmptyListsKeepEverything) {
+    TagRuleConfig config;
+    config.min_accuracy = "0";
+    config.filtered_providers.clear();
+    config.exact_denylist.clear();
+    config.substring_denylist.clear();
+    Tags tags;
+    tags.tag("cc0", "0.01", "rekognition").tag("by").tag("a:b");
+    EXPECT_EQ(kept(tags, config), (Kept{0, 1, 2}));
+}
+
+TEST(TagRulesEach, BadMinimumIsAnError) {
+    TagRuleConfig config;
+    config.min_accuracy = "ninety";
+    EXPECT_THROW(TagRules{config}, Error);
+}
+
+// --- Unicode case
+// ----------------------------------------------------------------------------------
+
+TEST(TagUnicode, Lowercasing) {
+    EXPECT_EQ(to_lower("CC0"), "cc0");
+    EXPECT_EQ(to_lower("İ"), "i\xCC\x87");         // U+0130 -> i + U+0307 (full mapping)
+    EXPECT_EQ(to_lower("I"), "i");                 // root locale, not Turkish
+    EXPECT_EQ(to_lower("ß"), "ß");                 // lower case already
+    EXPECT_EQ(to_lower("ẞ"), "ß");                 // U+1E9E capital sharp s
+    EXPECT_EQ(to_lower("ΣΑΣ"), "σας");             // final sigma in context
+    EXPECT_EQ(to_lower("E\xCC\x81"), "e\xCC\x81"); // combining acute kept, base lowered
+    EXPECT_EQ(to_lower("\xE2\x84\xAA"), "k");      // KELVIN SIGN -> ASCII k
+    EXPECT_EQ(to_lower("ＣＣ0"), "ｃｃ0");         // fullwidth stays fullwidth
+    EXPECT_EQ(to_lower(""), "");
+    EXPECT_EQ(to_lower("a\xFF"
+                       "B"),
+              "a\xEF\xBF\xBD"
+              "b"); // ill-formed byte -> U+FFFD
+}
+
+TEST(TagUnicode, AsciiFastPathReturnsInput) {
+    Lowercaser lowercaser;
+    const std::string text = "already lower";
+    EXPECT_EQ(lowercaser.lower(text).data(), text.data());
+}
+
+TEST(TagUnicode, MatchingUsesFullLowercasing) {
+    EXPECT_EQ(verdict_of_name("CC0"), TagVerdict::substring_denylist);
+    EXPECT_EQ(verdict_of_name("cC0"), TagVerdict::substring_denylist);
+    EXPECT_EQ(verdict_of_name("ＣＣ0"), TagVerdict::keep);
+    EXPECT_EQ(verdict_of_name("PDM\xCC\x81"), TagVerdict::substring_denylist); // "pdm" + mark
+    EXPECT_EQ(verdict_of_name("\xE2\x84\xAA"), TagVerdict::keep);
+    TagRuleConfig config;
+    config.exact_denylist = {"i\xCC\x87stanbul"};
+    EXPECT_EQ(verdict_of_name("İSTANBUL", config), TagVerdict::exact_denylist);
+    EXPECT_EQ(verdict_of_name("ISTANBUL", config), TagVerdict::keep);
+    config.exact_denylist = {"STRASSE", "straße"};
+    EXPECT_EQ(verdict_of_name("STRAẞE", config), TagVerdict::exact_denylist);
+    EXPECT_EQ(verdict_of_name("Strasse", config), TagVerdict::exact_denylist);
+    config.exact_denylist = {"café"}; // precomposed é; no normalization is applied
+    EXPECT_EQ(verdict_of_name("CAFÉ", config), TagVerdict::exact_denylist);
+    EXPECT_EQ(verdict_of_name("CAFE\xCC\x81", config), TagVerdict::keep);
+}
+
+// --- Decimals
+// -------------------------------------------------------------------------------------
+
+TEST(TagDecimal, CompareExactly) {
+    auto cmp = [](const char *a, const char *b) {
+        return compare_decimal(Decimal::parse(a).view(), Decimal::parse(b).view());
+    };
+    EXPECT_EQ(cmp("0.9", "0.90"), 0);
+    EXPECT_EQ(cmp("0.89999999999999999999", "0.9"), -1);
+    EXPECT_EQ(cmp("0.90000000000000000001", "0.9"), 1);
+    EXPECT_EQ(cmp("-0", "0"), 0);
+    EXPECT_EQ(cmp("-0.1", "0"), -1);
+    EXPECT_EQ(cmp("-2", "-1"), -1);
+    EXPECT_EQ(cmp("10000", "9999.9999"), 1);
+    EXPECT_EQ(cmp("00012.5000", "12.5"), 0);
+    EXPECT_EQ(cmp(".5", "0.5"), 0);
+    EXPECT_EQ(cmp("1", "0.99999"), 1);
+    EXPECT_THROW(Decimal::parse(""), Error);
+    EXPECT_THROW(Decimal::parse("1e3"), Error);
+    EXPECT_THROW(Decimal::parse("."), Error);
+    EXPECT_THROW(Decimal::parse("NaN"), Error);
+}
+
+// --- Sizes
+// ----------------------------------------------------------------------------------------
+
+TEST(TagSizes, EmptyList) {
+    Tags tags;
+    EXPECT_TRUE(kept(tags).empty());
+}
+
+TEST(TagSizes, TenThousandTags) {
+    Tags tags;
+    Kept expected;
+    for (std::size_t i = 0; i < 10000; ++i) {
+        if (i % 3 == 0) {
+            tags.tag("tag " + std::to_string(i), "0.95", "clarifai");
+            expected.push_back(i);
+        } else if (i % 3 == 1) {
+            tags.tag("CC0 " + std::to_string(i));
+        } else {
+            tags.tag("low " + std::to_string(i), "0.5");
+        }
+    }
+    TagVerdictCounts counts{};
+    EXPECT_EQ(filter_tag_list(TagRules(TagRuleConfig{}), "flickr", tags.views(), &counts),
+              expected);
+    EXPECT_EQ(counts[0], 3334);
+    EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::substring_denylist)], 3333);
+    EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::low_accuracy)], 3333);
+}

@@ -169,6 +169,27 @@ SELECT foreign_identifier, standardized_popularity FROM audio WHERE foreign_iden
 CREATE TABLE wrong (provider text, meta_data jsonb, standardized_popularity float8);
 CREATE TRIGGER t AFTER INSERT ON wrong FOR EACH ROW EXECUTE FUNCTION popularity._score_trigger('image');
 SELECT pg_temp.try($$INSERT INTO wrong VALUES ('flickr', '{}')$$);
+-- Tag filtering at ingestion, when turned on for a media type: inserted and upserted rows get
+-- the tag rules applied (reference vectors), in the same trigger as the score.
+INSERT INTO image (provider, foreign_identifier, meta_data, tags) VALUES
+    ('flickr', 't0', '{"views": 1}', '[{"name": "cc0"}, {"name": "valid", "accuracy": 0.99}]');
+UPDATE popularity.media_types SET filter_tags_at_ingestion = true WHERE media_type = 'image';
+INSERT INTO image (provider, foreign_identifier, meta_data, tags) VALUES
+    ('flickr', 't1', '{"views": 1}', '[{"name": "cc0"}, {"name": " cc0"}, {"name": "valid", "accuracy": 0.99}, {"name": "valid_no_accuracy"}, {"name": "garbage:=metacrap"}]'),
+    ('flickr', 't2', '{"views": 1}', '[{"name": "inaccurate", "accuracy": 0.5}, {"name": "accurate", "accuracy": 0.999}]'),
+    ('flickr', 't3', '{"views": 1}', '[{"name": "valid", "provider": "provider1"}, {"name": "invalid", "provider": "rekognition"}]'),
+    ('flickr', 't4', '{"views": 1}', '[{"name": "valid", "accuracy": 0.92}]'),
+    ('flickr', 't5', '{"views": 1}', '[{"name": "CC0"}]'),
+    ('flickr', 't6', '{"views": 1}', NULL);
+INSERT INTO image AS old (provider, foreign_identifier, meta_data, tags) VALUES
+    ('flickr', 't0', '{"views": 2}', '[{"name": "cc0"}, {"name": "kept"}]')
+ON CONFLICT (provider, md5(foreign_identifier)) DO UPDATE SET tags = excluded.tags, meta_data = excluded.meta_data;
+SELECT foreign_identifier, tags, standardized_popularity IS NOT NULL AS scored FROM image
+WHERE foreign_identifier LIKE 't_' ORDER BY 1;
+UPDATE popularity.media_types SET filter_tags_at_ingestion = false WHERE media_type = 'image';
+INSERT INTO image (provider, foreign_identifier, meta_data, tags) VALUES ('flickr', 't7', '{"views": 1}', '[{"name": "cc0"}]');
+SELECT foreign_identifier, tags FROM image WHERE foreign_identifier = 't7';
+
 -- Dropping a registered table unregisters its media type, so it can be registered again.
 SELECT media_type FROM popularity.media_types ORDER BY 1;
 DROP TABLE wrong, audio, "Odd ""Table""; DROP TABLE image; --", image CASCADE;

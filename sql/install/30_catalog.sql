@@ -38,6 +38,11 @@ CREATE TRIGGER metrics_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.metrics
     FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
 
+-- Turning tag filtering at ingestion on or off reaches every backend the same way.
+CREATE TRIGGER media_types_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.media_types
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
+
 CREATE TABLE popularity.default_metrics (
     media_type text NOT NULL,
     provider text NOT NULL,

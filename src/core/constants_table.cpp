@@ -13,6 +13,7 @@ std::string ConstantsTable::key(std::string_view media_type, std::string_view pr
 
 void ConstantsTable::clear() {
     entries_.clear();
+    tag_filtering_.clear();
     has_last_ = false;
     last_entry_ = nullptr;
     loaded = false;

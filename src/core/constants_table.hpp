@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 namespace popularity::core {
 
@@ -27,6 +28,17 @@ class ConstantsTable {
     const ProviderMetric *find(std::string_view media_type, std::string_view provider) const;
     std::size_t size() const { return entries_.size(); }
 
+    // Media types whose ingestion also applies the tag rules.
+    void add_tag_filtering(std::string_view media_type) { tag_filtering_.emplace_back(media_type); }
+    bool filters_tags(std::string_view media_type) const {
+        for (const std::string &m : tag_filtering_) {
+            if (m == media_type) {
+                return true;
+            }
+        }
+        return false;
+    }
+
     // The shared version this table was loaded at (see src/pg/shared_state.hpp).
     std::uint64_t loaded_version = 0;
     bool loaded = false;
@@ -35,6 +47,7 @@ class ConstantsTable {
     static std::string key(std::string_view media_type, std::string_view provider);
 
     std::unordered_map<std::string, ProviderMetric> entries_;
+    std::vector<std::string> tag_filtering_;
     // Memo of the last lookup.
     mutable std::string last_media_type_;
     mutable std::string last_provider_;

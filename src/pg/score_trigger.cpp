@@ -9,6 +9,7 @@
 #include "score_trigger.hpp"
 #include "settings.hpp"
 #include "shared_state.hpp"
+#include "tag_filter.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -31,7 +32,7 @@ core::ConstantsTable constants; // this backend's copy of popularity.metrics
 
 struct ConstantRow {
     char *media_type;
-    char *provider;
+    char *provider; // NULL for a row that only says "this media type filters tags at ingestion"
     char *metric;
     double constant;
     bool has_constant;
@@ -43,8 +44,11 @@ int fetch_constant_rows(MemoryContext context, ConstantRow **rows_out) {
     if (SPI_connect() != SPI_OK_CONNECT) {
         elog(ERROR, "SPI_connect failed");
     }
-    SPIPlanPtr plan = SPI_prepare(
-        "SELECT media_type, provider, metric, constant FROM popularity.metrics", 0, nullptr);
+    SPIPlanPtr plan =
+        SPI_prepare("SELECT media_type, provider, metric, constant FROM popularity.metrics"
+                    " UNION ALL SELECT media_type, NULL, NULL, NULL FROM popularity.media_types"
+                    " WHERE filter_tags_at_ingestion",
+                    0, nullptr);
     if (plan == nullptr) {
         elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
     }
@@ -62,8 +66,10 @@ int fetch_constant_rows(MemoryContext context, ConstantRow **rows_out) {
         HeapTuple tuple = SPI_tuptable->vals[i];
         TupleDesc desc = SPI_tuptable->tupdesc;
         rows[i].media_type = MemoryContextStrdup(context, SPI_getvalue(tuple, desc, 1));
-        rows[i].provider = MemoryContextStrdup(context, SPI_getvalue(tuple, desc, 2));
-        rows[i].metric = MemoryContextStrdup(context, SPI_getvalue(tuple, desc, 3));
+        char *provider = SPI_getvalue(tuple, desc, 2);
+        rows[i].provider = provider ? MemoryContextStrdup(context, provider) : nullptr;
+        rows[i].metric =
+            provider ? MemoryContextStrdup(context, SPI_getvalue(tuple, desc, 3)) : nullptr;
         bool isnull = false;
         Datum constant = SPI_getbinval(tuple, desc, 4, &isnull);
         rows[i].has_constant = !isnull;
@@ -86,6 +92,10 @@ void refresh_constants_cache() {
     try {
         constants.clear();
         for (int i = 0; i < n; ++i) {
+            if (rows[i].provider == nullptr) {
+                constants.add_tag_filtering(rows[i].media_type);
+                continue;
+            }
             constants.add(rows[i].media_type, rows[i].provider, rows[i].metric,
                           rows[i].has_constant ? std::optional<double>(rows[i].constant)
                                                : std::nullopt);
@@ -108,6 +118,7 @@ struct Columns {
     int provider = 0;
     int meta_data = 0;
     int score = 0;
+    int tags = 0; // 0 when the table has no jsonb tags column
 };
 Columns columns;
 
@@ -138,7 +149,12 @@ const Columns &columns_of(Relation rel) {
         const int provider = column_number(rel, "provider", InvalidOid);
         const int meta_data = column_number(rel, "meta_data", JSONBOID);
         const int score = column_number(rel, "standardized_popularity", FLOAT8OID);
-        columns = Columns{RelationGetRelid(rel), desc, desc->natts, provider, meta_data, score};
+        int tags = SPI_fnumber(desc, "tags");
+        if (tags <= 0 || TupleDescAttr(desc, tags - 1)->atttypid != JSONBOID) {
+            tags = 0;
+        }
+        columns =
+            Columns{RelationGetRelid(rel), desc, desc->natts, provider, meta_data, score, tags};
     }
     return columns;
 }
@@ -216,21 +232,44 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
         }
     }
 
-    // Leave the row alone when the stored score is already right (bit for bit).
+    // The columns to change: the score when it is not already right (bit for bit), and the tags
+    // when this media type filters them at ingestion and a tag is dropped.
+    int attnums[2];
+    Datum values[2];
+    bool nulls[2];
+    int changes = 0;
+    bool score_right = false;
     if (!score) {
-        if (old_score_null) {
-            return PointerGetDatum(tuple);
-        }
+        score_right = old_score_null;
     } else if (!old_score_null) {
         const double old_value = DatumGetFloat8(old_score);
-        if (std::memcmp(&old_value, &*score, sizeof(double)) == 0) {
-            return PointerGetDatum(tuple);
+        score_right = std::memcmp(&old_value, &*score, sizeof(double)) == 0;
+    }
+    if (!score_right) {
+        attnums[changes] = cols.score;
+        values[changes] = score ? Float8GetDatum(*score) : Datum(0);
+        nulls[changes] = !score;
+        ++changes;
+    }
+    if (cols.tags > 0 && constants.filters_tags(media_type)) {
+        bool tags_null = false;
+        const Datum tags = heap_getattr(tuple, cols.tags, desc, &tags_null);
+        if (!tags_null) {
+            const char *provider = provider_null ? nullptr : TextDatumGetCString(provider_datum);
+            Jsonb *filtered = pg::filter_tags_for_ingestion(trigger_data->tg_trigger->tgargs[0],
+                                                            DatumGetJsonbP(tags), provider);
+            if (filtered != nullptr) {
+                attnums[changes] = cols.tags;
+                values[changes] = JsonbPGetDatum(filtered);
+                nulls[changes] = false;
+                ++changes;
+            }
         }
     }
-    int attnum = cols.score;
-    Datum value = score ? Float8GetDatum(*score) : Datum(0);
-    bool isnull = !score;
-    return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1, &attnum, &value, &isnull));
+    if (changes == 0) {
+        return PointerGetDatum(tuple);
+    }
+    return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, changes, attnums, values, nulls));
 }
 
 // popularity._config_changed(kind): AFTER ... FOR EACH STATEMENT on a configuration table; makes

@@ -41,3 +41,12 @@ TEST(ConstantsTable, MemoIsInvalidatedByChanges) {
     EXPECT_EQ(table.find("image", "flickr"), nullptr);
     EXPECT_EQ(table.size(), 0u);
 }
+
+TEST(ConstantsTable, TagFilteringPerMediaType) {
+    ConstantsTable table;
+    table.add_tag_filtering("image");
+    EXPECT_TRUE(table.filters_tags("image"));
+    EXPECT_FALSE(table.filters_tags("audio"));
+    table.clear();
+    EXPECT_FALSE(table.filters_tags("image"));
+}

@@ -1,58 +1,68 @@
--- The demo's SQL: a sample catalog, its constants and its scores.
+-- The demo's SQL: a sample Openverse-like catalog, then the main jobs on it: constants, the
+-- refresh in background workers, scoring at ingestion, and the tag filter.
 \pset footer off
-CREATE EXTENSION popularity;
+\set ON_ERROR_STOP on
 
-\echo '### a sample catalog of' :rows 'images from five providers'
-SELECT setseed(0.42) \g /dev/null
-CREATE TABLE image (
-    identifier uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    provider varchar(80) NOT NULL,
-    foreign_identifier text NOT NULL,
-    url text NOT NULL,
-    meta_data jsonb,
-    tags jsonb,
-    updated_on timestamptz NOT NULL DEFAULT now(),
-    created_on timestamptz NOT NULL DEFAULT now(),
-    removed_from_source boolean NOT NULL DEFAULT false,
-    standardized_popularity double precision
-);
-CREATE UNIQUE INDEX ON image (provider, md5(foreign_identifier));
-INSERT INTO image (provider, foreign_identifier, url, meta_data)
-SELECT p.provider, 'fid-' || g, 'https://example.org/' || p.provider || '/' || g,
-       CASE WHEN random() < 0.04 THEN '{}'::jsonb
-            ELSE jsonb_build_object(p.metric, floor(exp(random() * p.spread))::bigint) END
-FROM generate_series(1, :rows) AS g
-CROSS JOIN LATERAL (
-    SELECT * FROM (VALUES ('flickr', 'views', 12.0, 0.0), ('wikimedia', 'global_usage_count', 3.0, 0.55),
-                          ('nappy', 'downloads', 8.0, 0.7), ('stocksnap', 'downloads_raw', 9.0, 0.8),
-                          ('smithsonian', 'none', 1.0, 0.9)) AS v(provider, metric, spread, threshold)
-    WHERE v.threshold <= (g % 1000) / 1000.0 + 0.0 ORDER BY v.threshold DESC LIMIT 1
-) AS p;
+\echo '### a sample catalog of' :rows 'images (test/bench/gen_catalog.sql: skewed counts, 7 providers, tags with denylisted names)'
+\set tags dirty
+\ir bench/gen_catalog.sql
+\pset footer off
+DROP TABLE metrics; -- the generator's own list for benchmarks; the extension keeps its own
+SET client_min_messages = notice;
+CREATE EXTENSION popularity;
 SELECT provider, count(*) AS rows FROM image GROUP BY 1 ORDER BY 2 DESC;
 
-\echo '### registering the table: adds standardized_popularity, the ingestion trigger, the default metrics'
-SELECT popularity.register_media_type('image', 'image');
+\echo '### registering the table: adds the ingestion trigger and the Openverse default metrics'
+SELECT popularity.register_media_type('image', 'image') \g /dev/null
 SELECT provider, metric, percentile FROM popularity.metrics WHERE media_type = 'image' ORDER BY provider;
 
-\echo '### recomputing the constants (exact 85th percentile by selection, per provider)'
-SELECT provider, metric, new_val AS percentile_value, new_constant AS constant, changed
-FROM popularity.refresh_constants('image') ORDER BY provider;
+\echo '### CALL refresh_popularity(''image''): exact constants, then background workers rescore in committed batches'
+\timing on
+CALL refresh_popularity('image');
+\timing off
+SELECT provider, metric, val AS percentile_value, constant FROM popularity.metrics
+WHERE media_type = 'image' ORDER BY provider;
+SELECT run_id, provider, state, blocks_done, blocks_total, rows_scanned, rows_updated, rows_skipped_locked,
+       batches, rows_per_second
+FROM popularity.refresh_status ORDER BY run_id, provider;
 
-\echo '### ingestion scores rows as they are stored: one upsert batch of 20000 rows, new and conflicting ones'
-INSERT INTO image AS old (provider, foreign_identifier, url, meta_data)
-SELECT 'flickr', 'fid-' || (g * 2), 'https://example.org/new/' || g,
-       jsonb_build_object('views', floor(exp(random() * 12))::bigint, 'title', 'image ' || g)
-FROM generate_series(1, 20000) AS g
+\echo '### a second refresh: no constant changed, so nothing is rewritten'
+CALL refresh_popularity('image');
+
+\echo '### ingestion scores rows as they are stored: one upsert batch of 20000 flickr rows, new and conflicting ones'
+INSERT INTO image AS old (provider, foreign_identifier, url, meta_data, tags, updated_on)
+SELECT 'flickr', 'demo-' || (g % 15000), 'https://example.org/demo/' || g,
+       jsonb_build_object('views', floor(exp(random() * 12))::bigint), '[]', now()
+FROM generate_series(1, 15000) AS g
+ON CONFLICT DO NOTHING;
+INSERT INTO image AS old (provider, foreign_identifier, url, meta_data, tags, updated_on)
+SELECT 'flickr', 'demo-' || g, 'https://example.org/demo-b/' || g,
+       jsonb_build_object('title', 'image ' || g), '[]', now()
+FROM generate_series(5000, 24999) AS g
 ON CONFLICT (provider, md5(foreign_identifier))
 DO UPDATE SET meta_data = jsonb_strip_nulls(old.meta_data || excluded.meta_data), updated_on = now();
-SELECT count(*) FILTER (WHERE standardized_popularity IS NOT NULL) AS upserted_rows_scored
-FROM image WHERE meta_data ? 'title';
+SELECT count(*) AS upserted, count(standardized_popularity) AS scored,
+       count(*) FILTER (WHERE meta_data ? 'views' AND standardized_popularity IS NULL) AS with_views_unscored
+FROM image WHERE foreign_identifier LIKE 'demo-%';
+\echo '(rows merged on conflict keep their views and are scored from the merged meta_data)'
 
-\echo '### scores of the rows loaded before registration are computed by rewriting them once'
-UPDATE image SET meta_data = meta_data WHERE standardized_popularity IS NULL AND NOT meta_data ? 'title';
+\echo '### CALL filter_tags(''image'', dry_run => true): what the tag rules would drop, per reason'
+CALL filter_tags('image', dry_run => true);
+SELECT rows_scanned, rows_changed, rows_malformed, dropped_low_accuracy, dropped_filtered_provider,
+       dropped_exact_denylist, dropped_substring_denylist, dropped_machine_label, dropped_malformed
+FROM popularity.tag_filter_runs ORDER BY run_id DESC LIMIT 1;
+\echo '### CALL filter_tags(''image''): the same, applied in place in committed batches'
+\timing on
+CALL filter_tags('image');
+\timing off
+SELECT rows_scanned, rows_changed, batches, dropped_low_accuracy + dropped_filtered_provider + dropped_exact_denylist
+       + dropped_substring_denylist + dropped_machine_label + dropped_malformed AS tags_dropped
+FROM popularity.tag_filter_runs ORDER BY run_id DESC LIMIT 1;
+
+\echo '### scores per provider'
 SELECT provider, count(standardized_popularity) AS scored, count(*) - count(standardized_popularity) AS unscored,
        round(avg(standardized_popularity)::numeric, 3) AS mean,
        round((percentile_disc(0.5) WITHIN GROUP (ORDER BY standardized_popularity))::numeric, 3) AS median,
        round((percentile_disc(0.85) WITHIN GROUP (ORDER BY standardized_popularity))::numeric, 3) AS p85
 FROM image GROUP BY provider ORDER BY provider;
-\echo '(unscored: rows without the metric; smithsonian has no metric configured)'
+\echo '(unscored: rows without the metric; smithsonian and met have no metric configured)'

@@ -172,6 +172,9 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Lock waits of the ingestion session (from the server log: log_lock_waits).
+CREATE TABLE IF NOT EXISTS bench_lock_wait (at timestamptz, ms double precision);
+
 -- Statistics of each refresh run measured.
 CREATE TABLE IF NOT EXISTS bench_run_stats (label text PRIMARY KEY, run_id bigint);
 CREATE OR REPLACE VIEW bench_refresh_stats AS

@@ -1,6 +1,7 @@
 #include "metric_jsonb.hpp"
 
 #include "guard.hpp"
+#include "numeric_view.hpp"
 
 #include <cstdint>
 #include <cstring>
@@ -10,15 +11,6 @@ namespace popularity::pg {
 
 namespace {
 
-// numeric's on-disk format is fixed for pg_upgrade compatibility (src/backend/utils/adt/numeric.c):
-// a uint16 header; for the long format an int16 weight follows; then base-10000 int16 digits.
-constexpr std::uint16_t kSignMask = 0xC000;
-constexpr std::uint16_t kNegative = 0x4000;
-constexpr std::uint16_t kShort = 0x8000;
-constexpr std::uint16_t kSpecial = 0xC000;
-constexpr std::uint16_t kShortSignMask = 0x2000;
-constexpr std::uint16_t kShortWeightSignMask = 0x0040;
-constexpr std::uint16_t kShortWeightMask = 0x003F;
 constexpr std::uint64_t kExactLimit = std::uint64_t{1} << 53;
 constexpr double kPowersOfTen[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                    1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
@@ -33,56 +25,27 @@ core::MetricValue numeric_metric_via_text(Numeric num) {
 } // namespace
 
 core::MetricValue numeric_metric(Numeric num) {
-    const auto *data = reinterpret_cast<const unsigned char *>(VARDATA_ANY(num));
-    const std::size_t size = VARSIZE_ANY_EXHDR(num);
-    if (size < sizeof(std::uint16_t)) {
-        return numeric_metric_via_text(num);
+    core::DecimalView view;
+    if (!numeric_view(num, view)) {
+        return numeric_metric_via_text(num); // NaN, infinities: classified from their text
     }
-    std::uint16_t header;
-    std::memcpy(&header, data, sizeof header);
-    const std::uint16_t flags = header & kSignMask;
-    if (flags == kSpecial) {
-        return core::MetricValue::invalid(); // NaN, +Infinity, -Infinity
-    }
-    bool negative;
-    int weight;
-    std::size_t offset;
-    if (flags == kShort) {
-        negative = (header & kShortSignMask) != 0;
-        weight = header & kShortWeightMask;
-        if (header & kShortWeightSignMask) {
-            weight |= ~static_cast<int>(kShortWeightMask); // sign-extend the 7-bit weight
-        }
-        offset = sizeof(std::uint16_t);
-    } else {
-        negative = flags == kNegative;
-        std::int16_t long_weight;
-        if (size < 2 * sizeof(std::uint16_t)) {
-            return numeric_metric_via_text(num);
-        }
-        std::memcpy(&long_weight, data + sizeof(std::uint16_t), sizeof long_weight);
-        weight = long_weight;
-        offset = 2 * sizeof(std::uint16_t);
-    }
-    const std::size_t ndigits = (size - offset) / sizeof(std::int16_t);
-    if (ndigits == 0) {
+    if (view.ndigits == 0) {
         return core::classify_metric(0.0);
     }
-    if (negative) {
+    if (view.negative) {
         return core::MetricValue::invalid();
     }
     // value = mantissa * 10000^(weight - (ndigits - 1))
     std::uint64_t mantissa = 0;
-    for (std::size_t i = 0; i < ndigits; ++i) {
-        std::int16_t digit;
-        std::memcpy(&digit, data + offset + i * sizeof digit, sizeof digit);
+    for (std::size_t i = 0; i < view.ndigits; ++i) {
+        const std::int16_t digit = view.digit(i);
         // Checked before multiplying: 2^53 * 10000 would overflow 64 bits.
         if (digit < 0 || digit >= 10000 || mantissa > kExactLimit / 10000) {
             return numeric_metric_via_text(num);
         }
         mantissa = mantissa * 10000 + static_cast<std::uint64_t>(digit);
     }
-    const long exponent = static_cast<long>(weight) - static_cast<long>(ndigits - 1);
+    const long exponent = static_cast<long>(view.weight) - static_cast<long>(view.ndigits - 1);
     if (exponent >= 0) {
         for (long e = 0; e < exponent; ++e) {
             if (mantissa > kExactLimit / 10000) {

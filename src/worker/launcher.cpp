@@ -42,6 +42,22 @@ constexpr int kMaxTracked = 256;
 Started started[kMaxTracked];
 int started_count = 0;
 
+// A background worker of this library: its entry function, name and type, restart policy.
+BackgroundWorker describe_worker(const char *function, const char *type, bool database,
+                                 int restart_time) {
+    BackgroundWorker worker;
+    std::memset(&worker, 0, sizeof worker);
+    worker.bgw_flags =
+        BGWORKER_SHMEM_ACCESS | (database ? BGWORKER_BACKEND_DATABASE_CONNECTION : 0);
+    worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+    worker.bgw_restart_time = restart_time;
+    snprintf(worker.bgw_library_name, BGW_MAXLEN, "popularity");
+    snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+    snprintf(worker.bgw_name, BGW_MAXLEN, "%s", type);
+    snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
+    return worker;
+}
+
 bool worker_alive(BackgroundWorkerHandle *handle) {
     pid_t pid;
     const BgwHandleStatus status = GetBackgroundWorkerPid(handle, &pid);
@@ -70,16 +86,10 @@ bool tracked(int64 task_id) {
 }
 
 bool start_worker(int64 task_id, Oid role) {
-    BackgroundWorker worker;
-    std::memset(&worker, 0, sizeof worker);
-    worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-    worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-    worker.bgw_restart_time = BGW_NEVER_RESTART;
-    snprintf(worker.bgw_library_name, BGW_MAXLEN, "popularity");
-    snprintf(worker.bgw_function_name, BGW_MAXLEN, "popularity_refresh_worker_main");
+    BackgroundWorker worker = describe_worker("popularity_refresh_worker_main",
+                                              "popularity refresh worker", true, BGW_NEVER_RESTART);
     snprintf(worker.bgw_name, BGW_MAXLEN, "popularity refresh worker (task %lld)",
              static_cast<long long>(task_id));
-    snprintf(worker.bgw_type, BGW_MAXLEN, "popularity refresh worker");
     worker::WorkerArgs args{MyDatabaseId, role, task_id};
     static_assert(sizeof args <= BGW_EXTRALEN);
     std::memcpy(worker.bgw_extra, &args, sizeof args);
@@ -299,28 +309,14 @@ void launcher_main() {
 } // namespace
 
 void popularity::worker::register_launcher() {
-    BackgroundWorker worker;
-    std::memset(&worker, 0, sizeof worker);
-    worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
-    worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-    worker.bgw_restart_time = 5;
-    snprintf(worker.bgw_library_name, BGW_MAXLEN, "popularity");
-    snprintf(worker.bgw_function_name, BGW_MAXLEN, "popularity_launcher_main");
-    snprintf(worker.bgw_name, BGW_MAXLEN, "popularity launcher");
-    snprintf(worker.bgw_type, BGW_MAXLEN, "popularity launcher");
+    BackgroundWorker worker =
+        describe_worker("popularity_launcher_main", "popularity launcher", false, 5);
     RegisterBackgroundWorker(&worker);
 }
 
 bool popularity::worker::start_scheduler(Oid database, const char *database_name) {
-    BackgroundWorker worker;
-    std::memset(&worker, 0, sizeof worker);
-    worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-    worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-    worker.bgw_restart_time = BGW_NEVER_RESTART;
-    snprintf(worker.bgw_library_name, BGW_MAXLEN, "popularity");
-    snprintf(worker.bgw_function_name, BGW_MAXLEN, "popularity_scheduler_main");
-    snprintf(worker.bgw_name, BGW_MAXLEN, "popularity scheduler");
-    snprintf(worker.bgw_type, BGW_MAXLEN, "popularity scheduler");
+    BackgroundWorker worker = describe_worker("popularity_scheduler_main", "popularity scheduler",
+                                              true, BGW_NEVER_RESTART);
     SchedulerArgs args{};
     args.database = database;
     if (database_name != nullptr) {

@@ -139,6 +139,30 @@ ALTER SYSTEM RESET popularity.batch_blocks;
 SELECT pg_reload_conf();
 SELECT count(*) AS cancelled_nothing_active FROM popularity.cancel_refresh();
 
+-- An error in a batch rolls that batch back, is recorded on the run, and makes the waiting CALL
+-- raise; once the cause is fixed, resume finishes the run.
+CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.foreign_identifier = 'f777' THEN
+        RAISE EXCEPTION 'row f777 is frozen' USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse BEFORE UPDATE ON image FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse();
+SELECT popularity.set_metric('image', 'flickr', 'views', 0.65);
+\set VERBOSITY default
+CALL refresh_popularity('image');
+SELECT run_id, state, error FROM popularity.refresh_runs ORDER BY run_id DESC LIMIT 1;
+SELECT count(*) FILTER (WHERE state = 'failed') > 0 AS a_task_failed FROM popularity.refresh_tasks WHERE run_id = 9;
+SELECT standardized_popularity IS DISTINCT FROM standardized_popularity(popularity_metric_value(meta_data, 'views'),
+       (SELECT constant FROM popularity.metrics WHERE media_type = 'image' AND provider = 'flickr'))
+       AS frozen_row_still_stale
+FROM image WHERE foreign_identifier = 'f777';
+DROP TRIGGER refuse ON image;
+SELECT popularity.resume_refresh(9);
+SELECT pg_temp.wait_run(9);
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_fix;
+
 -- The history is kept; the status view reads it.
 SELECT run_id, media_type, providers, forced, state FROM popularity.refresh_runs ORDER BY run_id;
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 namespace popularity::core {
@@ -38,6 +39,51 @@ double select_percentile_disc(double *values, std::size_t n, double p) {
     double *nth = values + (k - 1);
     std::nth_element(values, nth, values + n, float8_less);
     return *nth;
+}
+
+namespace {
+bool same_bits(double a, double b) {
+    return std::memcmp(&a, &b, sizeof(double)) == 0;
+}
+
+// float8 order, with values it considers equal (-0 and +0, NaNs of any payload) ordered by their
+// bits, so that bit-identical values end up adjacent.
+bool total_less(double a, double b) {
+    if (float8_less(a, b)) {
+        return true;
+    }
+    if (float8_less(b, a)) {
+        return false;
+    }
+    std::uint64_t x, y;
+    std::memcpy(&x, &a, sizeof x);
+    std::memcpy(&y, &b, sizeof y);
+    return x < y;
+}
+} // namespace
+
+std::size_t sort_and_count_runs(double *values, std::size_t n) {
+    std::sort(values, values + n, total_less);
+    std::size_t runs = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (i == 0 || !same_bits(values[i], values[i - 1])) {
+            ++runs;
+        }
+    }
+    return runs;
+}
+
+void write_runs(const double *values, std::size_t n, double *run_values,
+                std::uint64_t *run_counts) {
+    std::size_t run = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (i == 0 || !same_bits(values[i], values[i - 1])) {
+            run_values[run] = values[i];
+            run_counts[run] = 0;
+            ++run;
+        }
+        ++run_counts[run - 1];
+    }
 }
 
 } // namespace popularity::core

@@ -26,4 +26,12 @@ inline bool float8_less(double a, double b) {
 // Linear time on average (introselect); reorders the array. n must be > 0.
 double select_percentile_disc(double *values, std::size_t n, double p);
 
+// Run-length form of a multiset of doubles (compact partial states of the aggregate): sorts
+// values[0..n) in float8 order and returns how many runs of bit-identical values it has.
+std::size_t sort_and_count_runs(double *values, std::size_t n);
+
+// Writes the runs of sorted values[0..n) (sorted by sort_and_count_runs) into run_values and
+// run_counts, each with room for the number of runs.
+void write_runs(const double *values, std::size_t n, double *run_values, std::uint64_t *run_counts);
+
 } // namespace popularity::core

@@ -8,6 +8,7 @@
 #include "../core/percentile.hpp"
 
 #include "guard.hpp"
+#include "settings.hpp"
 
 extern "C" {
 #include "libpq/pqformat.h"
@@ -134,26 +135,75 @@ POPULARITY_FUNCTION(popularity_percentile_combine) {
 }
 
 namespace {
-// Serialized form: uint64 count, float8 fraction, uint8 flags (network byte order), then the count
-// values as raw native doubles: states only travel between processes of one server (parallel
-// workers), never to disk or another machine, and copying them whole keeps big states cheap.
+// Serialized form: uint64 count, float8 fraction, uint8 flags (network byte order), then either
+// the count values as raw native doubles, or (flag kRuns) uint64 nruns, nruns doubles and nruns
+// uint64 counts of the sorted runs of equal values. States only travel between processes of one
+// server (parallel workers), never to disk or another machine, so native byte order is fine;
+// runs keep large states of tied counts far below the 1 GB limit of a bytea.
 constexpr int kHasFraction = 1;
 constexpr int kNullFraction = 2;
+constexpr int kRuns = 4;
+constexpr int kHeaderBytes = 17;
+constexpr Size kMaxSerialized = MaxAllocSize - 1024;
+
+[[noreturn]] void state_too_large(std::uint64_t count, std::uint64_t runs) {
+    throw pg::SqlError(ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                       "popularity_percentile partial state is too large to pass between "
+                       "parallel workers",
+                       pg::strprintf("A worker holds %llu values in %llu distinct values; a state "
+                                     "travels as at most 1 GB.",
+                                     static_cast<unsigned long long>(count),
+                                     static_cast<unsigned long long>(runs)),
+                       "Run this query with SET max_parallel_workers_per_gather = 0.");
+}
+
+void corrupted(const char *why) {
+    throw pg::SqlError(ERRCODE_DATA_CORRUPTED, "invalid popularity_percentile state", why);
+}
 } // namespace
 
 // serialfunc(state internal) -> bytea; strict.
 POPULARITY_FUNCTION(popularity_percentile_serialize) {
     aggregate_context(fcinfo, "popularity_percentile_serialize");
     auto *state = reinterpret_cast<PercentileState *>(PG_GETARG_POINTER(0));
+    const int flags =
+        (state->has_fraction ? kHasFraction : 0) | (state->null_fraction ? kNullFraction : 0);
+    const bool as_runs =
+        state->count > static_cast<std::uint64_t>(pg::percentile_compact_threshold) ||
+        kHeaderBytes + state->count * sizeof(double) > kMaxSerialized;
     StringInfoData buffer;
     pq_begintypsend(&buffer);
-    enlargeStringInfo(&buffer, static_cast<int>(17 + state->count * sizeof(double)));
     pq_sendint64(&buffer, static_cast<int64>(state->count));
     pq_sendfloat8(&buffer, state->fraction);
-    pq_sendbyte(&buffer, (state->has_fraction ? kHasFraction : 0) |
-                             (state->null_fraction ? kNullFraction : 0));
-    appendBinaryStringInfoNT(&buffer, reinterpret_cast<const char *>(state->values),
-                             static_cast<int>(state->count * sizeof(double)));
+    if (!as_runs) {
+        pq_sendbyte(&buffer, flags);
+        enlargeStringInfo(&buffer, static_cast<int>(state->count * sizeof(double)));
+        appendBinaryStringInfoNT(&buffer, reinterpret_cast<const char *>(state->values),
+                                 static_cast<int>(state->count * sizeof(double)));
+        PG_RETURN_BYTEA_P(pq_endtypsend(&buffer));
+    }
+    // The state's array may be reordered: it holds a multiset.
+    const std::size_t runs = core::sort_and_count_runs(state->values, state->count);
+    const Size run_bytes = runs * (sizeof(double) + sizeof(std::uint64_t));
+    if (kHeaderBytes + sizeof(std::uint64_t) + run_bytes > kMaxSerialized) {
+        state_too_large(state->count, runs);
+    }
+    elog(DEBUG2, "popularity_percentile: a partial state of %llu values travels as %llu runs",
+         static_cast<unsigned long long>(state->count), static_cast<unsigned long long>(runs));
+    pq_sendbyte(&buffer, flags | kRuns);
+    pq_sendint64(&buffer, static_cast<int64>(runs));
+    // Written into aligned scratch arrays, then appended (the buffer offset is not aligned).
+    auto *run_values = static_cast<double *>(
+        palloc_extended(Max(runs, static_cast<std::size_t>(1)) * sizeof(double), MCXT_ALLOC_HUGE));
+    auto *run_counts = static_cast<std::uint64_t *>(palloc_extended(
+        Max(runs, static_cast<std::size_t>(1)) * sizeof(std::uint64_t), MCXT_ALLOC_HUGE));
+    core::write_runs(state->values, state->count, run_values, run_counts);
+    appendBinaryStringInfoNT(&buffer, reinterpret_cast<const char *>(run_values),
+                             static_cast<int>(runs * sizeof(double)));
+    appendBinaryStringInfoNT(&buffer, reinterpret_cast<const char *>(run_counts),
+                             static_cast<int>(runs * sizeof(std::uint64_t)));
+    pfree(run_values);
+    pfree(run_counts);
     PG_RETURN_BYTEA_P(pq_endtypsend(&buffer));
 }
 
@@ -162,8 +212,8 @@ POPULARITY_FUNCTION(popularity_percentile_deserialize) {
     MemoryContext context = aggregate_context(fcinfo, "popularity_percentile_deserialize");
     bytea *bytes = PG_GETARG_BYTEA_PP(0);
     const int length = VARSIZE_ANY_EXHDR(bytes);
-    if (length < 17) {
-        throw pg::SqlError(ERRCODE_DATA_CORRUPTED, "invalid popularity_percentile state");
+    if (length < kHeaderBytes) {
+        corrupted("The state is shorter than its header.");
     }
     StringInfoData buffer;
     buffer.data = VARDATA_ANY(bytes);
@@ -171,22 +221,53 @@ POPULARITY_FUNCTION(popularity_percentile_deserialize) {
     buffer.maxlen = 0;
     buffer.cursor = 0;
     const auto count = static_cast<std::uint64_t>(pq_getmsgint64(&buffer));
-    if (count != static_cast<std::uint64_t>(length - 17) / sizeof(double) ||
-        (static_cast<std::uint64_t>(length - 17) % sizeof(double)) != 0) {
-        throw pg::SqlError(ERRCODE_DATA_CORRUPTED, "invalid popularity_percentile state",
-                           pg::strprintf("The state claims %llu values in %d bytes.",
-                                         static_cast<unsigned long long>(count), length));
-    }
     PercentileState *state = new_state(context);
     state->fraction = pq_getmsgfloat8(&buffer);
     const int flags = pq_getmsgbyte(&buffer);
     state->has_fraction = (flags & kHasFraction) != 0;
     state->null_fraction = (flags & kNullFraction) != 0;
+    const std::uint64_t rest = static_cast<std::uint64_t>(length - kHeaderBytes);
+    if ((flags & kRuns) == 0) {
+        if (rest != count * sizeof(double)) {
+            corrupted("The number of values does not match the state's size.");
+        }
+        if (count > 0) {
+            reserve(state, context, count);
+            std::memcpy(state->values, buffer.data + buffer.cursor, count * sizeof(double));
+        }
+        state->count = count;
+        PG_RETURN_POINTER(state);
+    }
+    if (rest < sizeof(std::uint64_t)) {
+        corrupted("The state has no run count.");
+    }
+    const auto runs = static_cast<std::uint64_t>(pq_getmsgint64(&buffer));
+    if (rest - sizeof(std::uint64_t) != runs * (sizeof(double) + sizeof(std::uint64_t))) {
+        corrupted("The number of runs does not match the state's size.");
+    }
+    const char *run_values = buffer.data + buffer.cursor;
+    const char *run_counts = run_values + runs * sizeof(double);
+    std::uint64_t total = 0;
+    for (std::uint64_t r = 0; r < runs; ++r) {
+        std::uint64_t n;
+        std::memcpy(&n, run_counts + r * sizeof n, sizeof n);
+        total += n;
+    }
+    if (total != count) {
+        corrupted("The runs do not add up to the state's number of values.");
+    }
     if (count > 0) {
         reserve(state, context, count);
-        std::memcpy(state->values,
-                    pq_getmsgbytes(&buffer, static_cast<int>(count * sizeof(double))),
-                    count * sizeof(double));
+        std::uint64_t at = 0;
+        for (std::uint64_t r = 0; r < runs; ++r) {
+            double v;
+            std::uint64_t n;
+            std::memcpy(&v, run_values + r * sizeof v, sizeof v);
+            std::memcpy(&n, run_counts + r * sizeof n, sizeof n);
+            for (std::uint64_t i = 0; i < n; ++i) {
+                state->values[at++] = v;
+            }
+        }
     }
     state->count = count;
     PG_RETURN_POINTER(state);

@@ -13,6 +13,7 @@ int batch_lock_timeout = 5000;
 double score_tolerance = 0.0;
 bool refresh_touch_updated_on = true;
 int launcher_naptime = 1000;
+int percentile_compact_threshold = 16 * 1024 * 1024;
 
 void define_settings() {
     DefineCustomBoolVariable(
@@ -57,6 +58,14 @@ void define_settings() {
                              "Set updated_on = now() on the rows a refresh rescores.", nullptr,
                              &refresh_touch_updated_on, true, PGC_SIGHUP, 0, nullptr, nullptr,
                              nullptr);
+    DefineCustomIntVariable(
+        "popularity.percentile_compact_threshold",
+        "Partial states of popularity_percentile above this many values are sent between "
+        "parallel workers as sorted (value, count) runs.",
+        "A serialized state cannot exceed 1 GB; counts with many ties compact to a small "
+        "fraction. For testing the compact form with small inputs.",
+        &percentile_compact_threshold, 16 * 1024 * 1024, 0, INT_MAX, PGC_USERSET,
+        GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("popularity.naptime",
                             "How often the refresh launcher looks for work it was not woken for.",
                             nullptr, &launcher_naptime, 1000, 10, 3600000, PGC_SIGHUP, GUC_UNIT_MS,

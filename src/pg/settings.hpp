@@ -21,6 +21,11 @@ extern bool refresh_touch_updated_on;
 // popularity.naptime: the launcher's poll interval (ms); it is also woken when work is queued.
 extern int launcher_naptime;
 
+// popularity.percentile_compact_threshold (developer option): partial states of
+// popularity_percentile with more values than this travel between parallel workers as sorted
+// (value, count) runs instead of raw values.
+extern int percentile_compact_threshold;
+
 void define_settings();
 
 } // namespace popularity::pg

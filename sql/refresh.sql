@@ -151,7 +151,9 @@ END $$;
 CREATE TRIGGER refuse BEFORE UPDATE ON image FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse();
 SELECT popularity.set_metric('image', 'flickr', 'views', 0.65);
 \set VERBOSITY default
+\set SHOW_CONTEXT never
 CALL refresh_popularity('image');
+\set SHOW_CONTEXT errors
 SELECT run_id, state, error FROM popularity.refresh_runs ORDER BY run_id DESC LIMIT 1;
 SELECT count(*) FILTER (WHERE state = 'failed') > 0 AS a_task_failed FROM popularity.refresh_tasks WHERE run_id = 9;
 SELECT standardized_popularity IS DISTINCT FROM standardized_popularity(popularity_metric_value(meta_data, 'views'),
@@ -162,6 +164,23 @@ DROP TRIGGER refuse ON image;
 SELECT popularity.resume_refresh(9);
 SELECT pg_temp.wait_run(9);
 SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_fix;
+
+-- Workers connect as the calling role, which must be able to log in.
+CREATE ROLE popularity_nologin NOLOGIN;
+SET ROLE popularity_nologin;
+SELECT pg_temp.try($$CALL refresh_popularity('image')$$);
+RESET ROLE;
+-- Workers that cannot start (here: a run forged for a role that cannot log in, so every worker
+-- stops at connection) fail the task after 5 attempts instead of being restarted forever.
+INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
+VALUES ('image', 'image', 'identifier', '{flickr}', 'popularity_nologin'::regrole) RETURNING run_id AS forged \gset
+INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
+VALUES (:forged, 0, 0, 10, 0);
+SELECT popularity._wake_scheduler();
+SELECT pg_temp.wait_run(:forged);
+SELECT t.attempts, t.error, r.error = t.error AS run_has_the_error
+FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id) WHERE t.run_id = :forged;
+DROP ROLE popularity_nologin;
 
 -- The history is kept; the status view reads it.
 SELECT run_id, media_type, providers, forced, state FROM popularity.refresh_runs ORDER BY run_id;

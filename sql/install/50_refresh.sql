@@ -35,6 +35,7 @@ CREATE TABLE popularity.refresh_tasks (
         CONSTRAINT state_known CHECK (state IN ('pending', 'running', 'revisiting', 'done', 'failed', 'cancelled')),
     batches bigint NOT NULL DEFAULT 0,
     revisit_passes bigint NOT NULL DEFAULT 0,
+    attempts integer NOT NULL DEFAULT 0, -- workers started since the last committed batch
     started_at timestamptz,
     finished_at timestamptz,
     error text,
@@ -153,6 +154,13 @@ BEGIN
             USING ERRCODE = 'active_sql_transaction',
                   HINT = 'Call it on its own: it commits the new constants before the workers rescore.';
     END IF;
+    -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
+    -- lets a background worker connect only as a role that can log in.
+    IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'refresh workers run as the calling role, and role "%" cannot log in', current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
+    END IF;
     IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = tbl) <> 'r' THEN
         RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
             USING ERRCODE = 'feature_not_supported',
@@ -260,7 +268,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Only failed or cancelled runs can be resumed; see popularity.refresh_status.';
     END IF;
-    UPDATE popularity.refresh_tasks AS t SET state = 'pending', error = NULL
+    UPDATE popularity.refresh_tasks AS t SET state = 'pending', error = NULL, attempts = 0
     WHERE t.run_id = resume_refresh.run_id AND t.state IN ('failed', 'cancelled', 'running', 'revisiting');
     PERFORM popularity._wake_scheduler();
 EXCEPTION WHEN unique_violation THEN

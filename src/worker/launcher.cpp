@@ -107,6 +107,27 @@ bool start_worker(int64 task_id, Oid role) {
     return true;
 }
 
+constexpr int kMaxAttempts = 5;
+
+// Adds an attempt to the task; false (and the task failed) when it has had too many.
+bool count_attempt(int64 task_id) {
+    Oid types[2] = {INT8OID, INT4OID};
+    Datum values[2] = {Int64GetDatum(task_id), Int32GetDatum(kMaxAttempts)};
+    const int rc = SPI_execute_with_args(
+        "UPDATE popularity.refresh_tasks SET attempts = attempts + 1,"
+        " state = CASE WHEN attempts + 1 > $2 THEN 'failed' ELSE state END,"
+        " error = CASE WHEN attempts + 1 > $2 THEN format('%s workers in a row stopped before"
+        " committing a batch; see the server log', attempts) ELSE error END,"
+        " finished_at = CASE WHEN attempts + 1 > $2 THEN clock_timestamp() ELSE finished_at END"
+        " WHERE task_id = $1 RETURNING state <> 'failed'",
+        2, types, values, nullptr, false, 1);
+    if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1) {
+        elog(ERROR, "popularity scheduler: counting an attempt failed");
+    }
+    bool isnull = false;
+    return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 void notify_finished(const char *sql_returning_payloads) {
     const int rc = SPI_execute(sql_returning_payloads, false, 0);
     if (rc != SPI_OK_UPDATE_RETURNING) {
@@ -178,26 +199,34 @@ bool tick() {
         }
         active = SPI_processed > 0;
         forget_stopped_workers();
+        // Copied out first: counting attempts runs statements that replace SPI_tuptable.
+        const uint64 candidates = SPI_processed;
+        auto *task_ids = static_cast<int64 *>(palloc(sizeof(int64) * (candidates + 1)));
+        auto *roles = static_cast<Oid *>(palloc(sizeof(Oid) * (candidates + 1)));
         int live = 0;
-        for (uint64 i = 0; i < SPI_processed; ++i) {
+        for (uint64 i = 0; i < candidates; ++i) {
             bool isnull = false;
-            const int64 task_id = DatumGetInt64(
+            task_ids[i] = DatumGetInt64(
                 SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-            const Oid role = DatumGetObjectId(
+            roles[i] = DatumGetObjectId(
                 SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
             if (i == 0) {
-                // Workers holding a task, or started by this launcher and not yet holding one.
+                // Workers holding a task, or started by this scheduler and not yet holding one.
                 const int holding = static_cast<int>(DatumGetInt64(
                     SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull)));
                 live = Max(holding, started_count);
             }
-            if (tracked(task_id)) {
+        }
+        for (uint64 i = 0; i < candidates && live < pg::max_workers; ++i) {
+            if (tracked(task_ids[i])) {
                 continue;
             }
-            if (live >= pg::max_workers) {
-                break;
+            // Count the attempt; a task whose workers keep stopping before they commit a batch
+            // (they cannot connect, or die at once) fails instead of being restarted forever.
+            if (!count_attempt(task_ids[i])) {
+                continue;
             }
-            if (start_worker(task_id, role)) {
+            if (start_worker(task_ids[i], roles[i])) {
                 ++live;
             }
         }

@@ -266,7 +266,7 @@ void main_batch(Task &task) {
     }
     Oid types[2] = {INT8OID, INT8OID};
     Datum progress[2] = {Int64GetDatum(task.task_id), Int64GetDatum(end)};
-    run("UPDATE popularity.refresh_tasks SET next_block = $2, batches = batches + 1,"
+    run("UPDATE popularity.refresh_tasks SET next_block = $2, batches = batches + 1, attempts = 0,"
         " state = CASE WHEN $2 >= end_block THEN 'revisiting' ELSE 'running' END"
         " WHERE task_id = $1",
         2, types, progress, nullptr, SPI_OK_UPDATE);

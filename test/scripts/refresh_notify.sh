@@ -20,10 +20,10 @@ CALL refresh_popularity('image');
 SELECT pg_sleep(0.5);
 SQL
 )
-echo "$out" | grep 'Asynchronous notification' || true
-echo "$out" | grep -q '"event" : "constants_changed", "media_type" : "image", "providers" : \["flickr"\]' ||
+grep "Asynchronous notification" <<<"$out" || true
+grep -q '"event" : "constants_changed", "media_type" : "image", "providers" : \["flickr"\]' <<<"$out" ||
     fail "no constants_changed notification: $out"
-echo "$out" | grep -q '"event" : "refresh_finished", "run_id" : 1, "media_type" : "image", "state" : "succeeded"' ||
+grep -q '"event" : "refresh_finished", "run_id" : 1, "media_type" : "image", "state" : "succeeded"' <<<"$out" ||
     fail "no refresh_finished notification: $out"
 echo "ok: both notifications received"
 psql -X -q -c "DROP DATABASE $DB WITH (FORCE)"

@@ -475,12 +475,13 @@ BEGIN
             UNION SELECT s.provider FROM popularity.provider_stats AS s WHERE s.media_type = $1
             UNION SELECT m.provider FROM cfg AS m
         )
-        SELECT k.provider, m.metric, m.constant, $2, s.rows,
+        SELECT k.provider, m.metric, m.constant, $2, coalesce(s.rows, 0),
                coalesce(e.n, 0), coalesce(e.stale, 0),
                e.stale::double precision / e.n,
-               CASE WHEN $2 = 'exact' THEN coalesce(e.stale::double precision / e.n, 0)
+               -- exact: the value itself (NULL without rows); sample: [0, 1] without rows
+               CASE WHEN $2 = 'exact' THEN e.stale::double precision / e.n
                     ELSE popularity.clopper_pearson_lower(coalesce(e.stale, 0), coalesce(e.n, 0), 0.99) END,
-               CASE WHEN $2 = 'exact' THEN coalesce(e.stale::double precision / e.n, 0)
+               CASE WHEN $2 = 'exact' THEN e.stale::double precision / e.n
                     ELSE popularity.clopper_pearson_upper(coalesce(e.stale, 0), coalesce(e.n, 0), 0.99) END,
                round(s.rows * (e.stale::double precision / e.n))::bigint,
                m.constant_changed_at,

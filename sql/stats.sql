@@ -190,6 +190,7 @@ SELECT pg_temp.try($$CALL popularity.reconcile_stats('st')$$);
 ROLLBACK;
 SELECT pg_temp.try($$SELECT * FROM popularity.freshness('st', 0)$$);
 SELECT pg_temp.try($$SELECT * FROM popularity.freshness('video')$$);
+SELECT pg_temp.try($$SELECT * FROM popularity.freshness('st', sampling => 'rows')$$);
 SELECT pg_temp.try($$SELECT popularity.clopper_pearson_upper(5, 3)$$);
 SELECT pg_temp.try($$SELECT popularity.clopper_pearson_upper(-1, 3)$$);
 SELECT pg_temp.try($$SELECT popularity.clopper_pearson_lower(1, 3, 1)$$);
@@ -218,7 +219,7 @@ SELECT provider, metric, constant, method, rows_counted, rows_examined, rows_sta
        stale_lower, stale_upper, estimated_stale_rows, constant_changed_at IS NOT NULL AS constant_changed,
        last_refresh_finished_at
 FROM popularity.freshness('st', exact => true);
--- From a block sample of about 1500 rows (repeatable): an interval around the true 0.99.
+-- From a sample of about 1500 independent rows (repeatable): an interval around the true 0.99.
 SELECT provider, method, rows_examined BETWEEN 600 AND 2400 AS sampled_about_half,
        stale_lower <= stale_fraction AND stale_fraction <= stale_upper AS ordered,
        stale_lower < 0.99 AND 0.99 < stale_upper AS covers_truth, stale_upper - stale_lower < 0.05 AS narrow
@@ -235,8 +236,32 @@ FROM popularity.freshness('st', exact => true) WHERE provider = 'flickr';
 SELECT provider, method, rows_examined >= 528 AS enough_rows, rows_stale, stale_fraction, stale_lower,
        stale_upper < 0.01 AS upper_below_1_percent, last_refresh_finished_at IS NOT NULL AS refreshed
 FROM popularity.freshness('st', 1500, seed => 1) WHERE provider = 'flickr';
+-- Whole blocks (fast, approximate intervals): the same answer on a clean table.
+SELECT provider, method, rows_examined > 0 AS sampled, rows_stale, stale_upper < 0.01 AS upper_below_1_percent
+FROM popularity.freshness('st', 1500, seed => 1, sampling => 'system') WHERE provider = 'flickr';
 -- The default sample covers this small table: it is scanned exactly.
 SELECT provider, method, rows_examined, rows_stale FROM popularity.freshness('st') ORDER BY 1;
+-- Percentile from a sample with order-statistic bounds. The whole provider (the sample would
+-- cover it): percentile_disc's value, the constant refresh_constants stored.
+SELECT provider, method, sample_values, estimate, lower_bound, upper_bound, coverage >= 0.99 AS covered,
+       constant_estimate, current_constant, constant_estimate = current_constant AS same_constant
+FROM popularity.estimate_percentile('st', ARRAY['flickr']);
+-- A sample of about 1500 independent values (repeatable): bounds around the true median 49.
+SELECT provider, method, sample_values BETWEEN 600 AND 2400 AS sampled_about_half,
+       lower_bound <= estimate AND estimate <= upper_bound AS ordered,
+       lower_bound <= 49 AND 49 <= upper_bound AS covers_truth, coverage >= 0.99 AS covered,
+       constant_lower <= constant_estimate AND constant_estimate <= constant_upper AS constants_ordered
+FROM popularity.estimate_percentile('st', ARRAY['flickr'], 1500, seed => 1);
+-- Too few values for bounds at 99%: NULL bounds; no values: no estimate.
+SELECT popularity.set_metric('st', 'smithsonian', 'views', 0.5);
+INSERT INTO st (provider, foreign_identifier, meta_data) VALUES ('smithsonian', 's1', '{"views": 4}'),
+    ('smithsonian', 's2', '{"views": 6}');
+SELECT provider, method, sample_values, estimate, lower_bound, upper_bound, coverage, constant_estimate
+FROM popularity.estimate_percentile('st', ARRAY['smithsonian', 'wikimedia']);
+SELECT * FROM popularity.quantile_ranks(100, 0.5, 0.95);  -- the textbook median interval: x(40), x(61)
+SELECT pg_temp.try($$SELECT * FROM popularity.quantile_ranks(0, 0.5)$$);
+SELECT pg_temp.try($$SELECT * FROM popularity.estimate_percentile('st', sample_rows => 0)$$);
+DELETE FROM st WHERE provider = 'smithsonian';
 -- The refresh's rewrites were counted too.
 SELECT * FROM pg_temp.counts();
 SELECT pg_temp.exact();

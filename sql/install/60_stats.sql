@@ -418,14 +418,33 @@ COMMENT ON PROCEDURE popularity.reconcile_stats(text, integer) IS
     'the differences, as deltas (concurrent ingestion loses nothing); reports each correction (NOTICE, '
     'popularity.stats_corrections) and clears the marks; returns the number of corrections. Schedulable with pg_cron';
 
+-- The sampling methods of freshness() and estimate_percentile(). bernoulli (the default) draws rows
+-- independently, which the intervals assume; it reads every block but evaluates only the sampled
+-- rows. system draws whole blocks and reads only those: much faster on a huge table, but rows of
+-- one block are alike (a provider's rows are loaded together, a refresh rescores block ranges), so
+-- its intervals are too narrow: an indication, not a guarantee.
+CREATE FUNCTION popularity._check_sampling(sampling text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF sampling IS NULL OR sampling NOT IN ('bernoulli', 'system') THEN
+        RAISE EXCEPTION 'unknown sampling method "%"', sampling
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use bernoulli (independent rows: valid intervals) or system (whole blocks: fast, approximate).';
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._check_sampling(text) IS
+    'Raises 22023 unless the sampling method is bernoulli or system';
+
 -- Freshness: per provider, the fraction of rows whose stored score differs from the score under the
 -- current constant (beyond popularity.score_tolerance, as the refresh judges it), estimated from a
--- block sample (TABLESAMPLE SYSTEM) of about sample_rows rows with an exact 99% Clopper-Pearson
--- interval; exact => true (or a sample that would cover the table) scans every row, and the
--- interval is then the value itself.
+-- sample of about sample_rows rows with an exact 99% Clopper-Pearson interval; exact => true (or a
+-- sample that would cover the table) scans every row, and the interval is then the value itself.
 CREATE FUNCTION popularity.freshness(
     media_type text, sample_rows integer DEFAULT 10000, exact boolean DEFAULT false,
-    seed double precision DEFAULT NULL)
+    seed double precision DEFAULT NULL, sampling text DEFAULT 'bernoulli')
 RETURNS TABLE (provider text, metric text, constant double precision, method text, rows_counted bigint,
                rows_examined bigint, rows_stale bigint, stale_fraction double precision,
                stale_lower double precision, stale_upper double precision, estimated_stale_rows bigint,
@@ -445,6 +464,7 @@ BEGIN
                   DETAIL = format('The value given was %s.', coalesce(sample_rows::text, 'NULL')),
                   HINT = 'Use e.g. 10000, or exact => true to scan every row.';
     END IF;
+    PERFORM popularity._check_sampling(sampling);
     -- The exact row count from the counts; the planner's estimate when nothing is counted.
     total := (SELECT sum(s.rows) FROM popularity.provider_stats AS s WHERE s.media_type = $1);
     IF total IS NULL OR total <= 0 THEN
@@ -452,7 +472,7 @@ BEGIN
     END IF;
     percent := 100.0 * sample_rows / greatest(total, 1);
     IF NOT coalesce(exact, false) AND percent < 100 THEN
-        sample_clause := format(' TABLESAMPLE SYSTEM (%s)%s', percent,
+        sample_clause := format(' TABLESAMPLE %s (%s)%s', upper(sampling), percent,
                                 CASE WHEN seed IS NOT NULL THEN format(' REPEATABLE (%s)', seed) ELSE '' END);
     END IF;
     RETURN QUERY EXECUTE format($sql$
@@ -495,8 +515,92 @@ BEGIN
         $sql$, tbl, sample_clause)
         USING $1, CASE WHEN sample_clause = '' THEN 'exact' ELSE 'sample' END;
 END $$;
-COMMENT ON FUNCTION popularity.freshness(text, integer, boolean, double precision) IS
+COMMENT ON FUNCTION popularity.freshness(text, integer, boolean, double precision, text) IS
     'Per provider: the fraction of rows whose stored score differs from the score under the current constant, '
-    'from a block sample of about sample_rows rows with an exact 99% Clopper-Pearson interval (exact => true '
-    'scans every row), the exact row count, when the constant last changed and when the last successful '
-    'refresh of the provider finished; seed makes the sample repeatable';
+    'from a sample of about sample_rows rows (bernoulli, or system: blocks, approximate) with an exact 99% '
+    'Clopper-Pearson interval (exact => true scans every row), the exact row count, when the constant last '
+    'changed and when the last successful refresh of the provider finished; seed makes the sample repeatable';
+
+-- Percentiles from a sample, with distribution-free bounds (order statistics): for huge providers,
+-- what refresh_constants would compute, without reading every row. refresh_constants itself stays
+-- exact.
+CREATE FUNCTION popularity.quantile_ranks(
+    n bigint, percentile double precision, confidence double precision DEFAULT 0.99,
+    OUT estimate_rank bigint, OUT lower_rank bigint, OUT upper_rank bigint, OUT coverage double precision)
+AS 'MODULE_PATHNAME', 'popularity_quantile_ranks'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION popularity.quantile_ranks(bigint, double precision, double precision) IS
+    'Ranks (1-based, in a sorted sample of n values) of percentile_disc''s estimate and of distribution-free '
+    'bounds on the percentile holding with probability coverage >= confidence (Boost.Math binomial); a bound is '
+    'NULL when the sample is too small';
+
+CREATE FUNCTION popularity.estimate_percentile(
+    media_type text, providers text[] DEFAULT NULL, sample_rows integer DEFAULT 10000,
+    confidence double precision DEFAULT 0.99, seed double precision DEFAULT NULL,
+    sampling text DEFAULT 'bernoulli')
+RETURNS TABLE (provider text, metric text, percentile double precision, method text, sample_values bigint,
+               estimate double precision, lower_bound double precision, upper_bound double precision,
+               coverage double precision, constant_estimate double precision, constant_lower double precision,
+               constant_upper double precision, current_constant double precision)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl regclass := popularity._media_table($1);
+    m record;
+    r record;
+    total double precision;
+    percent double precision;
+    sample_clause text;
+    vals double precision[];
+    n bigint;
+BEGIN
+    IF sample_rows IS NULL OR sample_rows < 1 THEN
+        RAISE EXCEPTION 'sample_rows must be a positive number of rows'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The value given was %s.', coalesce(sample_rows::text, 'NULL'));
+    END IF;
+    PERFORM popularity._check_sampling(sampling);
+    FOR m IN
+        SELECT x.provider, x.metric, x.percentile, x.constant FROM popularity.metrics AS x
+        WHERE x.media_type = $1 AND ($2 IS NULL OR x.provider = ANY ($2)) ORDER BY x.provider
+    LOOP
+        -- The sampling rate that gives about sample_rows values of this provider (from its exact
+        -- count of usable values); the whole provider when that is all of it.
+        total := (SELECT s.rows_with_metric FROM popularity.provider_stats AS s
+                  WHERE s.media_type = $1 AND s.provider = m.provider);
+        percent := 100.0 * sample_rows / greatest(coalesce(total, 0), 1);
+        sample_clause := CASE WHEN percent < 100 THEN
+            format(' TABLESAMPLE %s (%s)%s', upper(sampling), percent,
+                   CASE WHEN seed IS NOT NULL THEN format(' REPEATABLE (%s)', seed) ELSE '' END)
+            ELSE '' END;
+        EXECUTE format('SELECT array_agg(v.x ORDER BY v.x) FROM (SELECT @extschema@.popularity_metric_value(t.meta_data, $1) AS x '
+                       'FROM %s AS t%s WHERE t.provider = $2) AS v WHERE v.x IS NOT NULL', tbl, sample_clause)
+            INTO vals USING m.metric, m.provider;
+        n := coalesce(cardinality(vals), 0);
+        provider := m.provider;
+        metric := m.metric;
+        percentile := m.percentile;
+        method := CASE WHEN sample_clause = '' THEN 'exact' ELSE 'sample' END;
+        sample_values := n;
+        current_constant := m.constant;
+        estimate := NULL; lower_bound := NULL; upper_bound := NULL; coverage := NULL;
+        constant_estimate := NULL; constant_lower := NULL; constant_upper := NULL;
+        IF n > 0 THEN
+            SELECT * INTO r FROM popularity.quantile_ranks(n, m.percentile, confidence);
+            estimate := vals[r.estimate_rank];
+            lower_bound := vals[r.lower_rank];
+            upper_bound := vals[r.upper_rank];
+            coverage := r.coverage;
+            -- The constant grows with the percentile value, so the bounds carry over.
+            constant_estimate := @extschema@.popularity_constant(estimate, m.percentile);
+            constant_lower := @extschema@.popularity_constant(lower_bound, m.percentile);
+            constant_upper := @extschema@.popularity_constant(upper_bound, m.percentile);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION popularity.estimate_percentile(text, text[], integer, double precision, double precision, text) IS
+    'Per provider: the percentile value and constant estimated from a sample of about sample_rows values '
+    '(the exact percentile_disc when the sample would cover the provider), with distribution-free order-statistic '
+    'bounds holding with probability >= confidence, beside the current constant; refresh_constants stays exact';

@@ -31,6 +31,7 @@ extern "C" {
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
+#include "funcapi.h"
 }
 
 #include <cstdint>
@@ -377,4 +378,34 @@ POPULARITY_FUNCTION(popularity_clopper_pearson_lower) {
 // popularity.clopper_pearson_upper(successes, trials, confidence): exact upper bound.
 POPULARITY_FUNCTION(popularity_clopper_pearson_upper) {
     PG_RETURN_FLOAT8(interval_arguments(fcinfo).upper);
+}
+
+// popularity.quantile_ranks(n, percentile, confidence): the ranks of a sorted sample of n values
+// that estimate and bound the percentile (see core::quantile_ranks); NULL bounds when the sample is
+// too small.
+POPULARITY_FUNCTION(popularity_quantile_ranks) {
+    const std::int64_t n = PG_GETARG_INT64(0);
+    if (n < 1) {
+        throw pg::SqlError(
+            ERRCODE_INVALID_PARAMETER_VALUE, "a quantile needs at least one sample value",
+            pg::strprintf("The sample size given was %lld.", static_cast<long long>(n)));
+    }
+    const core::QuantileRanks ranks = core::quantile_ranks(
+        static_cast<std::uint64_t>(n), PG_GETARG_FLOAT8(1), PG_GETARG_FLOAT8(2));
+    TupleDesc desc = nullptr;
+    if (pg::pg_call([fcinfo, &desc] { return get_call_result_type(fcinfo, nullptr, &desc); }) !=
+        TYPEFUNC_COMPOSITE) {
+        throw pg::SqlError(ERRCODE_FEATURE_NOT_SUPPORTED,
+                           "popularity.quantile_ranks() must return a record");
+    }
+    Datum values[4] = {Int64GetDatum(static_cast<std::int64_t>(ranks.estimate)),
+                       Int64GetDatum(static_cast<std::int64_t>(ranks.lower)),
+                       Int64GetDatum(static_cast<std::int64_t>(ranks.upper)),
+                       Float8GetDatum(ranks.coverage)};
+    bool nulls[4] = {false, ranks.lower == 0, ranks.upper > static_cast<std::uint64_t>(n), false};
+    Datum *values_ptr = values;
+    bool *nulls_ptr = nulls;
+    return pg::pg_call([desc, values_ptr, nulls_ptr] {
+        return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values_ptr, nulls_ptr));
+    });
 }

@@ -99,3 +99,53 @@ TEST(ClopperPearson, RejectsBadArguments) {
     EXPECT_THROW(clopper_pearson(1, 2, 1.0), Error);
     EXPECT_THROW(clopper_pearson(1, 2, std::nan("")), Error);
 }
+
+TEST(QuantileRanks, TextbookMedianInterval) {
+    // n = 100, median, 95%: x(40) and x(61), exact coverage 0.9648 (every nonparametric textbook).
+    const QuantileRanks ranks = quantile_ranks(100, 0.5, 0.95);
+    EXPECT_EQ(ranks.estimate, 50u);
+    EXPECT_EQ(ranks.lower, 40u);
+    EXPECT_EQ(ranks.upper, 61u);
+    expect_close(ranks.coverage, 0.9647997997822952);
+}
+
+TEST(QuantileRanks, KnownValues) {
+    // Reference ranks computed independently (exact binomial sums in Python).
+    struct Case {
+        std::uint64_t n;
+        double p;
+        double confidence;
+        std::uint64_t lower;
+        std::uint64_t upper;
+        double coverage;
+    };
+    const Case cases[] = {
+        {100, 0.85, 0.99, 75, 94, 0.9923325039192673},
+        {10, 0.5, 0.95, 2, 9, 0.978515625},
+        {1000, 0.85, 0.99, 820, 879, 0.9910116790667175},
+        {20, 0.85, 0.99, 12, 21, 0.9986710916152031}, // no upper bound: 21 = n + 1
+        {5, 0.5, 0.99, 0, 6, 1.0},                    // too small for any bound
+    };
+    for (const Case &c : cases) {
+        SCOPED_TRACE(testing::Message() << c.n << " values, p " << c.p);
+        const QuantileRanks ranks = quantile_ranks(c.n, c.p, c.confidence);
+        EXPECT_EQ(ranks.lower, c.lower);
+        EXPECT_EQ(ranks.upper, c.upper);
+        EXPECT_NEAR(ranks.coverage, c.coverage, 1e-9);
+        EXPECT_GE(ranks.coverage, c.confidence);
+    }
+}
+
+TEST(QuantileRanks, EstimateIsPercentileDiscRank) {
+    EXPECT_EQ(quantile_ranks(4, 0.5, 0.99).estimate, 2u);
+    EXPECT_EQ(quantile_ranks(5, 0.8, 0.99).estimate, 4u);
+    EXPECT_EQ(quantile_ranks(1, 0.01, 0.99).estimate, 1u);
+    EXPECT_EQ(quantile_ranks(10000, 0.85, 0.99).estimate, 8500u);
+}
+
+TEST(QuantileRanks, RejectsBadArguments) {
+    EXPECT_THROW(quantile_ranks(0, 0.5, 0.99), Error);
+    EXPECT_THROW(quantile_ranks(10, 0.0, 0.99), Error);
+    EXPECT_THROW(quantile_ranks(10, 1.0, 0.99), Error);
+    EXPECT_THROW(quantile_ranks(10, 0.5, 1.0), Error);
+}

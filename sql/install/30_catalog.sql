@@ -162,6 +162,8 @@ BEGIN
     EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_score BEFORE INSERT OR UPDATE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION popularity._score_trigger(%L)',
                    media_table, media_type);
+    -- The provider counts' delta triggers (60_stats.sql).
+    PERFORM popularity._install_stats_triggers(media_type, media_table);
 
     IF default_metrics THEN
         INSERT INTO popularity.metrics AS m (media_type, provider, metric, percentile)
@@ -184,6 +186,7 @@ DECLARE
 BEGIN
     IF EXISTS (SELECT FROM pg_class WHERE oid = tbl) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS zz_popularity_score ON %s', tbl);
+        PERFORM popularity._remove_stats_triggers(tbl);
     END IF;
     DELETE FROM popularity.media_types AS m WHERE m.media_type = $1; -- metrics go with it (cascade)
 END $$;

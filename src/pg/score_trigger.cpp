@@ -166,6 +166,15 @@ std::string_view text_view(Datum datum) {
 
 } // namespace
 
+void popularity::pg::refresh_scoring_cache() {
+    refresh_constants_cache();
+}
+
+const core::ProviderMetric *popularity::pg::configured_metric(std::string_view media_type,
+                                                              std::string_view provider) {
+    return constants.find(media_type, provider);
+}
+
 // popularity._score_trigger(media_type): BEFORE INSERT OR UPDATE OF provider, meta_data, FOR EACH
 // ROW.
 POPULARITY_FUNCTION(popularity_score_trigger) {

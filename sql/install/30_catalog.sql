@@ -236,6 +236,9 @@ DECLARE
     m record;
     pv double precision;
     changed_providers text[] := '{}';
+    single_pass boolean;
+    pass_providers text[];
+    pass_values double precision[];
 BEGIN
     IF providers IS NOT NULL AND EXISTS (
             SELECT FROM unnest(providers) AS p
@@ -248,16 +251,36 @@ BEGIN
     END IF;
     -- Lock the providers' rows first (in key order, so concurrent refreshes cannot deadlock): a
     -- concurrent refresh of the same providers waits instead of computing twice.
+    PERFORM FROM popularity.metrics AS x
+    WHERE x.media_type = $1 AND (providers IS NULL OR x.provider = ANY (providers))
+    ORDER BY x.provider
+    FOR UPDATE;
+    -- One pass over the table for all providers while all their values fit in memory (8 bytes a
+    -- value, bounded by popularity.constants_single_pass_rows); one query per provider above that.
+    SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END
+           <= current_setting('popularity.constants_single_pass_rows')::float8
+    INTO single_pass FROM pg_class AS c WHERE c.oid = tbl;
+    IF single_pass THEN
+        EXECUTE format('SELECT coalesce(array_agg(m.provider), ''{}''), coalesce(array_agg(m.pv), ''{}'') FROM ('
+                       '  SELECT m.provider, @extschema@.popularity_percentile('
+                       '             @extschema@.popularity_metric_value(t.meta_data, m.metric), m.percentile) AS pv'
+                       '  FROM %s AS t JOIN popularity.metrics AS m ON m.provider = t.provider'
+                       '  WHERE m.media_type = $1 AND ($2::text[] IS NULL OR m.provider = ANY ($2))'
+                       '  GROUP BY m.provider) AS m', tbl)
+            INTO pass_providers, pass_values USING media_type, providers;
+    END IF;
     FOR m IN
         SELECT x.provider, x.metric, x.percentile, x.val, x.constant FROM popularity.metrics AS x
         WHERE x.media_type = $1 AND (providers IS NULL OR x.provider = ANY (providers))
         ORDER BY x.provider
-        FOR UPDATE
     LOOP
-        -- One provider at a time, so only one provider's values are held in memory.
-        EXECUTE format('SELECT @extschema@.popularity_percentile(@extschema@.popularity_metric_value(t.meta_data, $1), $2) '
-                       'FROM %s AS t WHERE t.provider = $3', tbl)
-            INTO pv USING m.metric, m.percentile, m.provider;
+        IF single_pass THEN
+            pv := pass_values[array_position(pass_providers, m.provider)];
+        ELSE
+            EXECUTE format('SELECT @extschema@.popularity_percentile(@extschema@.popularity_metric_value(t.meta_data, $1), $2) '
+                           'FROM %s AS t WHERE t.provider = $3', tbl)
+                INTO pv USING m.metric, m.percentile, m.provider;
+        END IF;
         provider := m.provider;
         metric := m.metric;
         percentile := m.percentile;
@@ -289,7 +312,8 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION popularity.refresh_constants(text, text[]) IS
     'Recomputes the percentile value and constant of each provider (all, or the given ones) exactly '
-    '(popularity_percentile); writes a provider''s row only when it changed; keeps the old constant '
+    '(popularity_percentile, in one pass over the table for all providers up to '
+    'popularity.constants_single_pass_rows rows); writes a provider''s row only when it changed; keeps the old constant '
     'when a provider has no values; returns old and new values per provider and NOTIFYs popularity';
 
 -- Dropping a registered table unregisters its media type (and its metrics), so the registry never

@@ -7,13 +7,14 @@ namespace popularity::pg {
 bool strict_metrics = false;
 char *refresh_database = nullptr;
 int max_workers = 2;
-int batch_blocks = 256;
+int batch_blocks = 64;
 int batch_statement_timeout = 300000;
 int batch_lock_timeout = 5000;
 double score_tolerance = 0.0;
 bool refresh_touch_updated_on = true;
 int launcher_naptime = 1000;
 int percentile_compact_threshold = 16 * 1024 * 1024;
+double constants_single_pass_rows = 50e6;
 
 void define_settings() {
     DefineCustomBoolVariable(
@@ -36,8 +37,10 @@ void define_settings() {
                             PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("popularity.batch_blocks",
                             "Heap blocks a refresh batch covers; each batch is one transaction.",
-                            nullptr, &batch_blocks, 256, 1, 1 << 20, PGC_SIGHUP, 0, nullptr,
-                            nullptr, nullptr);
+                            "Row locks of a batch are held until it commits: smaller batches "
+                            "keep ingestion waits short.",
+                            &batch_blocks, 64, 1, 1 << 20, PGC_SIGHUP, 0, nullptr, nullptr,
+                            nullptr);
     DefineCustomIntVariable("popularity.batch_statement_timeout",
                             "statement_timeout of each refresh batch (0 = none).", nullptr,
                             &batch_statement_timeout, 300000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
@@ -66,6 +69,12 @@ void define_settings() {
         "fraction. For testing the compact form with small inputs.",
         &percentile_compact_threshold, 16 * 1024 * 1024, 0, INT_MAX, PGC_USERSET,
         GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE, nullptr, nullptr, nullptr);
+    DefineCustomRealVariable(
+        "popularity.constants_single_pass_rows",
+        "refresh_constants reads the table once for all providers up to this many rows.",
+        "In one pass every provider's values are held in memory at once (8 bytes a value); above "
+        "this estimated row count it reads the table once per provider instead.",
+        &constants_single_pass_rows, 50e6, 0, 1e15, PGC_USERSET, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("popularity.naptime",
                             "How often the refresh launcher looks for work it was not woken for.",
                             nullptr, &launcher_naptime, 1000, 10, 3600000, PGC_SIGHUP, GUC_UNIT_MS,

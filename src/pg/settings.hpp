@@ -26,6 +26,10 @@ extern int launcher_naptime;
 // (value, count) runs instead of raw values.
 extern int percentile_compact_threshold;
 
+// popularity.constants_single_pass_rows: refresh_constants reads the table once for all
+// providers up to this many rows (estimated), and once per provider above it.
+extern double constants_single_pass_rows;
+
 void define_settings();
 
 } // namespace popularity::pg

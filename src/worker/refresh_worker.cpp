@@ -57,6 +57,16 @@ struct Task {
     int64 next_block;
     SPIPlanPtr batch_plan;
     SPIPlanPtr revisit_plan;
+    SPIPlanPtr context_plan;  // run state and the providers' current constants
+    SPIPlanPtr progress_plan; // the progress marker of a main-pass batch
+};
+
+// What every batch reads first, in its own transaction.
+struct BatchContext {
+    bool active; // the run is still running (not cancelled, not failed)
+    Datum providers;
+    Datum metrics;
+    Datum constants;
 };
 
 void begin_transaction(const char *activity) {
@@ -101,8 +111,11 @@ int64 int64_value(int column) {
     return isnull ? 0 : DatumGetInt64(d);
 }
 
-// Sets the per-batch timeouts for the current transaction only.
-void set_batch_timeouts() {
+// Sets the per-batch settings for the current transaction only: timeouts, and asynchronous
+// commit (a batch lost in a crash is simply redone: its progress marker commits with its rows).
+void set_batch_settings() {
+    set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+                      true, 0, false);
     char value[32];
     snprintf(value, sizeof value, "%d", pg::batch_statement_timeout);
     set_config_option("statement_timeout", value, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
@@ -119,18 +132,29 @@ char *batch_sql(const Task &task, bool revisit) {
         revisit ? psprintf("t.%s = ANY ($6::text[]::%s[])", task.key_column, task.key_type)
                 : "t.ctid >= $6 AND t.ctid < $7";
     const char *touch = pg::refresh_touch_updated_on ? ", updated_on = now()" : "";
+    // One pass over the range: every row is scored and counted, but only the rows whose stored
+    // score differs are kept (aggregated per provider), then locked and rewritten.
     return psprintf(
         "WITH p AS MATERIALIZED ("
         "  SELECT * FROM unnest($1::text[], $2::text[], $3::float8[]) AS p(provider, metric, "
         "constant)),"
-        " scored AS MATERIALIZED ("
-        "  SELECT t.ctid AS tid, t.%s AS row_key, p.provider,"
-        "         %s.standardized_popularity(%s.popularity_metric_value(t.meta_data, p.metric), "
-        "p.constant) AS score,"
-        "         t.standardized_popularity AS old"
-        "  FROM %s AS t JOIN p ON p.provider = t.provider WHERE %s),"
-        " cand AS MATERIALIZED (SELECT * FROM scored AS s WHERE popularity._score_differs(s.old, "
-        "s.score, $4)),"
+        " scanned AS MATERIALIZED ("
+        "  SELECT s.provider, count(*) AS rows,"
+        "         coalesce(array_agg(s.tid) FILTER (WHERE s.differs), '{}') AS tids,"
+        "         coalesce(array_agg(s.score) FILTER (WHERE s.differs), '{}') AS scores,"
+        "         coalesce(array_agg(s.row_key::text) FILTER (WHERE s.differs), '{}') AS row_keys"
+        "  FROM (SELECT p.provider, t.ctid AS tid, t.%s AS row_key, x.score,"
+        "               popularity._score_differs(t.standardized_popularity, x.score, $4) AS "
+        "differs"
+        "        FROM %s AS t JOIN p ON p.provider = t.provider,"
+        "        LATERAL (SELECT %s.standardized_popularity("
+        "                   %s.popularity_metric_value(t.meta_data, p.metric), p.constant) AS "
+        "score OFFSET 0) AS x"
+        "        WHERE %s) AS s"
+        "  GROUP BY s.provider),"
+        " cand AS MATERIALIZED ("
+        "  SELECT c.provider, u.tid, u.score, u.row_key"
+        "  FROM scanned AS c, unnest(c.tids, c.scores, c.row_keys) AS u(tid, score, row_key)),"
         " locked AS MATERIALIZED ("
         "  SELECT t.ctid AS tid FROM %s AS t WHERE t.ctid = ANY (ARRAY(SELECT c.tid FROM cand AS "
         "c))"
@@ -140,16 +164,15 @@ char *batch_sql(const Task &task, bool revisit) {
         "  WHERE t.ctid = c.tid AND c.tid IN (SELECT l.tid FROM locked AS l) RETURNING c.provider),"
         " skipped AS ("
         "  INSERT INTO popularity.refresh_skipped (task_id, row_key)"
-        "  SELECT $5, c.row_key::text FROM cand AS c WHERE c.tid NOT IN (SELECT l.tid FROM locked "
-        "AS l)"
+        "  SELECT $5, c.row_key FROM cand AS c WHERE c.tid NOT IN (SELECT l.tid FROM locked AS l)"
         "  ON CONFLICT DO NOTHING RETURNING row_key),"
         " counts AS ("
-        "  SELECT s.provider, count(*) AS scanned,"
+        "  SELECT s.provider, s.rows AS scanned,"
         "         (SELECT count(*) FROM upd AS u WHERE u.provider = s.provider) AS updated,"
-        "         (SELECT count(*) FROM cand AS c WHERE c.provider = s.provider"
-        "                                          AND c.tid NOT IN (SELECT l.tid FROM locked AS "
-        "l)) AS skipped"
-        "  FROM scored AS s GROUP BY s.provider),"
+        "         cardinality(s.tids) - (SELECT count(*) FROM cand AS c JOIN locked AS l USING "
+        "(tid)"
+        "                                WHERE c.provider = s.provider) AS skipped"
+        "  FROM scanned AS s),"
         " progress AS ("
         "  INSERT INTO popularity.refresh_progress AS g (task_id, provider, rows_scanned, "
         "rows_updated, rows_skipped_locked)"
@@ -160,7 +183,7 @@ char *batch_sql(const Task &task, bool revisit) {
         "     rows_skipped_locked = g.rows_skipped_locked + excluded.rows_skipped_locked RETURNING "
         "1)"
         " SELECT (SELECT count(*) FROM progress), (SELECT count(*) FROM skipped)",
-        task.key_column, task.ext_schema, task.ext_schema, task.table, where, task.table,
+        task.key_column, task.table, task.ext_schema, task.ext_schema, where, task.table,
         task.table, touch);
 }
 
@@ -202,31 +225,43 @@ bool load_task(Task &task) {
     return true;
 }
 
-// The run's current state ('running' unless cancelled or failed meanwhile).
-bool run_still_active(const Task &task) {
-    Oid types[1] = {INT8OID};
-    Datum values[1] = {Int64GetDatum(task.run_id)};
-    run("SELECT state FROM popularity.refresh_runs WHERE run_id = $1", 1, types, values, nullptr,
-        SPI_OK_SELECT);
-    return SPI_processed == 1 &&
-           strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "running") == 0;
-}
+constexpr const char *kContextSql = "SELECT r.state = 'running',"
+                                    "       coalesce(array_agg(m.provider ORDER BY m.provider) "
+                                    "FILTER (WHERE m.constant IS NOT NULL), '{}'),"
+                                    "       coalesce(array_agg(m.metric ORDER BY m.provider) "
+                                    "FILTER (WHERE m.constant IS NOT NULL), '{}'),"
+                                    "       coalesce(array_agg(m.constant ORDER BY m.provider) "
+                                    "FILTER (WHERE m.constant IS NOT NULL), '{}')"
+                                    " FROM popularity.refresh_runs AS r"
+                                    " LEFT JOIN popularity.metrics AS m ON m.media_type = "
+                                    "r.media_type AND m.provider = ANY (r.providers)"
+                                    " WHERE r.run_id = $1 GROUP BY r.state";
 
-// Current constants of the run's providers: arrays of providers, metrics and constants.
-bool load_constants(const Task &task, Datum *providers, Datum *metrics, Datum *constants) {
-    Oid types[2] = {TEXTOID, TEXTARRAYOID};
-    Datum values[2] = {text_datum(task.media_type), PointerGetDatum(task.providers)};
-    run("SELECT coalesce(array_agg(provider ORDER BY provider), '{}'),"
-        "       coalesce(array_agg(metric ORDER BY provider), '{}'),"
-        "       coalesce(array_agg(constant ORDER BY provider), '{}')"
-        " FROM popularity.metrics WHERE media_type = $1 AND provider = ANY ($2)"
-        "   AND constant IS NOT NULL",
-        2, types, values, nullptr, SPI_OK_SELECT);
+constexpr const char *kProgressSql =
+    "UPDATE popularity.refresh_tasks SET next_block = $2, batches = batches + 1, attempts = 0,"
+    " state = CASE WHEN $2 >= end_block THEN 'revisiting' ELSE 'running' END"
+    " WHERE task_id = $1";
+
+// The run's state and the current constants of its providers (read by every batch, so a
+// constant changed during the run is used from the next batch on).
+BatchContext load_context(const Task &task) {
+    Datum values[1] = {Int64GetDatum(task.run_id)};
+    const int rc = SPI_execute_plan(task.context_plan, values, nullptr, true, 1);
+    if (rc != SPI_OK_SELECT) {
+        elog(ERROR, "popularity refresh: reading the run failed: %s", SPI_result_code_string(rc));
+    }
+    BatchContext context{};
+    if (SPI_processed != 1) {
+        return context; // the run is gone
+    }
     bool isnull = false;
-    *providers = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-    *metrics = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-    *constants = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-    return true;
+    HeapTuple tuple = SPI_tuptable->vals[0];
+    TupleDesc desc = SPI_tuptable->tupdesc;
+    context.active = DatumGetBool(SPI_getbinval(tuple, desc, 1, &isnull));
+    context.providers = SPI_getbinval(tuple, desc, 2, &isnull);
+    context.metrics = SPI_getbinval(tuple, desc, 3, &isnull);
+    context.constants = SPI_getbinval(tuple, desc, 4, &isnull);
+    return context;
 }
 
 SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *types) {
@@ -247,34 +282,31 @@ Datum block_tid(int64 block) {
     return PointerGetDatum(tid);
 }
 
-// One main-pass batch over [next_block, next_block + batch_blocks). Returns true when the range is
-// done.
-void main_batch(Task &task) {
-    Datum providers, metrics, constants;
-    load_constants(task, &providers, &metrics, &constants);
+// One main-pass batch over [next_block, next_block + batch_blocks).
+void main_batch(Task &task, const BatchContext &context) {
     const int64 end = Min(task.end_block, task.next_block + pg::batch_blocks);
-    Datum values[7] = {providers,
-                       metrics,
-                       constants,
+    Datum values[7] = {context.providers,
+                       context.metrics,
+                       context.constants,
                        Float8GetDatum(pg::score_tolerance),
                        Int64GetDatum(task.task_id),
                        block_tid(task.next_block),
                        block_tid(end)};
-    const int rc = SPI_execute_plan(task.batch_plan, values, nullptr, false, 0);
+    int rc = SPI_execute_plan(task.batch_plan, values, nullptr, false, 0);
     if (rc != SPI_OK_SELECT) {
         elog(ERROR, "popularity refresh batch failed: %s", SPI_result_code_string(rc));
     }
-    Oid types[2] = {INT8OID, INT8OID};
     Datum progress[2] = {Int64GetDatum(task.task_id), Int64GetDatum(end)};
-    run("UPDATE popularity.refresh_tasks SET next_block = $2, batches = batches + 1, attempts = 0,"
-        " state = CASE WHEN $2 >= end_block THEN 'revisiting' ELSE 'running' END"
-        " WHERE task_id = $1",
-        2, types, progress, nullptr, SPI_OK_UPDATE);
+    rc = SPI_execute_plan(task.progress_plan, progress, nullptr, false, 0);
+    if (rc != SPI_OK_UPDATE) {
+        elog(ERROR, "popularity refresh: recording progress failed: %s",
+             SPI_result_code_string(rc));
+    }
     task.next_block = end;
 }
 
 // One revisit pass over (up to 10000 of) the rows skipped so far. Returns how many remain.
-int64 revisit_batch(Task &task) {
+int64 revisit_batch(Task &task, const BatchContext &context) {
     Oid types[1] = {INT8OID};
     Datum id[1] = {Int64GetDatum(task.task_id)};
     run("WITH d AS (DELETE FROM popularity.refresh_skipped"
@@ -286,21 +318,16 @@ int64 revisit_batch(Task &task) {
     Datum keys = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
     if (ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(keys)), ARR_DIMS(DatumGetArrayTypeP(keys))) >
         0) {
-        Datum providers, metrics, constants;
-        load_constants(task, &providers, &metrics, &constants);
-        Datum values[6] = {providers,
-                           metrics,
-                           constants,
-                           Float8GetDatum(pg::score_tolerance),
-                           Int64GetDatum(task.task_id),
-                           keys};
+        Datum values[6] = {context.providers,           context.metrics,
+                           context.constants,           Float8GetDatum(pg::score_tolerance),
+                           Int64GetDatum(task.task_id), keys};
         const int rc = SPI_execute_plan(task.revisit_plan, values, nullptr, false, 0);
         if (rc != SPI_OK_SELECT) {
             elog(ERROR, "popularity refresh revisit failed: %s", SPI_result_code_string(rc));
         }
     }
-    run("UPDATE popularity.refresh_tasks SET revisit_passes = revisit_passes + 1 WHERE task_id = "
-        "$1",
+    run("UPDATE popularity.refresh_tasks SET revisit_passes = revisit_passes + 1, attempts = 0"
+        " WHERE task_id = $1",
         1, types, id, nullptr, SPI_OK_UPDATE);
     run("SELECT count(*) FROM popularity.refresh_skipped WHERE task_id = $1", 1, types, id, nullptr,
         SPI_OK_SELECT);
@@ -323,15 +350,16 @@ enum class Step { more, wait, finished };
 // One transaction of work. May raise (the caller records the error).
 Step do_step(Task &task) {
     begin_transaction("popularity refresh batch");
-    set_batch_timeouts();
-    if (!run_still_active(task)) {
+    set_batch_settings();
+    const BatchContext context = load_context(task);
+    if (!context.active) {
         commit_transaction();
         return Step::finished;
     }
     Step step = Step::more;
     if (task.next_block < task.end_block) {
-        main_batch(task);
-    } else if (revisit_batch(task) > 0) {
+        main_batch(task, context);
+    } else if (revisit_batch(task, context) > 0) {
         step = Step::wait; // rows still held by other transactions: try again shortly
     } else {
         set_task_state(task, "done", nullptr);
@@ -375,6 +403,10 @@ void worker_main(Datum) {
     Oid revisit_types[6] = {TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID,
                             FLOAT8OID,    INT8OID,      TEXTARRAYOID};
     task.revisit_plan = prepare_kept(batch_sql(task, true), 6, revisit_types);
+    Oid context_types[1] = {INT8OID};
+    task.context_plan = prepare_kept(kContextSql, 1, context_types);
+    Oid progress_types[2] = {INT8OID, INT8OID};
+    task.progress_plan = prepare_kept(kProgressSql, 2, progress_types);
     {
         Oid types[1] = {INT8OID};
         Datum values[1] = {Int64GetDatum(task.task_id)};

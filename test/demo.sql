@@ -14,6 +14,8 @@ SELECT provider, count(*) AS rows FROM image GROUP BY 1 ORDER BY 2 DESC;
 
 \echo '### registering the table: adds the ingestion trigger and the Openverse default metrics'
 SELECT popularity.register_media_type('image', 'image') \g /dev/null
+\echo '(the table already had rows: its per-provider counts start with one reconciliation scan)'
+CALL popularity.reconcile_stats('image') \g /dev/null
 SELECT provider, metric, percentile FROM popularity.metrics WHERE media_type = 'image' ORDER BY provider;
 
 \echo '### CALL refresh_popularity(''image''): exact constants, then background workers rescore in committed batches'
@@ -58,6 +60,19 @@ CALL filter_tags('image');
 SELECT rows_scanned, rows_changed, batches, dropped_low_accuracy + dropped_filtered_provider + dropped_exact_denylist
        + dropped_substring_denylist + dropped_machine_label + dropped_malformed AS tags_dropped
 FROM popularity.tag_filter_runs ORDER BY run_id DESC LIMIT 1;
+
+\echo '### per-provider counts, kept by O(1) statement triggers (no table scan to read them)'
+SELECT provider, rows, rows_with_metric, rows_scored, rows_invalid_metric, reconcile_pending
+FROM popularity.provider_stats WHERE media_type = 'image' ORDER BY provider;
+SELECT provider, count(*) AS rows_by_scan, count(standardized_popularity) AS scored_by_scan FROM image
+GROUP BY provider ORDER BY provider;
+
+\echo '### freshness: stale fraction of each provider from a 10000-row sample, exact 99% Clopper-Pearson bounds'
+UPDATE popularity.metrics SET constant = constant * 1.5 WHERE media_type = 'image' AND provider = 'nappy';
+SELECT provider, method, rows_examined, rows_stale, round(stale_fraction::numeric, 4) AS stale,
+       round(stale_lower::numeric, 4) AS lower_99, round(stale_upper::numeric, 4) AS upper_99
+FROM popularity.freshness('image', seed => 0.5) ORDER BY provider;
+\echo '(nappy''s constant was just changed by hand: its rows are stale until the next refresh)'
 
 \echo '### scores per provider'
 SELECT provider, count(standardized_popularity) AS scored, count(*) - count(standardized_popularity) AS unscored,

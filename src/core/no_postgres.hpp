@@ -3,7 +3,7 @@
 // frames.
 //
 // Enforcement: core translation units are compiled with -DPOPULARITY_CORE_BUILD and without any
-// PostgreSQL include directory (both in the PGXS Makefile and in CMake), so `#include "postgres.h"`
+// PostgreSQL include directory (both in the PGXS Makefile and in CMake), so including postgres.h
 // in the core does not compile; and should postgres.h ever be reachable, this assertion fires.
 #pragma once
 

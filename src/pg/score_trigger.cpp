@@ -5,6 +5,7 @@
 #include "../core/popularity.hpp"
 
 #include "guard.hpp"
+#include "trigger_call.hpp"
 #include "metric_jsonb.hpp"
 #include "score_trigger.hpp"
 #include "settings.hpp"
@@ -178,11 +179,7 @@ const core::ProviderMetric *popularity::pg::configured_metric(std::string_view m
 // popularity._score_trigger(media_type): BEFORE INSERT OR UPDATE OF provider, meta_data, FOR EACH
 // ROW.
 POPULARITY_FUNCTION(popularity_score_trigger) {
-    if (!CALLED_AS_TRIGGER(fcinfo)) {
-        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                           "popularity._score_trigger() must be called as a trigger");
-    }
-    auto *trigger_data = reinterpret_cast<TriggerData *>(fcinfo->context);
+    TriggerData *trigger_data = pg::trigger_call(fcinfo, "popularity._score_trigger()");
     const TriggerEvent event = trigger_data->tg_event;
     if (!TRIGGER_FIRED_BEFORE(event) || !TRIGGER_FIRED_FOR_ROW(event) ||
         !(TRIGGER_FIRED_BY_INSERT(event) || TRIGGER_FIRED_BY_UPDATE(event))) {
@@ -284,11 +281,7 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
 // popularity._config_changed(kind): AFTER ... FOR EACH STATEMENT on a configuration table; makes
 // every backend reload its cache of that configuration after this transaction commits.
 POPULARITY_FUNCTION(popularity_config_changed) {
-    if (!CALLED_AS_TRIGGER(fcinfo)) {
-        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                           "popularity._config_changed() must be called as a trigger");
-    }
-    auto *trigger_data = reinterpret_cast<TriggerData *>(fcinfo->context);
+    TriggerData *trigger_data = pg::trigger_call(fcinfo, "popularity._config_changed()");
     const Trigger *trigger = trigger_data->tg_trigger;
     const std::string_view kind = trigger->tgnargs == 1 ? trigger->tgargs[0] : "";
     if (kind == "constants") {

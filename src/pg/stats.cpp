@@ -13,6 +13,7 @@
 #include "../core/popularity.hpp"
 
 #include "guard.hpp"
+#include "trigger_call.hpp"
 #include "metric_jsonb.hpp"
 #include "score_trigger.hpp"
 #include "shared_state.hpp"
@@ -261,11 +262,7 @@ void write_journal(const char *media_type, Oid relid, const JournalRows *rows) {
 // popularity._stats_trigger(media_type): AFTER INSERT / UPDATE / DELETE, FOR EACH STATEMENT, with
 // the statement's transition tables (REFERENCING NEW TABLE and/or OLD TABLE).
 POPULARITY_FUNCTION(popularity_stats_trigger) {
-    if (!CALLED_AS_TRIGGER(fcinfo)) {
-        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                           "popularity._stats_trigger() must be called as a trigger");
-    }
-    auto *trigger_data = reinterpret_cast<TriggerData *>(fcinfo->context);
+    TriggerData *trigger_data = pg::trigger_call(fcinfo, "popularity._stats_trigger()");
     const TriggerEvent event = trigger_data->tg_event;
     const bool insert = TRIGGER_FIRED_BY_INSERT(event);
     const bool update = TRIGGER_FIRED_BY_UPDATE(event);

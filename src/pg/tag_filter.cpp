@@ -4,6 +4,7 @@
 #include "numeric_view.hpp"
 
 #include "guard.hpp"
+#include "trigger_call.hpp"
 #include "tag_rules_cache.hpp"
 
 extern "C" {
@@ -163,17 +164,25 @@ Jsonb *filter_tags_for_ingestion(const char *media_type, Jsonb *tags, const char
 
 } // namespace popularity::pg
 
+namespace {
+// Reads (tags, record_provider, media_type) and examines the tags with the media type's rules.
+pg::Examination examine_arguments(FunctionCallInfo fcinfo, Jsonb **tags) {
+    *tags = pg::pg_call([fcinfo] { return PG_GETARG_JSONB_P(0); });
+    const auto media_type = pg::optional_text_arg(fcinfo, 2);
+    const core::TagRules &rules = pg::tag_rules_for(media_type);
+    const auto provider = pg::utf8_or_null(pg::optional_text_arg(fcinfo, 1));
+    return pg::examine(*tags, rules, provider);
+}
+} // namespace
+
 // popularity.filtered_tags(tags jsonb, record_provider text, media_type text) -> jsonb: the kept
 // tags, or the input itself when nothing is dropped (also for a document that is not an array).
 POPULARITY_FUNCTION(popularity_filtered_tags) {
     if (PG_ARGISNULL(0)) {
         PG_RETURN_NULL();
     }
-    Jsonb *tags = pg::pg_call([fcinfo] { return PG_GETARG_JSONB_P(0); });
-    const auto media_type = pg::optional_text_arg(fcinfo, 2);
-    const core::TagRules &rules = pg::tag_rules_for(media_type);
-    const auto provider = pg::utf8_or_null(pg::optional_text_arg(fcinfo, 1));
-    const pg::Examination examination = pg::examine(tags, rules, provider);
+    Jsonb *tags = nullptr;
+    const pg::Examination examination = examine_arguments(fcinfo, &tags);
     if (examination.not_array || examination.dropped == 0) {
         PG_RETURN_JSONB_P(tags);
     }
@@ -188,11 +197,8 @@ POPULARITY_FUNCTION(popularity_tag_drop_counts) {
     if (PG_ARGISNULL(0)) {
         PG_RETURN_NULL();
     }
-    Jsonb *tags = pg::pg_call([fcinfo] { return PG_GETARG_JSONB_P(0); });
-    const auto media_type = pg::optional_text_arg(fcinfo, 2);
-    const core::TagRules &rules = pg::tag_rules_for(media_type);
-    const auto provider = pg::utf8_or_null(pg::optional_text_arg(fcinfo, 1));
-    const pg::Examination examination = pg::examine(tags, rules, provider);
+    Jsonb *tags = nullptr;
+    const pg::Examination examination = examine_arguments(fcinfo, &tags);
     if (!examination.not_array && examination.dropped == 0) {
         PG_RETURN_NULL();
     }
@@ -213,11 +219,7 @@ POPULARITY_FUNCTION(popularity_tag_drop_counts) {
 // Statement trigger on popularity.tag_rules: every backend reloads its cached rules once the change
 // commits (the relcache invalidation is sent at commit, and applied locally at the next command).
 POPULARITY_FUNCTION(popularity_tag_rules_changed) {
-    if (!CALLED_AS_TRIGGER(fcinfo)) {
-        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                           "popularity._tag_rules_changed() must be called as a trigger");
-    }
-    auto *trigger_data = reinterpret_cast<TriggerData *>(fcinfo->context);
+    TriggerData *trigger_data = pg::trigger_call(fcinfo, "popularity._tag_rules_changed()");
     Relation relation = trigger_data->tg_relation;
     pg::pg_call([relation] { CacheInvalidateRelcache(relation); });
     return PointerGetDatum(nullptr);

@@ -6,13 +6,23 @@
 // records the rows it could not lock (by primary key) for a later revisit, and commits its progress
 // marker and counters with the rows. After its range, the task revisits skipped rows until none is
 // left. SIGTERM, SIGHUP, cancellation and postmaster death are handled between batches.
+#include "../core/float_compare.hpp"
+#include "../core/popularity.hpp"
+
 #include "../pg/guard.hpp"
+#include "../pg/metric_jsonb.hpp"
 #include "../pg/score_trigger.hpp"
 #include "../pg/settings.hpp"
 #include "refresh.hpp"
 
 extern "C" {
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "executor/tuptable.h"
+#include "utils/acl.h"
+#include "utils/datum.h"
+#include "utils/rls.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "pgstat.h"
@@ -26,8 +36,11 @@ extern "C" {
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 }
 
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 using namespace popularity;
@@ -55,7 +68,16 @@ struct Task {
     ArrayType *providers;
     int64 end_block;
     int64 next_block;
-    SPIPlanPtr batch_plan;
+    Oid relid;
+    AttrNumber provider_att; // attribute numbers in the media table
+    AttrNumber meta_data_att;
+    AttrNumber score_att;
+    AttrNumber key_att;
+    int16 key_typlen;
+    bool key_typbyval;
+    SPIPlanPtr update_plan; // rewrites the locked rows of a main-pass batch
+    SPIPlanPtr counts_plan; // adds a batch's counters to refresh_progress
+    SPIPlanPtr skip_plan;   // records rows a batch could not lock
     SPIPlanPtr revisit_plan;
     SPIPlanPtr context_plan;  // run state and the providers' current constants
     SPIPlanPtr progress_plan; // the progress marker of a main-pass batch
@@ -125,12 +147,11 @@ void set_batch_settings() {
                       false);
 }
 
-// The statement of a batch. $1 providers, $2 metrics, $3 constants, $4 tolerance, $5 task id,
-// then either $6/$7 the block range (main pass) or $6 the keys to revisit.
-char *batch_sql(const Task &task, bool revisit) {
-    const char *where =
-        revisit ? psprintf("t.%s = ANY ($6::text[]::%s[])", task.key_column, task.key_type)
-                : "t.ctid >= $6 AND t.ctid < $7";
+// The statement of a revisit batch (rows skipped earlier, found again by key): $1 providers, $2
+// metrics, $3 constants, $4 tolerance, $5 task id, $6 the keys. Rows skipped again are recorded
+// again. (Main-pass batches do the same in C: main_batch.)
+char *revisit_sql(const Task &task) {
+    const char *where = psprintf("t.%s = ANY ($6::text[]::%s[])", task.key_column, task.key_type);
     const char *touch = pg::refresh_touch_updated_on ? ", updated_on = now()" : "";
     // One pass over the range: every row is scored and counted, but only the rows whose stored
     // score differs are kept (aggregated per provider), then locked and rewritten.
@@ -187,6 +208,57 @@ char *batch_sql(const Task &task, bool revisit) {
         task.table, touch);
 }
 
+AttrNumber required_attnum(Oid relid, const char *name) {
+    const AttrNumber attnum = get_attnum(relid, name);
+    if (attnum == InvalidAttrNumber) {
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                        errmsg("column \"%s\" of the media table %s no longer exists", name,
+                               get_rel_name(relid)),
+                        errhint("Register the media type again, then resume the refresh.")));
+    }
+    return attnum;
+}
+
+// The UPDATE of a main-pass batch: $1 the locked rows, $2 their scores.
+char *update_sql(const Task &task) {
+    return psprintf("UPDATE %s AS t SET standardized_popularity = u.score%s"
+                    " FROM unnest($1::tid[], $2::float8[]) AS u(tid, score) WHERE t.ctid = u.tid",
+                    task.table, pg::refresh_touch_updated_on ? ", updated_on = now()" : "");
+}
+
+constexpr const char *kCountsSql =
+    "INSERT INTO popularity.refresh_progress AS g (task_id, provider, rows_scanned, rows_updated,"
+    " rows_skipped_locked)"
+    " SELECT $1, u.provider, u.scanned, u.updated, u.skipped"
+    " FROM unnest($2::text[], $3::int8[], $4::int8[], $5::int8[])"
+    "   AS u(provider, scanned, updated, skipped)"
+    " ON CONFLICT (task_id, provider) DO UPDATE SET"
+    " rows_scanned = g.rows_scanned + excluded.rows_scanned,"
+    " rows_updated = g.rows_updated + excluded.rows_updated,"
+    " rows_skipped_locked = g.rows_skipped_locked + excluded.rows_skipped_locked";
+
+constexpr const char *kSkipSql = "INSERT INTO popularity.refresh_skipped (task_id, row_key)"
+                                 " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING";
+
+// Main-pass batches read the media table directly (with the role's snapshot): the role must be
+// allowed to read and update it, and no row-level security policy may apply to it (the UPDATE
+// would apply the policy, the scan would not).
+void check_table_access(const Task &task) {
+    if (pg_class_aclcheck(task.relid, GetUserId(), ACL_SELECT | ACL_UPDATE) != ACLCHECK_OK) {
+        ereport(ERROR,
+                (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                 errmsg("permission denied to refresh %s", task.table),
+                 errhint("The role that calls refresh_popularity needs SELECT and UPDATE on the "
+                         "media table.")));
+    }
+    if (check_enable_rls(task.relid, InvalidOid, true) == RLS_ENABLED) {
+        ereport(ERROR,
+                (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                 errmsg("row-level security applies to %s for the refreshing role", task.table),
+                 errhint("Refresh as the table owner or a role with BYPASSRLS.")));
+    }
+}
+
 // Reads the task and its run; false when there is nothing (more) to do.
 bool load_task(Task &task) {
     Oid types[1] = {INT8OID};
@@ -195,7 +267,8 @@ bool load_task(Task &task) {
         "       format_type(a.atttypid, NULL), r.providers, t.end_block, t.next_block,"
         "       r.state, t.state,"
         "       (SELECT quote_ident(n.nspname) FROM pg_extension AS e"
-        "        JOIN pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'popularity')"
+        "        JOIN pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'popularity'),"
+        "       r.media_table::oid, r.key_column"
         " FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
         " JOIN pg_attribute AS a ON a.attrelid = r.media_table AND a.attname = r.key_column"
         " WHERE t.task_id = $1",
@@ -222,6 +295,14 @@ bool load_task(Task &task) {
     task.end_block = int64_value(7);
     task.next_block = int64_value(8);
     task.ext_schema = copy_value(11);
+    task.relid =
+        DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 12, &isnull));
+    const char *key_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 13);
+    task.provider_att = required_attnum(task.relid, "provider");
+    task.meta_data_att = required_attnum(task.relid, "meta_data");
+    task.score_att = required_attnum(task.relid, "standardized_popularity");
+    task.key_att = required_attnum(task.relid, key_name);
+    get_typlenbyval(get_atttype(task.relid, task.key_att), &task.key_typlen, &task.key_typbyval);
     return true;
 }
 
@@ -238,7 +319,7 @@ constexpr const char *kContextSql = "SELECT r.state = 'running',"
                                     " WHERE r.run_id = $1 GROUP BY r.state";
 
 constexpr const char *kProgressSql =
-    "UPDATE popularity.refresh_tasks SET next_block = $2, batches = batches + 1, attempts = 0,"
+    "UPDATE popularity.refresh_tasks SET next_block = $2, batches = batches + $3, attempts = 0,"
     " state = CASE WHEN $2 >= end_block THEN 'revisiting' ELSE 'running' END"
     " WHERE task_id = $1";
 
@@ -276,33 +357,361 @@ SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *types) {
     return plan;
 }
 
-Datum block_tid(int64 block) {
-    auto *tid = static_cast<ItemPointer>(palloc(sizeof(ItemPointerData)));
-    ItemPointerSet(tid, static_cast<BlockNumber>(block), 0);
-    return PointerGetDatum(tid);
+// A provider of the run in one transaction: its metric and constant, and the counters of the
+// batch. Plain data (palloc'd), so that an error raised anywhere in the batch leaves nothing to
+// destroy.
+struct BatchProvider {
+    const char *name;
+    int name_length;
+    const char *metric;
+    int metric_length;
+    double constant;
+    int64 scanned;
+    int64 updated;
+    int64 skipped;
+};
+
+// A row of the range whose stored score differs from the recomputed one.
+struct Candidate {
+    ItemPointerData tid;
+    double score;
+    bool score_null;
+    bool locked;
+    int provider;
+    Datum key;
+};
+
+struct Batch {
+    BatchProvider *providers;
+    int provider_count;
+    Candidate *candidates;
+    int candidate_count;
+    int candidate_capacity;
+};
+
+int compare_names(const char *a, int a_length, const char *b, int b_length) {
+    const int c = std::memcmp(a, b, static_cast<size_t>(Min(a_length, b_length)));
+    return c != 0 ? c : a_length - b_length;
 }
 
-// One main-pass batch over [next_block, next_block + batch_blocks).
-void main_batch(Task &task, const BatchContext &context) {
-    const int64 end = Min(task.end_block, task.next_block + pg::batch_blocks);
-    Datum values[7] = {context.providers,
-                       context.metrics,
-                       context.constants,
-                       Float8GetDatum(pg::score_tolerance),
-                       Int64GetDatum(task.task_id),
-                       block_tid(task.next_block),
-                       block_tid(end)};
-    int rc = SPI_execute_plan(task.batch_plan, values, nullptr, false, 0);
-    if (rc != SPI_OK_SELECT) {
-        elog(ERROR, "popularity refresh batch failed: %s", SPI_result_code_string(rc));
+extern "C" int compare_providers(const void *a, const void *b) {
+    const auto *x = static_cast<const BatchProvider *>(a);
+    const auto *y = static_cast<const BatchProvider *>(b);
+    return compare_names(x->name, x->name_length, y->name, y->name_length);
+}
+
+// The run's providers with their current metric and constant, sorted bytewise for lookup.
+Batch make_batch(const BatchContext &context) {
+    Datum *names = nullptr;
+    Datum *metrics = nullptr;
+    Datum *constants = nullptr;
+    bool *nulls = nullptr;
+    int n = 0;
+    int n_metrics = 0;
+    int n_constants = 0;
+    deconstruct_array(DatumGetArrayTypeP(context.providers), TEXTOID, -1, false, TYPALIGN_INT,
+                      &names, &nulls, &n);
+    deconstruct_array(DatumGetArrayTypeP(context.metrics), TEXTOID, -1, false, TYPALIGN_INT,
+                      &metrics, &nulls, &n_metrics);
+    deconstruct_array(DatumGetArrayTypeP(context.constants), FLOAT8OID, sizeof(float8),
+                      FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &constants, &nulls, &n_constants);
+    if (n_metrics != n || n_constants != n) {
+        elog(ERROR, "popularity refresh: inconsistent provider arrays");
     }
-    Datum progress[2] = {Int64GetDatum(task.task_id), Int64GetDatum(end)};
-    rc = SPI_execute_plan(task.progress_plan, progress, nullptr, false, 0);
+    Batch batch{};
+    batch.providers = static_cast<BatchProvider *>(palloc0(sizeof(BatchProvider) * Max(n, 1)));
+    batch.provider_count = n;
+    for (int i = 0; i < n; i++) {
+        text *name = DatumGetTextPP(names[i]);
+        text *metric = DatumGetTextPP(metrics[i]);
+        BatchProvider &p = batch.providers[i];
+        p.name = VARDATA_ANY(name);
+        p.name_length = static_cast<int>(VARSIZE_ANY_EXHDR(name));
+        p.metric = VARDATA_ANY(metric);
+        p.metric_length = static_cast<int>(VARSIZE_ANY_EXHDR(metric));
+        p.constant = DatumGetFloat8(constants[i]);
+        if (!std::isfinite(p.constant) || p.constant <= 0) {
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("the constant of provider \"%.*s\" is not a positive number",
+                                   p.name_length, p.name),
+                            errhint("Recompute it with popularity.refresh_constants().")));
+        }
+    }
+    qsort(batch.providers, static_cast<size_t>(n), sizeof(BatchProvider), compare_providers);
+    batch.candidate_capacity = 1024;
+    batch.candidates =
+        static_cast<Candidate *>(palloc(sizeof(Candidate) * batch.candidate_capacity));
+    return batch;
+}
+
+int find_provider(const Batch &batch, const char *name, int length) {
+    int low = 0;
+    int high = batch.provider_count - 1;
+    while (low <= high) {
+        const int mid = (low + high) / 2;
+        const BatchProvider &p = batch.providers[mid];
+        const int c = compare_names(p.name, p.name_length, name, length);
+        if (c == 0) {
+            return mid;
+        }
+        if (c < 0) {
+            low = mid + 1;
+        } else {
+            high = mid - 1;
+        }
+    }
+    return -1;
+}
+
+// Scans the blocks [from, to) with the transaction's snapshot: every row of the run's providers is
+// scored (the same computation as standardized_popularity(popularity_metric_value(meta_data,
+// metric), constant)) and counted; the rows whose stored score differs are kept as candidates.
+// Nothing is locked here.
+void scan_blocks(Relation rel, const Task &task, Batch &batch, int64 from, int64 to,
+                 MemoryContext row_context) {
+    ItemPointerData min_tid;
+    ItemPointerData max_tid;
+    ItemPointerSet(&min_tid, static_cast<BlockNumber>(from), FirstOffsetNumber);
+    ItemPointerSet(&max_tid, static_cast<BlockNumber>(to - 1), MaxOffsetNumber);
+    TupleTableSlot *slot = table_slot_create(rel, nullptr);
+    TableScanDesc scan = table_beginscan_tidrange(rel, GetActiveSnapshot(), &min_tid, &max_tid);
+    const double tolerance = pg::score_tolerance;
+    uint64 rows = 0;
+    while (table_scan_getnextslot_tidrange(scan, ForwardScanDirection, slot)) {
+        if ((++rows & 1023) == 0) {
+            CHECK_FOR_INTERRUPTS();
+        }
+        bool isnull = false;
+        const Datum provider_datum = slot_getattr(slot, task.provider_att, &isnull);
+        if (isnull) {
+            continue;
+        }
+        MemoryContext old = MemoryContextSwitchTo(row_context);
+        text *provider_text = DatumGetTextPP(provider_datum);
+        const int index = find_provider(batch, VARDATA_ANY(provider_text),
+                                        static_cast<int>(VARSIZE_ANY_EXHDR(provider_text)));
+        if (index < 0) {
+            MemoryContextSwitchTo(old);
+            MemoryContextReset(row_context);
+            continue;
+        }
+        BatchProvider &provider = batch.providers[index];
+        provider.scanned++;
+        bool score_null = true;
+        double score = 0.0;
+        bool meta_null = false;
+        const Datum meta = slot_getattr(slot, task.meta_data_att, &meta_null);
+        if (!meta_null) {
+            const core::MetricValue value = pg::jsonb_metric(
+                DatumGetJsonbP(meta), provider.metric, static_cast<size_t>(provider.metric_length));
+            if (value.ok()) {
+                // The constant was checked in make_batch: this never throws.
+                const std::optional<double> s =
+                    core::standardized_popularity(value.value, provider.constant);
+                if (s) {
+                    score = *s;
+                    score_null = false;
+                }
+            }
+        }
+        MemoryContextSwitchTo(old);
+        MemoryContextReset(row_context);
+        bool old_null = false;
+        const double stored = DatumGetFloat8(slot_getattr(slot, task.score_att, &old_null));
+        const bool differs = (old_null || score_null)
+                                 ? old_null != score_null
+                                 : !core::within_relative_tolerance(stored, score, tolerance);
+        if (!differs) {
+            continue;
+        }
+        if (batch.candidate_count == batch.candidate_capacity) {
+            batch.candidate_capacity *= 2;
+            batch.candidates = static_cast<Candidate *>(
+                repalloc(batch.candidates, sizeof(Candidate) * batch.candidate_capacity));
+        }
+        bool key_null = false;
+        const Datum key = slot_getattr(slot, task.key_att, &key_null);
+        Candidate &c = batch.candidates[batch.candidate_count++];
+        c.tid = slot->tts_tid;
+        c.score = score;
+        c.score_null = score_null;
+        c.locked = false;
+        c.provider = index;
+        c.key = key_null ? Datum(0) : datumCopy(key, task.key_typbyval, task.key_typlen);
+    }
+    table_endscan(scan);
+    ExecDropSingleTupleTableSlot(slot);
+}
+
+// Locks the candidates FOR UPDATE, skipping rows another transaction holds (or changed since the
+// snapshot: their new version is found again by key in the revisit). Returns how many are locked.
+int lock_candidates(Relation rel, Batch &batch) {
+    if (batch.candidate_count == 0) {
+        return 0;
+    }
+    TupleTableSlot *slot = table_slot_create(rel, nullptr);
+    const CommandId cid = GetCurrentCommandId(true);
+    int locked = 0;
+    for (int i = 0; i < batch.candidate_count; i++) {
+        Candidate &c = batch.candidates[i];
+        TM_FailureData failure;
+        const TM_Result result = table_tuple_lock(rel, &c.tid, GetActiveSnapshot(), slot, cid,
+                                                  LockTupleExclusive, LockWaitSkip, 0, &failure);
+        c.locked = result == TM_Ok;
+        if (c.locked) {
+            locked++;
+        } else {
+            batch.providers[c.provider].skipped++;
+        }
+    }
+    ExecDropSingleTupleTableSlot(slot);
+    return locked;
+}
+
+// Rewrites the locked candidates with one UPDATE (through the executor, so the table's triggers
+// and indexes see an ordinary UPDATE).
+void update_locked(const Task &task, Batch &batch, int locked) {
+    if (locked == 0) {
+        return;
+    }
+    Datum *tids = static_cast<Datum *>(palloc(sizeof(Datum) * locked));
+    Datum *scores = static_cast<Datum *>(palloc(sizeof(Datum) * locked));
+    bool *score_nulls = static_cast<bool *>(palloc(sizeof(bool) * locked));
+    int n = 0;
+    for (int i = 0; i < batch.candidate_count; i++) {
+        Candidate &c = batch.candidates[i];
+        if (!c.locked) {
+            continue;
+        }
+        tids[n] = PointerGetDatum(&c.tid);
+        scores[n] = Float8GetDatum(c.score);
+        score_nulls[n] = c.score_null;
+        batch.providers[c.provider].updated++;
+        n++;
+    }
+    int dims[1] = {n};
+    int lbs[1] = {1};
+    Datum values[2] = {
+        PointerGetDatum(
+            construct_array(tids, n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT)),
+        PointerGetDatum(construct_md_array(scores, score_nulls, 1, dims, lbs, FLOAT8OID,
+                                           sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
+    const int rc = SPI_execute_plan(task.update_plan, values, nullptr, false, 0);
+    if (rc != SPI_OK_UPDATE) {
+        elog(ERROR, "popularity refresh: updating a batch failed: %s", SPI_result_code_string(rc));
+    }
+    if (SPI_processed != static_cast<uint64>(n)) {
+        // A locked row not updated: something (a policy, a trigger returning NULL) hid it.
+        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+                        errmsg("popularity refresh: %d rows were locked but %llu were updated", n,
+                               static_cast<unsigned long long>(SPI_processed)),
+                        errhint("A trigger on the media table that skips updates (returns NULL) "
+                                "or a row-level security policy prevents the refresh.")));
+    }
+}
+
+// Records the keys of the rows that could not be locked, for the revisit pass.
+void record_skipped(const Task &task, const Batch &batch) {
+    int n = 0;
+    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * Max(batch.candidate_count, 1)));
+    Oid output = InvalidOid;
+    bool varlena = false;
+    getTypeOutputInfo(get_atttype(task.relid, task.key_att), &output, &varlena);
+    for (int i = 0; i < batch.candidate_count; i++) {
+        const Candidate &c = batch.candidates[i];
+        if (c.locked || c.key == Datum(0)) {
+            continue;
+        }
+        keys[n++] = CStringGetTextDatum(OidOutputFunctionCall(output, c.key));
+    }
+    if (n == 0) {
+        return;
+    }
+    Datum values[2] = {Int64GetDatum(task.task_id),
+                       PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT))};
+    const int rc = SPI_execute_plan(task.skip_plan, values, nullptr, false, 0);
+    if (rc != SPI_OK_INSERT) {
+        elog(ERROR, "popularity refresh: recording skipped rows failed: %s",
+             SPI_result_code_string(rc));
+    }
+}
+
+// Adds the batch's counters to refresh_progress (same transaction as the rows and the marker).
+void record_counts(const Task &task, const Batch &batch) {
+    const int n = batch.provider_count;
+    Datum *names = static_cast<Datum *>(palloc(sizeof(Datum) * Max(n, 1)));
+    Datum *scanned = static_cast<Datum *>(palloc(sizeof(Datum) * Max(n, 1)));
+    Datum *updated = static_cast<Datum *>(palloc(sizeof(Datum) * Max(n, 1)));
+    Datum *skipped = static_cast<Datum *>(palloc(sizeof(Datum) * Max(n, 1)));
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        const BatchProvider &p = batch.providers[i];
+        if (p.scanned == 0) {
+            continue;
+        }
+        names[k] = PointerGetDatum(cstring_to_text_with_len(p.name, p.name_length));
+        scanned[k] = Int64GetDatum(p.scanned);
+        updated[k] = Int64GetDatum(p.updated);
+        skipped[k] = Int64GetDatum(p.skipped);
+        k++;
+    }
+    if (k == 0) {
+        return;
+    }
+    auto int8_array = [k](Datum *items) {
+        return PointerGetDatum(
+            construct_array(items, k, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+    };
+    Datum values[5] = {Int64GetDatum(task.task_id),
+                       PointerGetDatum(construct_array(names, k, TEXTOID, -1, false, TYPALIGN_INT)),
+                       int8_array(scanned), int8_array(updated), int8_array(skipped)};
+    const int rc = SPI_execute_plan(task.counts_plan, values, nullptr, false, 0);
+    if (rc != SPI_OK_INSERT) {
+        elog(ERROR, "popularity refresh: recording counters failed: %s",
+             SPI_result_code_string(rc));
+    }
+}
+
+// How many batches of blocks one transaction may scan while it finds nothing to write. A batch with
+// rows to write ends the transaction right after it, so ingestion never waits on more than one
+// batch's locks; batches with nothing to write take no lock, so several share one commit.
+constexpr int kCleanBatchesPerTransaction = 16;
+constexpr long kCleanScanMillis = 100;
+
+// One main-pass transaction: batches of popularity.batch_blocks blocks from next_block, scanned
+// until one has rows to write (or kCleanBatchesPerTransaction / kCleanScanMillis is reached); those
+// rows are locked FOR UPDATE SKIP LOCKED and rewritten, and the progress marker is committed with
+// them.
+void main_batch(Task &task, const BatchContext &context) {
+    Relation rel = table_open(task.relid, RowExclusiveLock);
+    Batch batch = make_batch(context);
+    MemoryContext row_context =
+        AllocSetContextCreate(CurrentMemoryContext, "popularity refresh row", ALLOCSET_SMALL_SIZES);
+    const TimestampTz started = GetCurrentTimestamp();
+    int64 position = task.next_block;
+    int batches = 0;
+    do {
+        const int64 end = Min(task.end_block, position + pg::batch_blocks);
+        scan_blocks(rel, task, batch, position, end, row_context);
+        position = end;
+        batches++;
+    } while (batch.candidate_count == 0 && position < task.end_block &&
+             batches < kCleanBatchesPerTransaction &&
+             !TimestampDifferenceExceeds(started, GetCurrentTimestamp(), kCleanScanMillis));
+    const int locked = lock_candidates(rel, batch);
+    update_locked(task, batch, locked);
+    record_skipped(task, batch);
+    record_counts(task, batch);
+    Datum progress[3] = {Int64GetDatum(task.task_id), Int64GetDatum(position),
+                         Int64GetDatum(batches)};
+    const int rc = SPI_execute_plan(task.progress_plan, progress, nullptr, false, 0);
     if (rc != SPI_OK_UPDATE) {
         elog(ERROR, "popularity refresh: recording progress failed: %s",
              SPI_result_code_string(rc));
     }
-    task.next_block = end;
+    MemoryContextDelete(row_context);
+    table_close(rel, NoLock);
+    task.next_block = position;
 }
 
 // One revisit pass over (up to 10000 of) the rows skipped so far. Returns how many remain.
@@ -397,16 +806,20 @@ void worker_main(Datum) {
             proc_exit(0); // another worker has it, or there is nothing left to do
         }
     }
-    Oid batch_types[7] = {TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, FLOAT8OID,
-                          INT8OID,      TIDOID,       TIDOID};
-    task.batch_plan = prepare_kept(batch_sql(task, false), 7, batch_types);
+    check_table_access(task);
+    Oid update_types[2] = {TIDARRAYOID, FLOAT8ARRAYOID};
+    task.update_plan = prepare_kept(update_sql(task), 2, update_types);
+    Oid counts_types[5] = {INT8OID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+    task.counts_plan = prepare_kept(kCountsSql, 5, counts_types);
+    Oid skip_types[2] = {INT8OID, TEXTARRAYOID};
+    task.skip_plan = prepare_kept(kSkipSql, 2, skip_types);
     Oid revisit_types[6] = {TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID,
                             FLOAT8OID,    INT8OID,      TEXTARRAYOID};
-    task.revisit_plan = prepare_kept(batch_sql(task, true), 6, revisit_types);
+    task.revisit_plan = prepare_kept(revisit_sql(task), 6, revisit_types);
     Oid context_types[1] = {INT8OID};
     task.context_plan = prepare_kept(kContextSql, 1, context_types);
-    Oid progress_types[2] = {INT8OID, INT8OID};
-    task.progress_plan = prepare_kept(kProgressSql, 2, progress_types);
+    Oid progress_types[3] = {INT8OID, INT8OID, INT4OID};
+    task.progress_plan = prepare_kept(kProgressSql, 3, progress_types);
     {
         Oid types[1] = {INT8OID};
         Datum values[1] = {Int64GetDatum(task.task_id)};

@@ -12,6 +12,10 @@ CREATE TABLE popularity.refresh_runs (
     state text NOT NULL DEFAULT 'queued'
         CONSTRAINT state_known CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     requested_by oid NOT NULL,
+    -- Transactions in progress when the run was queued (after its constants committed), as
+    -- virtual transaction ids: rows they insert may carry the old constants and become visible
+    -- only when they commit, so the run is not finished before they end (see refresh_tasks.rewalk).
+    writers text[] NOT NULL DEFAULT '{}',
     requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     started_at timestamptz,
     finished_at timestamptz,
@@ -36,6 +40,12 @@ CREATE TABLE popularity.refresh_tasks (
     batches bigint NOT NULL DEFAULT 0,
     revisit_passes bigint NOT NULL DEFAULT 0,
     attempts integer NOT NULL DEFAULT 0, -- workers started since the last committed batch
+    -- A batch of this task ran while some of the run's writers were in progress: once they have
+    -- all ended, the task walks its range once more (rows they inserted were invisible to it).
+    rewalk boolean NOT NULL DEFAULT false,
+    -- The last task has looked past the table's size at queue time (rows the run's writers
+    -- added in new blocks).
+    tail_checked boolean NOT NULL DEFAULT false,
     started_at timestamptz,
     finished_at timestamptz,
     error text,
@@ -111,6 +121,20 @@ AS 'MODULE_PATHNAME', 'popularity_score_differs'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION popularity._score_differs(double precision, double precision, double precision) IS
     'Whether a stored score must be rewritten: NULL-ness differs, or the relative difference exceeds the tolerance (Boost.Math)';
+
+CREATE FUNCTION popularity._writers_in_progress()
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'popularity_writers_in_progress'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION popularity._writers_in_progress() IS
+    'Virtual transaction ids of the other transactions of this database that have written or run a statement now';
+
+CREATE FUNCTION popularity._writers_ended(vxids text[])
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'popularity_writers_ended'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION popularity._writers_ended(text[]) IS
+    'Whether all these transactions (from _writers_in_progress) have ended; never waits';
 
 -- The primary key column of a media table (refresh tracks skipped rows by it).
 CREATE FUNCTION popularity._key_column(media_table regclass)
@@ -188,8 +212,9 @@ BEGIN
     per_segment := greatest(1, (nblocks + segments - 1) / segments);
     BEGIN
         INSERT INTO popularity.refresh_runs AS r
-            (media_type, media_table, key_column, providers, forced, requested_by, state, finished_at)
+            (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
         VALUES (media_type, tbl, key_column, changed_providers, force, current_user::text::regrole::oid,
+                popularity._writers_in_progress(),
                 CASE WHEN cardinality(changed_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
                 CASE WHEN cardinality(changed_providers) = 0 THEN pg_catalog.clock_timestamp() END)
         RETURNING r.run_id INTO new_run;

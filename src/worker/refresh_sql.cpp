@@ -4,6 +4,17 @@
 #include "../pg/guard.hpp"
 #include "../pg/shared_state.hpp"
 
+extern "C" {
+#include "catalog/pg_type.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "storage/sinvaladt.h"
+#include "utils/array.h"
+}
+
+#include <cstdio>
+
 using namespace popularity;
 
 // popularity._wake_scheduler(): wake (or start) this database's scheduler at commit.
@@ -23,4 +34,59 @@ POPULARITY_FUNCTION(popularity_score_differs) {
     const double tolerance = PG_ARGISNULL(2) ? 0.0 : PG_GETARG_FLOAT8(2);
     PG_RETURN_BOOL(
         !core::within_relative_tolerance(PG_GETARG_FLOAT8(0), PG_GETARG_FLOAT8(1), tolerance));
+}
+
+// popularity._writers_in_progress(): the transactions of this database, other than the caller's,
+// that may still commit rows scored with constants older than the caller's: those that have
+// written (an xid) or are running a statement (a snapshot). VACUUM is left out. As text
+// "backend/local-xid" (virtual transaction ids), for popularity._writers_ended().
+POPULARITY_FUNCTION(popularity_writers_in_progress) {
+    int count = 0;
+    VirtualTransactionId *vxids = pg::pg_call([&] {
+        return GetCurrentVirtualXIDs(InvalidTransactionId, false, false, PROC_IN_VACUUM, &count);
+    });
+    Datum *items = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
+    int kept = 0;
+    for (int i = 0; i < count; i++) {
+        const VirtualTransactionId &vxid = vxids[i];
+        const PGPROC *proc = BackendIdGetProc(vxid.backendId);
+        // Read without a lock: a backend with neither an xid nor a snapshot now has written nothing
+        // and runs no statement, so any statement it runs later reads the current constants.
+        if (proc != nullptr && !TransactionIdIsValid(proc->xid) &&
+            !TransactionIdIsValid(proc->xmin)) {
+            continue;
+        }
+        items[kept++] = CStringGetTextDatum(
+            psprintf("%d/%u", vxid.backendId, static_cast<unsigned>(vxid.localTransactionId)));
+    }
+    PG_RETURN_ARRAYTYPE_P(construct_array(items, kept, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+// popularity._writers_ended(vxids): have all these transactions ended? Never waits.
+POPULARITY_FUNCTION(popularity_writers_ended) {
+    ArrayType *array = PG_GETARG_ARRAYTYPE_P(0);
+    Datum *items = nullptr;
+    bool *nulls = nullptr;
+    int count = 0;
+    deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, &count);
+    for (int i = 0; i < count; i++) {
+        if (nulls[i]) {
+            continue;
+        }
+        const char *item = TextDatumGetCString(items[i]);
+        int backend = 0;
+        unsigned local = 0;
+        if (sscanf(item, "%d/%u", &backend, &local) != 2) {
+            throw pg::SqlError(ERRCODE_INVALID_PARAMETER_VALUE,
+                               pg::strprintf("invalid virtual transaction id \"%s\"", item), "",
+                               "Expected backend/local-xid, as _writers_in_progress() gives.");
+        }
+        VirtualTransactionId vxid;
+        vxid.backendId = backend;
+        vxid.localTransactionId = local;
+        if (!pg::pg_call([&] { return VirtualXactLock(vxid, false); })) {
+            PG_RETURN_BOOL(false);
+        }
+    }
+    PG_RETURN_BOOL(true);
 }

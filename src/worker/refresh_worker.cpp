@@ -89,6 +89,7 @@ struct BatchContext {
     Datum providers;
     Datum metrics;
     Datum constants;
+    bool writers_ended; // every transaction in progress when the run was queued has ended
 };
 
 void begin_transaction(const char *activity) {
@@ -312,14 +313,16 @@ constexpr const char *kContextSql = "SELECT r.state = 'running',"
                                     "       coalesce(array_agg(m.metric ORDER BY m.provider) "
                                     "FILTER (WHERE m.constant IS NOT NULL), '{}'),"
                                     "       coalesce(array_agg(m.constant ORDER BY m.provider) "
-                                    "FILTER (WHERE m.constant IS NOT NULL), '{}')"
+                                    "FILTER (WHERE m.constant IS NOT NULL), '{}'),"
+                                    "       popularity._writers_ended(r.writers)"
                                     " FROM popularity.refresh_runs AS r"
                                     " LEFT JOIN popularity.metrics AS m ON m.media_type = "
                                     "r.media_type AND m.provider = ANY (r.providers)"
-                                    " WHERE r.run_id = $1 GROUP BY r.state";
+                                    " WHERE r.run_id = $1 GROUP BY r.state, r.writers";
 
 constexpr const char *kProgressSql =
     "UPDATE popularity.refresh_tasks SET next_block = $2, batches = batches + $3, attempts = 0,"
+    " rewalk = rewalk OR $4,"
     " state = CASE WHEN $2 >= end_block THEN 'revisiting' ELSE 'running' END"
     " WHERE task_id = $1";
 
@@ -342,6 +345,7 @@ BatchContext load_context(const Task &task) {
     context.providers = SPI_getbinval(tuple, desc, 2, &isnull);
     context.metrics = SPI_getbinval(tuple, desc, 3, &isnull);
     context.constants = SPI_getbinval(tuple, desc, 4, &isnull);
+    context.writers_ended = DatumGetBool(SPI_getbinval(tuple, desc, 5, &isnull));
     return context;
 }
 
@@ -702,8 +706,8 @@ void main_batch(Task &task, const BatchContext &context) {
     update_locked(task, batch, locked);
     record_skipped(task, batch);
     record_counts(task, batch);
-    Datum progress[3] = {Int64GetDatum(task.task_id), Int64GetDatum(position),
-                         Int64GetDatum(batches)};
+    Datum progress[4] = {Int64GetDatum(task.task_id), Int64GetDatum(position),
+                         Int32GetDatum(batches), BoolGetDatum(!context.writers_ended)};
     const int rc = SPI_execute_plan(task.progress_plan, progress, nullptr, false, 0);
     if (rc != SPI_OK_UPDATE) {
         elog(ERROR, "popularity refresh: recording progress failed: %s",
@@ -756,6 +760,47 @@ void set_task_state(const Task &task, const char *state, const char *error) {
 
 enum class Step { more, wait, finished };
 
+// The task has walked its range and no skipped row is left. Rows that transactions in progress
+// when the run was queued (its writers) inserted were invisible to batches that ran before those
+// transactions ended, and may carry the old constants: so the task is done only once they have
+// all ended and, if any of its batches ran before that, it has walked its range once more; the last
+// task also walks the blocks added since the run was queued. Otherwise it is done.
+Step finish_walk(Task &task, const BatchContext &context) {
+    if (!context.writers_ended) {
+        return Step::wait;
+    }
+    Oid types[1] = {INT8OID};
+    Datum id[1] = {Int64GetDatum(task.task_id)};
+    run("WITH t AS (SELECT t.task_id, t.rewalk, t.tail_checked, t.first_block, t.end_block,"
+        "   cardinality(r.writers) > 0 AND t.segment = (SELECT max(x.segment) FROM"
+        "     popularity.refresh_tasks AS x WHERE x.run_id = t.run_id) AS last_with_writers,"
+        "   pg_catalog.pg_relation_size(r.media_table)"
+        "     / pg_catalog.current_setting('block_size')::bigint AS blocks_now"
+        "   FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
+        "   WHERE t.task_id = $1)"
+        " UPDATE popularity.refresh_tasks AS u SET"
+        "   next_block = CASE WHEN t.rewalk THEN t.first_block ELSE u.next_block END,"
+        "   end_block = CASE WHEN NOT t.rewalk AND t.last_with_writers AND NOT t.tail_checked"
+        "                    THEN greatest(t.end_block, t.blocks_now) ELSE u.end_block END,"
+        "   tail_checked = u.tail_checked OR (NOT t.rewalk AND t.last_with_writers),"
+        "   rewalk = false,"
+        "   state = CASE WHEN t.rewalk OR (t.last_with_writers AND NOT t.tail_checked"
+        "                                  AND t.blocks_now > t.end_block)"
+        "                THEN 'running' ELSE 'done' END,"
+        "   finished_at = CASE WHEN t.rewalk OR (t.last_with_writers AND NOT t.tail_checked"
+        "                                        AND t.blocks_now > t.end_block)"
+        "                      THEN NULL ELSE clock_timestamp() END"
+        " FROM t WHERE u.task_id = t.task_id RETURNING u.state, u.next_block, u.end_block",
+        1, types, id, nullptr, SPI_OK_UPDATE_RETURNING);
+    if (SPI_processed != 1) {
+        return Step::finished; // the task is gone
+    }
+    const char *state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+    task.next_block = int64_value(2);
+    task.end_block = int64_value(3);
+    return strcmp(state, "done") == 0 ? Step::finished : Step::more;
+}
+
 // One transaction of work. May raise (the caller records the error).
 Step do_step(Task &task) {
     begin_transaction("popularity refresh batch");
@@ -771,8 +816,7 @@ Step do_step(Task &task) {
     } else if (revisit_batch(task, context) > 0) {
         step = Step::wait; // rows still held by other transactions: try again shortly
     } else {
-        set_task_state(task, "done", nullptr);
-        step = Step::finished;
+        step = finish_walk(task, context);
     }
     commit_transaction();
     return step;
@@ -818,8 +862,8 @@ void worker_main(Datum) {
     task.revisit_plan = prepare_kept(revisit_sql(task), 6, revisit_types);
     Oid context_types[1] = {INT8OID};
     task.context_plan = prepare_kept(kContextSql, 1, context_types);
-    Oid progress_types[3] = {INT8OID, INT8OID, INT4OID};
-    task.progress_plan = prepare_kept(kProgressSql, 3, progress_types);
+    Oid progress_types[4] = {INT8OID, INT8OID, INT4OID, BOOLOID};
+    task.progress_plan = prepare_kept(kProgressSql, 4, progress_types);
     {
         Oid types[1] = {INT8OID};
         Datum values[1] = {Int64GetDatum(task.task_id)};

@@ -190,6 +190,44 @@ UPDATE popularity.media_types SET filter_tags_at_ingestion = false WHERE media_t
 INSERT INTO image (provider, foreign_identifier, meta_data, tags) VALUES ('flickr', 't7', '{"views": 1}', '[{"name": "cc0"}]');
 SELECT foreign_identifier, tags FROM image WHERE foreign_identifier = 't7';
 
+-- The single pass of refresh_constants reads the table in C++ (_metric_percentiles): the same
+-- values as the aggregate grouped by provider, for every percentile, with unusable metrics,
+-- NULL providers and meta_data, deleted rows and providers without any value.
+CREATE TABLE mixed (provider varchar(20), meta_data jsonb, updated_on timestamptz);
+INSERT INTO mixed (provider, meta_data)
+SELECT (ARRAY['a', 'b', 'c', NULL])[1 + g % 4],
+       CASE WHEN g % 13 = 0 THEN NULL
+            ELSE jsonb_build_object('m', (ARRAY[to_jsonb(g % 97), to_jsonb((g % 31)::text), to_jsonb(-1),
+                                                'null'::jsonb, to_jsonb('x'::text), to_jsonb(g * 0.25),
+                                                to_jsonb(' 12 '::text), '[1]'::jsonb])[1 + g % 8]) END
+FROM generate_series(1, 5000) AS g;
+INSERT INTO mixed (provider, meta_data) VALUES ('d', '{"m": "NaN"}'), ('d', '{"other": 1}');
+DELETE FROM mixed WHERE meta_data->>'m' = '7';
+SELECT p.fraction,
+       popularity._metric_percentiles('mixed', '{a,b,c,d,e}', '{m,m,m,m,m}', ARRAY[p.fraction, p.fraction, p.fraction, p.fraction, p.fraction])
+       IS NOT DISTINCT FROM
+       (SELECT array_agg(x.v ORDER BY x.provider) FROM (
+            SELECT n.provider, (SELECT popularity_percentile(popularity_metric_value(t.meta_data, 'm'), p.fraction)
+                                FROM mixed AS t WHERE t.provider = n.provider) AS v
+            FROM unnest('{a,b,c,d,e}'::text[]) AS n(provider)) AS x) AS same_as_aggregate
+FROM unnest(ARRAY[0, 0.01, 0.5, 0.85, 0.999, 1]::float8[]) AS p(fraction);
+SELECT pg_temp.try($$SELECT popularity._metric_percentiles('mixed', '{a,b}', '{m}', '{0.5,0.5}')$$);
+SELECT pg_temp.try($$SELECT popularity._metric_percentiles('mixed', '{a,a}', '{m,m}', '{0.5,0.5}')$$);
+SELECT pg_temp.try($$SELECT popularity._metric_percentiles('mixed', '{a,NULL}', '{m,m}', '{0.5,0.5}')$$);
+SELECT pg_temp.try($$SELECT popularity._metric_percentiles('mixed', '{a}', '{m}', '{1.5}')$$);
+CREATE TABLE only_provider (provider text);
+SELECT pg_temp.try($$SELECT popularity._metric_percentiles('only_provider', '{a}', '{m}', '{0.5}')$$);
+DROP TABLE only_provider;
+-- With row-level security enabled, refresh_constants reads through the executor: same constants.
+SELECT popularity.register_media_type('mixed', 'mixed', false);
+SELECT popularity.set_metric('mixed', 'a', 'm'), popularity.set_metric('mixed', 'b', 'm', 0.5);
+SELECT provider, new_val, new_constant FROM popularity.refresh_constants('mixed') ORDER BY 1;
+ALTER TABLE mixed ENABLE ROW LEVEL SECURITY;
+UPDATE popularity.metrics SET val = NULL, constant = NULL WHERE media_type = 'mixed';
+SELECT provider, new_val, new_constant FROM popularity.refresh_constants('mixed') ORDER BY 1;
+SELECT popularity.unregister_media_type('mixed');
+DROP TABLE mixed;
+
 -- Dropping a registered table unregisters its media type, so it can be registered again.
 SELECT media_type FROM popularity.media_types ORDER BY 1;
 DROP TABLE wrong, audio, "Odd ""Table""; DROP TABLE image; --", image CASCADE;

@@ -16,7 +16,10 @@
 #include "refresh.hpp"
 
 extern "C" {
+#include "access/heapam.h"
 #include "access/table.h"
+#include "storage/bufmgr.h"
+#include "storage/freespace.h"
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "executor/tuptable.h"
@@ -75,6 +78,12 @@ struct Task {
     AttrNumber key_att;
     int16 key_typlen;
     bool key_typbyval;
+    // Block ranges of this worker's last batches that wrote rows, oldest first: their old row
+    // versions are dead once committed, and the space is reclaimed two batches later (when no
+    // snapshot of the other workers can still see them) so new versions reuse it.
+    int64 written_from[2];
+    int64 written_to[2];
+    int written_count;
     SPIPlanPtr update_plan; // rewrites the locked rows of a main-pass batch
     SPIPlanPtr counts_plan; // adds a batch's counters to refresh_progress
     SPIPlanPtr skip_plan;   // records rows a batch could not lock
@@ -676,6 +685,30 @@ void record_counts(const Task &task, const Batch &batch) {
     }
 }
 
+// Prunes the pages of a range this worker rewrote earlier (as any backend reading them would) and
+// records their free space in the free space map, so that the new row versions of later batches
+// fill them instead of extending the table (a full rescore would otherwise double its size and
+// make the workers queue on the relation extension lock). Pages whose dead versions some snapshot
+// can still see are left as they are.
+void reclaim_space(Relation rel, int64 from, int64 to) {
+    const BlockNumber blocks = RelationGetNumberOfBlocks(rel);
+    to = Min(to, static_cast<int64>(blocks));
+    if (from >= to) {
+        return;
+    }
+    for (int64 block = from; block < to; block++) {
+        const Buffer buffer = ReadBuffer(rel, static_cast<BlockNumber>(block));
+        heap_page_prune_opt(rel, buffer);
+        LockBuffer(buffer, BUFFER_LOCK_SHARE);
+        const Size free = PageGetHeapFreeSpace(BufferGetPage(buffer));
+        UnlockReleaseBuffer(buffer);
+        if (free >= BLCKSZ / 4) {
+            RecordPageWithFreeSpace(rel, static_cast<BlockNumber>(block), free);
+        }
+    }
+    FreeSpaceMapVacuumRange(rel, static_cast<BlockNumber>(from), static_cast<BlockNumber>(to));
+}
+
 // How many batches of blocks one transaction may scan while it finds nothing to write. A batch with
 // rows to write ends the transaction right after it, so ingestion never waits on more than one
 // batch's locks; batches with nothing to write take no lock, so several share one commit.
@@ -688,6 +721,12 @@ constexpr long kCleanScanMillis = 100;
 // them.
 void main_batch(Task &task, const BatchContext &context) {
     Relation rel = table_open(task.relid, RowExclusiveLock);
+    if (task.written_count == 2) {
+        reclaim_space(rel, task.written_from[0], task.written_to[0]);
+        task.written_from[0] = task.written_from[1];
+        task.written_to[0] = task.written_to[1];
+        task.written_count = 1;
+    }
     Batch batch = make_batch(context);
     MemoryContext row_context =
         AllocSetContextCreate(CurrentMemoryContext, "popularity refresh row", ALLOCSET_SMALL_SIZES);
@@ -715,6 +754,11 @@ void main_batch(Task &task, const BatchContext &context) {
     }
     MemoryContextDelete(row_context);
     table_close(rel, NoLock);
+    if (locked > 0) {
+        task.written_from[task.written_count] = task.next_block;
+        task.written_to[task.written_count] = position;
+        task.written_count++;
+    }
     task.next_block = position;
 }
 

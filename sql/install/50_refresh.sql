@@ -46,6 +46,9 @@ CREATE TABLE popularity.refresh_tasks (
     -- The last task has looked past the table's size at queue time (rows the run's writers
     -- added in new blocks).
     tail_checked boolean NOT NULL DEFAULT false,
+    -- The longest batch that locked and wrote rows, from its start to its last statement before
+    -- the commit (ingestion waits on a batch's row locks at most about this long).
+    longest_batch_ms double precision NOT NULL DEFAULT 0,
     started_at timestamptz,
     finished_at timestamptz,
     error text,
@@ -83,7 +86,7 @@ SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,
        coalesce(c.rows_scanned, 0) AS rows_scanned, coalesce(c.rows_updated, 0) AS rows_updated,
        coalesce(c.rows_skipped_locked, 0) AS rows_skipped_locked,
        blocks.pending_revisit AS rows_pending_revisit,
-       blocks.batches,
+       blocks.batches, blocks.longest_batch_ms,
        round((coalesce(c.rows_scanned, 0)
               / greatest(extract(epoch FROM coalesce(r.finished_at, clock_timestamp()) - r.started_at), 0.001))::numeric)
            AS rows_per_second,
@@ -98,14 +101,14 @@ LEFT JOIN LATERAL (
 ) AS c ON true
 LEFT JOIN LATERAL (
     SELECT sum(t.next_block - t.first_block) AS done, sum(t.end_block - t.first_block) AS total,
-           sum(t.batches) AS batches,
+           sum(t.batches) AS batches, round(max(t.longest_batch_ms)::numeric, 1) AS longest_batch_ms,
            (SELECT count(*) FROM popularity.refresh_skipped AS s JOIN popularity.refresh_tasks AS u USING (task_id)
             WHERE u.run_id = r.run_id) AS pending_revisit
     FROM popularity.refresh_tasks AS t WHERE t.run_id = r.run_id
 ) AS blocks ON true;
 COMMENT ON VIEW popularity.refresh_status IS
     'Per refresh run and provider: state, blocks done/total, rows scanned, updated and skipped while '
-    'locked, batches, rate, times and error (history included)';
+    'locked, batches, the longest batch that wrote rows (ms), rate, times and error (history included)';
 GRANT SELECT ON popularity.refresh_status TO PUBLIC;
 
 CREATE FUNCTION popularity._wake_scheduler()

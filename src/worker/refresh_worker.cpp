@@ -331,7 +331,7 @@ constexpr const char *kContextSql = "SELECT r.state = 'running',"
 
 constexpr const char *kProgressSql =
     "UPDATE popularity.refresh_tasks SET next_block = $2, batches = batches + $3, attempts = 0,"
-    " rewalk = rewalk OR $4,"
+    " rewalk = rewalk OR $4, longest_batch_ms = greatest(longest_batch_ms, $5),"
     " state = CASE WHEN $2 >= end_block THEN 'revisiting' ELSE 'running' END"
     " WHERE task_id = $1";
 
@@ -745,8 +745,14 @@ void main_batch(Task &task, const BatchContext &context) {
     update_locked(task, batch, locked);
     record_skipped(task, batch);
     record_counts(task, batch);
-    Datum progress[4] = {Int64GetDatum(task.task_id), Int64GetDatum(position),
-                         Int32GetDatum(batches), BoolGetDatum(!context.writers_ended)};
+    long seconds = 0;
+    int microseconds = 0;
+    TimestampDifference(GetCurrentTransactionStartTimestamp(), GetCurrentTimestamp(), &seconds,
+                        &microseconds);
+    const double batch_ms = locked > 0 ? seconds * 1000.0 + microseconds / 1000.0 : 0.0;
+    Datum progress[5] = {Int64GetDatum(task.task_id), Int64GetDatum(position),
+                         Int32GetDatum(batches), BoolGetDatum(!context.writers_ended),
+                         Float8GetDatum(batch_ms)};
     const int rc = SPI_execute_plan(task.progress_plan, progress, nullptr, false, 0);
     if (rc != SPI_OK_UPDATE) {
         elog(ERROR, "popularity refresh: recording progress failed: %s",
@@ -906,8 +912,8 @@ void worker_main(Datum) {
     task.revisit_plan = prepare_kept(revisit_sql(task), 6, revisit_types);
     Oid context_types[1] = {INT8OID};
     task.context_plan = prepare_kept(kContextSql, 1, context_types);
-    Oid progress_types[4] = {INT8OID, INT8OID, INT4OID, BOOLOID};
-    task.progress_plan = prepare_kept(kProgressSql, 4, progress_types);
+    Oid progress_types[5] = {INT8OID, INT8OID, INT4OID, BOOLOID, FLOAT8OID};
+    task.progress_plan = prepare_kept(kProgressSql, 5, progress_types);
     {
         Oid types[1] = {INT8OID};
         Datum values[1] = {Int64GetDatum(task.task_id)};

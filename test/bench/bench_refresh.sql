@@ -192,7 +192,7 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
     -- Mean duration of one batch as a worker runs it (task time / task batches), and the run's
     -- wall time divided by its batches (workers overlap, so this is the shorter one).
-    SELECT count(*) AS tasks,
+    SELECT count(*) AS tasks, round(max(k.longest_batch_ms)::numeric, 1) AS longest_batch_ms,
            round((1000 * extract(epoch FROM sum(k.finished_at - k.started_at)) / nullif(sum(k.batches), 0))::numeric, 1)
                AS workers_batch_ms,
            round((1000 * extract(epoch FROM r.finished_at - r.started_at) / nullif(sum(k.batches), 0))::numeric, 1)

@@ -211,6 +211,19 @@ SELECT p.fraction,
                                 FROM mixed AS t WHERE t.provider = n.provider) AS v
             FROM unnest('{a,b,c,d,e}'::text[]) AS n(provider)) AS x) AS same_as_aggregate
 FROM unnest(ARRAY[0, 0.01, 0.5, 0.85, 0.999, 1]::float8[]) AS p(fraction);
+-- The same with parallel workers sharing the scan (the table is small: lower the threshold).
+CREATE TABLE serial_result AS
+SELECT popularity._metric_percentiles('mixed', '{a,b,c,d,e}', '{m,m,m,m,m}', '{0.1,0.5,0.85,0.99,1}') AS v;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+SET client_min_messages = debug1;
+SELECT popularity._metric_percentiles('mixed', '{a,b,c,d,e}', '{m,m,m,m,m}', '{0.1,0.5,0.85,0.99,1}')
+       = (SELECT v FROM serial_result) AS parallel_same_as_serial;
+RESET client_min_messages;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+SELECT v FROM serial_result;
+DROP TABLE serial_result;
 SELECT pg_temp.try($$SELECT popularity._metric_percentiles('mixed', '{a,b}', '{m}', '{0.5,0.5}')$$);
 SELECT pg_temp.try($$SELECT popularity._metric_percentiles('mixed', '{a,a}', '{m,m}', '{0.5,0.5}')$$);
 SELECT pg_temp.try($$SELECT popularity._metric_percentiles('mixed', '{a,NULL}', '{m,m}', '{0.5,0.5}')$$);

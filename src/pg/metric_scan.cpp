@@ -1,11 +1,13 @@
 // popularity._metric_percentiles: the percentile value of every provider of a media table in one
-// sequential scan, without the executor: each row's provider is looked up among the requested
-// ones, its metric read from meta_data exactly as popularity_metric_value reads it, and the value
-// appended to that provider's array; each array's percentile is then selected as percentile_disc
-// would (core::select_percentile_disc). refresh_constants uses it for its single pass; the values
-// are the same as those of popularity_percentile(popularity_metric_value(meta_data, metric), p)
-// grouped by provider (tested), the work per row is a fraction of the executor's (join, hash
-// aggregate and two function calls a row).
+// sequential scan (parallel, with as many workers as the planner would use for a parallel
+// sequential scan of the table), without the executor: each row's provider is looked up among the
+// requested ones, its metric read from meta_data exactly as popularity_metric_value reads it, and
+// the value appended to that provider's array; each array's percentile is then selected as
+// percentile_disc would (core::select_percentile_disc). refresh_constants uses it for its single
+// pass; the values are the same as those of
+// popularity_percentile(popularity_metric_value(meta_data, metric), p) grouped by provider
+// (tested), the work per row is a fraction of the executor's (join, hash aggregate and two function
+// calls a row).
 //
 // Everything here is plain data in PostgreSQL memory (no C++ object with a destructor is alive),
 // so an error raised by PostgreSQL anywhere in the scan unwinds nothing that needs destroying.
@@ -17,6 +19,13 @@
 
 extern "C" {
 #include "access/heapam.h"
+#include "access/parallel.h"
+#include "access/xact.h"
+#include "optimizer/cost.h"
+#include "optimizer/paths.h"
+#include "storage/bufmgr.h"
+#include "storage/shm_mq.h"
+#include "storage/shm_toc.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -100,9 +109,9 @@ Datum *text_items(ArrayType *array, int *count) {
     return items;
 }
 
-// Reads the table and fills each provider's values (rows whose metric is unusable are left out,
-// as the aggregate leaves out NULL).
-void scan(Relation rel, ProviderValues *providers, int count) {
+// Reads the rows a scan returns and fills each provider's values (rows whose metric is unusable
+// are left out, as the aggregate leaves out NULL).
+void scan_rows(Relation rel, TableScanDesc scan, ProviderValues *providers, int count) {
     const AttrNumber provider_att = get_attnum(RelationGetRelid(rel), "provider");
     const AttrNumber meta_att = get_attnum(RelationGetRelid(rel), "meta_data");
     if (provider_att == InvalidAttrNumber || meta_att == InvalidAttrNumber) {
@@ -113,7 +122,6 @@ void scan(Relation rel, ProviderValues *providers, int count) {
     MemoryContext row_context =
         AllocSetContextCreate(CurrentMemoryContext, "popularity metric row", ALLOCSET_SMALL_SIZES);
     TupleTableSlot *slot = table_slot_create(rel, nullptr);
-    TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, nullptr);
     uint64 rows = 0;
     while (table_scan_getnextslot(scan, ForwardScanDirection, slot)) {
         if ((++rows & 4095) == 0) {
@@ -143,9 +151,208 @@ void scan(Relation rel, ProviderValues *providers, int count) {
             append(*p, value.value);
         }
     }
-    table_endscan(scan);
     ExecDropSingleTupleTableSlot(slot);
     MemoryContextDelete(row_context);
+}
+
+// The parallel scan: the leader and its workers share one parallel table scan; each worker sends
+// the values it read to the leader through its own message queue (messages: the provider's index
+// in the sorted array, then values), and the leader appends them to its own.
+constexpr uint64 kKeyConfig = UINT64CONST(0x504F50554C415201);
+constexpr uint64 kKeyScan = UINT64CONST(0x504F50554C415202);
+constexpr uint64 kKeyQueues = UINT64CONST(0x504F50554C415203);
+constexpr Size kQueueSize = 256 * 1024;
+constexpr int kValuesPerMessage = 8192;
+
+// The providers in sorted order, as the workers need them: relation, count, then per provider
+// int32 name length, name, int32 metric length, metric.
+struct SharedConfig {
+    Oid relid;
+    int count;
+    char data[FLEXIBLE_ARRAY_MEMBER];
+};
+
+Size config_size(const ProviderValues *providers, int count) {
+    Size size = offsetof(SharedConfig, data);
+    for (int i = 0; i < count; i++) {
+        size += 2 * sizeof(int32) + providers[i].name_length + providers[i].metric_length;
+    }
+    return size;
+}
+
+void write_config(SharedConfig *config, Oid relid, const ProviderValues *providers, int count) {
+    config->relid = relid;
+    config->count = count;
+    char *out = config->data;
+    for (int i = 0; i < count; i++) {
+        const int32 lengths[2] = {providers[i].name_length, providers[i].metric_length};
+        const char *texts[2] = {providers[i].name, providers[i].metric};
+        for (int k = 0; k < 2; k++) {
+            std::memcpy(out, &lengths[k], sizeof(int32));
+            out += sizeof(int32);
+            std::memcpy(out, texts[k], static_cast<size_t>(lengths[k]));
+            out += lengths[k];
+        }
+    }
+}
+
+ProviderValues *read_config(const SharedConfig *config) {
+    auto *providers =
+        static_cast<ProviderValues *>(palloc0(sizeof(ProviderValues) * Max(config->count, 1)));
+    const char *in = config->data;
+    for (int i = 0; i < config->count; i++) {
+        int32 length = 0;
+        std::memcpy(&length, in, sizeof(int32));
+        in += sizeof(int32);
+        providers[i].name = in;
+        providers[i].name_length = length;
+        in += length;
+        std::memcpy(&length, in, sizeof(int32));
+        in += sizeof(int32);
+        providers[i].metric = in;
+        providers[i].metric_length = length;
+        in += length;
+        providers[i].position = i;
+    }
+    return providers;
+}
+
+// Workers for a table of this size, as the planner would choose for a parallel sequential scan
+// (one from min_parallel_table_scan_size, one more each time the size triples), capped by
+// max_parallel_workers_per_gather; none under SERIALIZABLE or inside parallel mode.
+int choose_workers(Relation rel) {
+    if (max_parallel_workers_per_gather <= 0 || IsolationIsSerializable() || IsInParallelMode()) {
+        return 0;
+    }
+    const double pages = RelationGetNumberOfBlocks(rel);
+    double threshold = Max(min_parallel_table_scan_size, 1);
+    if (pages < threshold) {
+        return 0;
+    }
+    int workers = 1;
+    while (workers < max_parallel_workers_per_gather && pages >= threshold * 3) {
+        workers++;
+        threshold *= 3;
+    }
+    return workers;
+}
+
+void send_values(shm_mq_handle *queue, const ProviderValues *providers, int count) {
+    char *message = static_cast<char *>(palloc(sizeof(int64) + sizeof(double) * kValuesPerMessage));
+    for (int i = 0; i < count; i++) {
+        const ProviderValues &p = providers[i];
+        for (Size sent = 0; sent < p.count; sent += kValuesPerMessage) {
+            const Size n = Min(p.count - sent, static_cast<Size>(kValuesPerMessage));
+            const int64 index = i;
+            std::memcpy(message, &index, sizeof(int64));
+            std::memcpy(message + sizeof(int64), p.values + sent, n * sizeof(double));
+            const shm_mq_result result =
+                shm_mq_send(queue, sizeof(int64) + n * sizeof(double), message, false, true);
+            if (result != SHM_MQ_SUCCESS) {
+                ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+                                errmsg("popularity: could not send metric values to the leader")));
+            }
+        }
+    }
+}
+
+void receive_values(shm_mq_handle *queue, ProviderValues *providers, int count) {
+    for (;;) {
+        Size bytes = 0;
+        void *data = nullptr;
+        const shm_mq_result result = shm_mq_receive(queue, &bytes, &data, false);
+        if (result == SHM_MQ_DETACHED) {
+            return;
+        }
+        if (result != SHM_MQ_SUCCESS || bytes < sizeof(int64) ||
+            (bytes - sizeof(int64)) % sizeof(double) != 0) {
+            ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+                            errmsg("popularity: invalid message from a parallel worker")));
+        }
+        int64 index = 0;
+        std::memcpy(&index, data, sizeof(int64));
+        if (index < 0 || index >= count) {
+            ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+                            errmsg("popularity: invalid provider from a parallel worker")));
+        }
+        const char *values = static_cast<const char *>(data) + sizeof(int64);
+        const Size n = (bytes - sizeof(int64)) / sizeof(double);
+        for (Size k = 0; k < n; k++) {
+            double value = 0;
+            std::memcpy(&value, values + k * sizeof(double), sizeof(double));
+            append(providers[index], value);
+        }
+    }
+}
+
+// Scans the table with `workers` parallel workers and the leader; false when no dynamic shared
+// memory segment could be made (the caller then scans alone).
+bool parallel_scan(Relation rel, ProviderValues *providers, int count, int workers) {
+    Snapshot snapshot = GetActiveSnapshot();
+    EnterParallelMode();
+    ParallelContext *pcxt = CreateParallelContext("$libdir/popularity",
+                                                  "popularity_metric_percentiles_worker", workers);
+    const Size config_bytes = config_size(providers, count);
+    const Size scan_bytes = table_parallelscan_estimate(rel, snapshot);
+    shm_toc_estimate_chunk(&pcxt->estimator, config_bytes);
+    shm_toc_estimate_chunk(&pcxt->estimator, scan_bytes);
+    shm_toc_estimate_chunk(&pcxt->estimator, mul_size(kQueueSize, workers));
+    shm_toc_estimate_keys(&pcxt->estimator, 3);
+    InitializeParallelDSM(pcxt);
+    if (pcxt->seg == nullptr) {
+        DestroyParallelContext(pcxt);
+        ExitParallelMode();
+        return false;
+    }
+    auto *config = static_cast<SharedConfig *>(shm_toc_allocate(pcxt->toc, config_bytes));
+    write_config(config, RelationGetRelid(rel), providers, count);
+    shm_toc_insert(pcxt->toc, kKeyConfig, config);
+    auto *pscan = static_cast<ParallelTableScanDesc>(shm_toc_allocate(pcxt->toc, scan_bytes));
+    table_parallelscan_initialize(rel, pscan, snapshot);
+    shm_toc_insert(pcxt->toc, kKeyScan, pscan);
+    char *queues = static_cast<char *>(shm_toc_allocate(pcxt->toc, mul_size(kQueueSize, workers)));
+    for (int i = 0; i < workers; i++) {
+        shm_mq *queue = shm_mq_create(queues + i * kQueueSize, kQueueSize);
+        shm_mq_set_receiver(queue, MyProc);
+    }
+    shm_toc_insert(pcxt->toc, kKeyQueues, queues);
+    LaunchParallelWorkers(pcxt);
+    elog(DEBUG1, "popularity: metric scan of %s with %d parallel workers planned",
+         RelationGetRelationName(rel), workers);
+    elog(DEBUG2, "popularity: %d parallel workers launched", pcxt->nworkers_launched);
+    auto **handles =
+        static_cast<shm_mq_handle **>(palloc(sizeof(shm_mq_handle *) * Max(workers, 1)));
+    for (int i = 0; i < pcxt->nworkers_launched; i++) {
+        handles[i] = shm_mq_attach(reinterpret_cast<shm_mq *>(queues + i * kQueueSize), pcxt->seg,
+                                   pcxt->worker[i].bgwhandle);
+    }
+    TableScanDesc scan = table_beginscan_parallel(rel, pscan);
+    scan_rows(rel, scan, providers, count);
+    table_endscan(scan);
+    for (int i = 0; i < pcxt->nworkers_launched; i++) {
+        receive_values(handles[i], providers, count);
+    }
+    WaitForParallelWorkersToFinish(pcxt);
+    DestroyParallelContext(pcxt);
+    ExitParallelMode();
+    return true;
+}
+
+void worker_scan(dsm_segment *seg, shm_toc *toc) {
+    const auto *config = static_cast<const SharedConfig *>(shm_toc_lookup(toc, kKeyConfig, false));
+    auto pscan = static_cast<ParallelTableScanDesc>(shm_toc_lookup(toc, kKeyScan, false));
+    char *queues = static_cast<char *>(shm_toc_lookup(toc, kKeyQueues, false));
+    shm_mq *queue = reinterpret_cast<shm_mq *>(queues + ParallelWorkerNumber * kQueueSize);
+    shm_mq_set_sender(queue, MyProc);
+    shm_mq_handle *handle = shm_mq_attach(queue, seg, nullptr);
+    ProviderValues *providers = read_config(config);
+    Relation rel = table_open(config->relid, AccessShareLock);
+    TableScanDesc scan = table_beginscan_parallel(rel, pscan);
+    scan_rows(rel, scan, providers, config->count);
+    table_endscan(scan);
+    table_close(rel, AccessShareLock);
+    send_values(handle, providers, config->count);
+    shm_mq_detach(handle);
 }
 
 // Opens the table with the caller's rights (SELECT; no row-level security applying) and scans it.
@@ -161,11 +368,21 @@ void read_table(Oid relid, ProviderValues *providers, int count) {
                  errmsg("row-level security applies to table %s", RelationGetRelationName(rel)),
                  errhint("refresh_constants then reads the table with one query per provider.")));
     }
-    scan(rel, providers, count);
+    const int workers = choose_workers(rel);
+    if (workers == 0 || !parallel_scan(rel, providers, count, workers)) {
+        TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, nullptr);
+        scan_rows(rel, scan, providers, count);
+        table_endscan(scan);
+    }
     table_close(rel, AccessShareLock);
 }
 
 } // namespace
+
+// The entry of the parallel workers of _metric_percentiles (see parallel_scan).
+extern "C" PGDLLEXPORT void popularity_metric_percentiles_worker(dsm_segment *seg, shm_toc *toc) {
+    pg::run_guarded("popularity_metric_percentiles_worker", [&] { worker_scan(seg, toc); });
+}
 
 // popularity._metric_percentiles(media_table regclass, providers text[], metrics text[],
 // percentiles float8[], OUT vals float8[]): vals[i] = the percentiles[i] discrete percentile of

@@ -12,6 +12,7 @@ int batch_statement_timeout = 300000;
 int batch_lock_timeout = 5000;
 double score_tolerance = 0.0;
 bool refresh_touch_updated_on = true;
+bool refresh_reclaim_space = true;
 int launcher_naptime = 1000;
 int percentile_compact_threshold = 16 * 1024 * 1024;
 double constants_single_pass_rows = 50e6;
@@ -57,6 +58,11 @@ void define_settings() {
                              "differences below 0.002 cannot change it.",
                              &score_tolerance, 0.0, 0.0, 1.0, PGC_SIGHUP, 0, nullptr, nullptr,
                              nullptr);
+    DefineCustomBoolVariable(
+        "popularity.refresh_reclaim_space",
+        "Refresh workers prune the pages they rewrote and record their free space, so that new "
+        "row versions reuse it instead of extending the table.",
+        nullptr, &refresh_reclaim_space, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
     DefineCustomBoolVariable("popularity.refresh_touch_updated_on",
                              "Set updated_on = now() on the rows a refresh rescores.", nullptr,
                              &refresh_touch_updated_on, true, PGC_SIGHUP, 0, nullptr, nullptr,

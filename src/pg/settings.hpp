@@ -18,6 +18,9 @@ extern int batch_lock_timeout;
 extern double score_tolerance;
 // popularity.refresh_touch_updated_on: a rescored row also gets updated_on = now().
 extern bool refresh_touch_updated_on;
+// popularity.refresh_reclaim_space: refresh workers prune the ranges they rewrote (two batches
+// later) and record the space in the free space map.
+extern bool refresh_reclaim_space;
 // popularity.naptime: the launcher's poll interval (ms); it is also woken when work is queued.
 extern int launcher_naptime;
 

@@ -254,7 +254,9 @@ constexpr const char *kSkipSql = "INSERT INTO popularity.refresh_skipped (task_i
 // allowed to read and update it, and no row-level security policy may apply to it (the UPDATE
 // would apply the policy, the scan would not).
 void check_table_access(const Task &task) {
-    if (pg_class_aclcheck(task.relid, GetUserId(), ACL_SELECT | ACL_UPDATE) != ACLCHECK_OK) {
+    // pg_class_aclcheck is satisfied by any one of the modes asked: ask for each.
+    if (pg_class_aclcheck(task.relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK ||
+        pg_class_aclcheck(task.relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK) {
         ereport(ERROR,
                 (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
                  errmsg("permission denied to refresh %s", task.table),
@@ -722,7 +724,9 @@ constexpr long kCleanScanMillis = 100;
 void main_batch(Task &task, const BatchContext &context) {
     Relation rel = table_open(task.relid, RowExclusiveLock);
     if (task.written_count == 2) {
-        reclaim_space(rel, task.written_from[0], task.written_to[0]);
+        if (pg::refresh_reclaim_space) {
+            reclaim_space(rel, task.written_from[0], task.written_to[0]);
+        }
         task.written_from[0] = task.written_from[1];
         task.written_to[0] = task.written_to[1];
         task.written_count = 1;

@@ -191,12 +191,12 @@ COMMENT ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint
 -- Walks the media table in ranges of blocks (TID range scans), one committed transaction per batch:
 --  1. without locking, finds the rows of the range whose tags lose a tag (the C++ rules engine;
 --     a row that keeps everything costs no write, no lock and no allocation);
---  2. locks those rows with FOR UPDATE SKIP LOCKED and rewrites them. Steps 1 and 2 are one call of
---     popularity._filter_tags_range (rules run once per row, rows locked and updated by TID), or,
---     when the caller lacks table-level SELECT/UPDATE or row-level security applies, a SQL scan
---     and a re-check by identifier under the lock;
---     the pending rows are locked by identifier (FOR UPDATE SKIP LOCKED), re-checked under the lock
---     and rewritten when their tags change;
+--  2. locks those rows with SKIP LOCKED and rewrites them with one UPDATE. Steps 1 and 2 are one
+--     call of popularity._filter_tags_range (rules run once per row; rows locked and updated by
+--     TID). When the caller lacks table-level SELECT (and UPDATE) or row-level security applies,
+--     a SQL scan does step 1 instead and step 2 locks the rows by identifier (FOR UPDATE SKIP
+--     LOCKED) and re-checks them under the lock. Pending rows are always locked by identifier,
+--     re-checked under the lock and rewritten when their tags change;
 --  3. rows it could not lock and that still need filtering become `pending`, retried by the next
 --     batches; after the walk, each batch waits (at most 1 s, lock_timeout) for the holder of a
 --     pending row and retries, until none is left;

@@ -170,11 +170,33 @@ GRANT SELECT ON popularity.tag_filter_runs TO PUBLIC;
 
 -- The batch procedure -----------------------------------------------------------------------------
 
+-- One main-pass batch in C++ (src/pg/tag_filter_batch.cpp).
+CREATE FUNCTION popularity._filter_tags_range(media_table regclass, media_type text,
+                                              from_block bigint, to_block bigint, dry_run boolean,
+                                              OUT rows_scanned bigint, OUT rows_malformed bigint,
+                                              OUT rows_changed bigint, OUT drops bigint[],
+                                              OUT unlocked uuid[])
+RETURNS record
+AS 'MODULE_PATHNAME', 'popularity_filter_tags_range'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean) IS
+    'One batch of filter_tags over blocks [from_block, to_block): scans them with the caller''s '
+    'snapshot, runs the rules once per row, locks the rows that change (skipping rows other '
+    'transactions hold) and rewrites them with one UPDATE (dry run: only counts). Returns the '
+    'counts, the tags dropped per reason in the changed rows and the identifiers of the rows it '
+    'could not lock. Needs SELECT and UPDATE on the table and refuses tables where row-level '
+    'security applies (internal)';
+
+
 -- Walks the media table in ranges of blocks (TID range scans), one committed transaction per batch:
 --  1. without locking, finds the rows of the range whose tags lose a tag (the C++ rules engine;
 --     a row that keeps everything costs no write, no lock and no allocation);
---  2. locks those rows (and the pending ones) with FOR UPDATE SKIP LOCKED, re-checks them under the
---     lock and rewrites only rows whose tags change;
+--  2. locks those rows with SKIP LOCKED and rewrites them with one UPDATE. Steps 1 and 2 are one
+--     call of popularity._filter_tags_range (rules run once per row; rows locked and updated by
+--     TID). When the caller lacks table-level SELECT (and UPDATE) or row-level security applies,
+--     a SQL scan does step 1 instead and step 2 locks the rows by identifier (FOR UPDATE SKIP
+--     LOCKED) and re-checks them under the lock. Pending rows are always locked by identifier,
+--     re-checked under the lock and rewritten when their tags change;
 --  3. rows it could not lock and that still need filtering become `pending`, retried by the next
 --     batches; after the walk, each batch waits (at most 1 s, lock_timeout) for the holder of a
 --     pending row and retries, until none is left;
@@ -208,6 +230,11 @@ DECLARE
     v_locked uuid[];
     v_changed bigint;
     v_pending uuid[];
+    v_direct boolean;
+    v_direct_changed bigint;
+    v_direct_drops bigint[];
+    v_unlocked uuid[];
+    v_retry uuid[];
     v_missing text;
     v_scan_sql text;
     v_lock_sql text;
@@ -318,6 +345,12 @@ BEGIN
     v_wait_sql := pg_catalog.format(
         'SELECT FROM %s t WHERE t.identifier = $1 FOR UPDATE OF t', v_table);
 
+    -- Main-pass batches in C++ read the table directly: they need table-level SELECT (and UPDATE)
+    -- and a table where no row-level security policy applies; otherwise the SQL scan does them.
+    v_direct := pg_catalog.has_table_privilege(v_table, 'SELECT')
+                AND (v_dry_run OR pg_catalog.has_table_privilege(v_table, 'UPDATE'))
+                AND NOT pg_catalog.row_security_active(v_table);
+
     LOOP
         -- The run row is the batch's mutex: concurrent calls for the same media type take turns.
         SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id FOR UPDATE;
@@ -337,14 +370,23 @@ BEGIN
         v_malformed_rows := 0;
         v_candidates := '{}';
         v_drops := '{0,0,0,0,0,0}';
-        IF v_lo < v_hi THEN
+        v_direct_changed := 0;
+        v_direct_drops := '{0,0,0,0,0,0}';
+        v_unlocked := '{}';
+        IF v_lo < v_hi AND v_direct THEN
+            -- Scans, locks and rewrites the range's rows that change; returns the ones it could
+            -- not lock.
+            SELECT f.rows_scanned, f.rows_malformed, f.rows_changed, f.drops, f.unlocked
+            INTO v_scanned, v_malformed_rows, v_direct_changed, v_direct_drops, v_unlocked
+            FROM popularity._filter_tags_range(v_table, v_media_type, v_lo, v_hi, v_dry_run) f;
+        ELSIF v_lo < v_hi THEN
             EXECUTE v_scan_sql INTO v_scanned, v_malformed_rows, v_candidates, v_drops
                 USING pg_catalog.format('(%s,0)', v_lo)::tid, pg_catalog.format('(%s,0)', v_hi)::tid,
                       v_media_type;
         END IF;
 
         IF v_dry_run THEN
-            v_changed := pg_catalog.cardinality(v_candidates);
+            v_changed := pg_catalog.cardinality(v_candidates) + v_direct_changed;
             v_pending := '{}';
         ELSE
             v_candidates := ARRAY(SELECT DISTINCT u FROM pg_catalog.unnest(v_candidates || v_run.pending) u);
@@ -364,13 +406,18 @@ BEGIN
             END IF;
             IF pg_catalog.cardinality(v_candidates) > 0 THEN
                 EXECUTE v_lock_sql INTO v_locked, v_changed, v_drops USING v_candidates, v_media_type;
-                IF pg_catalog.cardinality(v_locked) < pg_catalog.cardinality(v_candidates) THEN
-                    EXECUTE v_recheck_sql INTO v_pending
-                        USING ARRAY(SELECT u FROM pg_catalog.unnest(v_candidates) u
-                                    EXCEPT SELECT u FROM pg_catalog.unnest(v_locked) u),
-                              v_media_type;
+            END IF;
+            -- Rows not locked (here or by the C++ batch): those that still exist and still need
+            -- filtering stay pending.
+            IF pg_catalog.cardinality(v_locked) < pg_catalog.cardinality(v_candidates)
+               OR pg_catalog.cardinality(v_unlocked) > 0 THEN
+                v_retry := ARRAY(SELECT u FROM pg_catalog.unnest(v_candidates || v_unlocked) u
+                                 EXCEPT SELECT u FROM pg_catalog.unnest(v_locked) u);
+                IF pg_catalog.cardinality(v_retry) > 0 THEN
+                    EXECUTE v_recheck_sql INTO v_pending USING v_retry, v_media_type;
                 END IF;
             END IF;
+            v_changed := v_changed + v_direct_changed;
         END IF;
 
         UPDATE popularity.tag_filter_runs r
@@ -381,12 +428,12 @@ BEGIN
             rows_changed = r.rows_changed + v_changed,
             rows_malformed = r.rows_malformed + v_malformed_rows,
             lock_skips = r.lock_skips + pg_catalog.cardinality(v_pending),
-            dropped_malformed = r.dropped_malformed + v_drops[1],
-            dropped_low_accuracy = r.dropped_low_accuracy + v_drops[2],
-            dropped_filtered_provider = r.dropped_filtered_provider + v_drops[3],
-            dropped_exact_denylist = r.dropped_exact_denylist + v_drops[4],
-            dropped_substring_denylist = r.dropped_substring_denylist + v_drops[5],
-            dropped_machine_label = r.dropped_machine_label + v_drops[6],
+            dropped_malformed = r.dropped_malformed + v_drops[1] + v_direct_drops[1],
+            dropped_low_accuracy = r.dropped_low_accuracy + v_drops[2] + v_direct_drops[2],
+            dropped_filtered_provider = r.dropped_filtered_provider + v_drops[3] + v_direct_drops[3],
+            dropped_exact_denylist = r.dropped_exact_denylist + v_drops[4] + v_direct_drops[4],
+            dropped_substring_denylist = r.dropped_substring_denylist + v_drops[5] + v_direct_drops[5],
+            dropped_machine_label = r.dropped_machine_label + v_drops[6] + v_direct_drops[6],
             updated_at = pg_catalog.clock_timestamp()
         WHERE r.run_id = v_run_id;
         COMMIT;

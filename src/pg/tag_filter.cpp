@@ -66,15 +66,11 @@ struct KeptElement {
     uint32 length;
 };
 
-struct Examination {
-    bool not_array = false; // the document is not an array: left as is, counted as malformed
-    long long dropped = 0;
-    core::TagVerdictCounts counts{};
-};
-
 // Reused per backend, so that examining a document allocates nothing after warm-up.
 core::TagClassifier classifier;
 std::vector<KeptElement> kept_elements;
+
+} // namespace
 
 // Classifies every element of `tags`; the kept ones are left in kept_elements.
 Examination examine(Jsonb *tags, const core::TagRules &rules,
@@ -131,6 +127,8 @@ Jsonb *build_kept_array() {
         return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_ARRAY, nullptr));
     });
 }
+
+namespace {
 
 std::optional<std::string_view> optional_text_arg(FunctionCallInfo fcinfo, int n) {
     if (PG_NARGS() <= n || PG_ARGISNULL(n)) {

@@ -7,11 +7,16 @@
 // the original element objects, in their original order.
 #pragma once
 
+#include "../core/tag_rules.hpp"
+
 #include "pg_includes.hpp"
 
 extern "C" {
 #include "utils/jsonb.h"
 }
+
+#include <optional>
+#include <string_view>
 
 namespace popularity::pg {
 
@@ -22,5 +27,22 @@ namespace popularity::pg {
 // the database encoding. Call it from a guarded C++ frame (POPULARITY_FUNCTION): it throws
 // SqlError / PgError. The result is palloc'd in the current memory context.
 Jsonb *filter_tags_for_ingestion(const char *media_type, Jsonb *tags, const char *record_provider);
+
+// What the rules do to one document (plain data).
+struct Examination {
+    bool not_array = false; // the document is not an array: left as is, counted as malformed
+    long long dropped = 0;
+    core::TagVerdictCounts counts{};
+};
+
+// Classifies every element of `tags` with `rules` (record_provider in UTF-8, nullopt when
+// unknown). Allocates nothing after warm-up; the kept elements are remembered for
+// build_kept_array(), until the next call. Throws SqlError / PgError.
+Examination examine(Jsonb *tags, const core::TagRules &rules,
+                    std::optional<std::string_view> record_provider);
+
+// The kept elements of the last examine() as a new array, palloc'd in the current memory context
+// (call it only when something was dropped, while `tags` is still allocated). Throws PgError.
+Jsonb *build_kept_array();
 
 } // namespace popularity::pg

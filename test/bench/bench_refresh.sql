@@ -181,7 +181,7 @@ CREATE OR REPLACE VIEW bench_refresh_stats AS
 SELECT b.label, r.run_id, r.state, array_to_string(r.providers, ',') AS providers,
        s.rows_scanned, s.rows_updated, s.rows_skipped_locked, s.batches, s.rows_per_second,
        round((1000 * extract(epoch FROM r.finished_at - r.started_at))::numeric) AS run_ms,
-       t.tasks, t.workers_batch_ms, t.total_ms_per_batch
+       t.tasks, t.workers_batch_ms, t.total_ms_per_batch, t.longest_batch_ms
 FROM bench_run_stats AS b
 JOIN popularity.refresh_runs AS r USING (run_id)
 CROSS JOIN LATERAL (

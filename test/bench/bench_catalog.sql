@@ -153,6 +153,21 @@ CREATE UNIQUE INDEX image_plain_url_key ON image_plain (url);
 ALTER TABLE image_ov ADD PRIMARY KEY (identifier);
 CREATE UNIQUE INDEX image_ov_provider_fid_key ON image_ov (provider, md5(foreign_identifier));
 CREATE UNIQUE INDEX image_ov_url_key ON image_ov (url);
+-- A third copy registered as a media type of its own, with our scoring trigger but without the
+-- provider-count triggers (issue 6): the scoring trigger's own cost.
+DROP TABLE IF EXISTS image_score;
+CREATE TABLE image_score (LIKE image INCLUDING DEFAULTS);
+INSERT INTO image_score SELECT * FROM image;
+ALTER TABLE image_score ADD PRIMARY KEY (identifier);
+CREATE UNIQUE INDEX image_score_provider_fid_key ON image_score (provider, md5(foreign_identifier));
+CREATE UNIQUE INDEX image_score_url_key ON image_score (url);
+SELECT popularity.register_media_type('image_score', 'image_score', false) AS bench_score_registered \gset
+INSERT INTO popularity.metrics (media_type, provider, metric, percentile)
+SELECT 'image_score', provider, metric, percentile FROM popularity.metrics WHERE media_type = 'image';
+DROP TRIGGER zz_popularity_stats_insert ON image_score;
+DROP TRIGGER zz_popularity_stats_update ON image_score;
+DROP TRIGGER zz_popularity_stats_delete ON image_score;
+DROP TRIGGER zz_popularity_stats_truncate ON image_score;
 
 -- The upsert's rows: batch/2 existing rows (spread over the table, every provider) with a new
 -- metric count, and batch/2 new rows; the incoming meta_data always holds the metric key, so the
@@ -182,6 +197,7 @@ ANALYZE upsert_batch;
 
 -- Make the constants current for the upsert (ours: popularity.metrics; Openverse: its table).
 SELECT count(*) AS bench_changed FROM popularity.refresh_constants('image') \gset
+SELECT count(*) AS bench_score_changed FROM popularity.refresh_constants('image_score') \gset
 SELECT ov_refresh_constants() AS bench_ov_constants \gset
 
 -- The upsert statements. %1$I: the table; ours and "no score" are the same statement text.
@@ -198,6 +214,11 @@ INSERT INTO bench_upsert_statement VALUES
     SELECT provider, foreign_identifier, url, meta_data, tags, now(), created_on, false FROM upsert_batch
     ON CONFLICT (provider, md5(foreign_identifier)) DO UPDATE
         SET meta_data = jsonb_strip_nulls(old.meta_data || excluded.meta_data), updated_on = now()$q$, 'image_plain')),
+('score', 'image_score', format($q$INSERT INTO %1$I AS old (provider, foreign_identifier, url, meta_data, tags,
+        updated_on, created_on, removed_from_source)
+    SELECT provider, foreign_identifier, url, meta_data, tags, now(), created_on, false FROM upsert_batch
+    ON CONFLICT (provider, md5(foreign_identifier)) DO UPDATE
+        SET meta_data = jsonb_strip_nulls(old.meta_data || excluded.meta_data), updated_on = now()$q$, 'image_score')),
 ('lookup', 'image_ov', format($q$INSERT INTO %1$I AS old (provider, foreign_identifier, url, meta_data, tags,
         updated_on, created_on, removed_from_source, standardized_popularity)
     SELECT provider, foreign_identifier, url, meta_data, tags, now(), created_on, false,
@@ -209,6 +230,10 @@ INSERT INTO bench_upsert_statement VALUES
 INSERT INTO bench_measurement (measurement, ours, baseline, max_ratio, target)
 SELECT format('upsert %s rows: ours vs no score', :bench_batch),
        (SELECT sql FROM bench_upsert_statement WHERE side = 'ours'),
+       (SELECT sql FROM bench_upsert_statement WHERE side = 'plain'), 1.08, 'at most 1.08x'
+UNION ALL
+SELECT format('upsert %s rows: scoring trigger only (no count triggers) vs no score', :bench_batch),
+       (SELECT sql FROM bench_upsert_statement WHERE side = 'score'),
        (SELECT sql FROM bench_upsert_statement WHERE side = 'plain'), 1.08, 'at most 1.08x'
 UNION ALL
 SELECT format('upsert %s rows: ours vs SQL lookup function', :bench_batch),

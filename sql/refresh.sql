@@ -165,6 +165,30 @@ SELECT popularity.resume_refresh(9);
 SELECT pg_temp.wait_run(9);
 SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_fix;
 
+-- popularity.batch_statement_timeout bounds each batch: a batch slower than it is cancelled,
+-- rolled back and recorded as the run's error.
+CREATE FUNCTION pg_temp.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.foreign_identifier = 'f777' THEN
+        PERFORM pg_sleep(2);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow BEFORE UPDATE ON image FOR EACH ROW EXECUTE FUNCTION pg_temp.slow();
+ALTER SYSTEM SET popularity.batch_statement_timeout = 200;
+SELECT pg_reload_conf();
+SELECT popularity.set_metric('image', 'flickr', 'views', 0.6);
+\set SHOW_CONTEXT never
+CALL refresh_popularity('image');
+\set SHOW_CONTEXT errors
+SELECT run_id, state, error FROM popularity.refresh_runs ORDER BY run_id DESC LIMIT 1;
+ALTER SYSTEM RESET popularity.batch_statement_timeout;
+SELECT pg_reload_conf();
+DROP TRIGGER slow ON image;
+SELECT popularity.resume_refresh(10);
+SELECT pg_temp.wait_run(10);
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_timeout;
+
 -- Workers connect as the calling role, which must be able to log in.
 CREATE ROLE popularity_nologin NOLOGIN;
 SET ROLE popularity_nologin;

@@ -39,6 +39,7 @@ extern "C" {
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 }
 
@@ -859,6 +860,11 @@ Step finish_walk(Task &task, const BatchContext &context) {
 Step do_step(Task &task) {
     begin_transaction("popularity refresh batch");
     set_batch_settings();
+    // A background worker runs no client statement, so statement_timeout is never armed for it:
+    // the batch arms it itself (the worker loop disarms it after the batch, whatever happened).
+    if (pg::batch_statement_timeout > 0) {
+        enable_timeout_after(STATEMENT_TIMEOUT, pg::batch_statement_timeout);
+    }
     const BatchContext context = load_context(task);
     if (!context.active) {
         commit_transaction();
@@ -957,6 +963,7 @@ void worker_main(Datum) {
             AbortCurrentTransaction();
         }
         PG_END_TRY();
+        disable_timeout(STATEMENT_TIMEOUT, false);
         if (failure != nullptr) {
             // The batch rolled back as a whole; record why, and stop (the run is marked failed
             // by the launcher and can be resumed once the cause is fixed).

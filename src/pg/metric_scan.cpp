@@ -16,6 +16,7 @@
 
 #include "guard.hpp"
 #include "metric_jsonb.hpp"
+#include "name_lookup.hpp"
 
 extern "C" {
 #include "access/heapam.h"
@@ -55,35 +56,6 @@ struct ProviderValues {
     Size capacity;
     int position; // in the caller's arrays
 };
-
-int compare_names(const char *a, int a_length, const char *b, int b_length) {
-    const int c = std::memcmp(a, b, static_cast<size_t>(Min(a_length, b_length)));
-    return c != 0 ? c : a_length - b_length;
-}
-
-extern "C" int compare_provider_values(const void *a, const void *b) {
-    const auto *x = static_cast<const ProviderValues *>(a);
-    const auto *y = static_cast<const ProviderValues *>(b);
-    return compare_names(x->name, x->name_length, y->name, y->name_length);
-}
-
-ProviderValues *find(ProviderValues *providers, int count, const char *name, int length) {
-    int low = 0;
-    int high = count - 1;
-    while (low <= high) {
-        const int mid = (low + high) / 2;
-        const int c = compare_names(providers[mid].name, providers[mid].name_length, name, length);
-        if (c == 0) {
-            return &providers[mid];
-        }
-        if (c < 0) {
-            low = mid + 1;
-        } else {
-            high = mid - 1;
-        }
-    }
-    return nullptr;
-}
 
 void append(ProviderValues &p, double value) {
     if (p.count == p.capacity) {
@@ -138,8 +110,8 @@ void scan_rows(Relation rel, TableScanDesc scan, ProviderValues *providers, int 
         }
         MemoryContext old = MemoryContextSwitchTo(row_context);
         text *name = DatumGetTextPP(provider_datum);
-        ProviderValues *p =
-            find(providers, count, VARDATA_ANY(name), static_cast<int>(VARSIZE_ANY_EXHDR(name)));
+        ProviderValues *p = pg::find_by_name(providers, count, VARDATA_ANY(name),
+                                             static_cast<int>(VARSIZE_ANY_EXHDR(name)));
         core::MetricValue value;
         if (p != nullptr) {
             value = pg::jsonb_metric(DatumGetJsonbP(meta), p->metric,
@@ -419,10 +391,10 @@ POPULARITY_FUNCTION(popularity_metric_percentiles) {
         core::check_percentile_fraction(p.percentile);
         p.position = i;
     }
-    qsort(providers, static_cast<size_t>(count), sizeof(ProviderValues), compare_provider_values);
+    pg::sort_by_name(providers, count);
     for (int i = 1; i < count; i++) {
-        if (compare_names(providers[i - 1].name, providers[i - 1].name_length, providers[i].name,
-                          providers[i].name_length) == 0) {
+        if (pg::compare_names(providers[i - 1].name, providers[i - 1].name_length,
+                              providers[i].name, providers[i].name_length) == 0) {
             throw pg::SqlError(ERRCODE_INVALID_PARAMETER_VALUE, "providers must be distinct");
         }
     }

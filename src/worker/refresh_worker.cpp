@@ -11,6 +11,7 @@
 
 #include "../pg/guard.hpp"
 #include "../pg/metric_jsonb.hpp"
+#include "../pg/name_lookup.hpp"
 #include "../pg/score_trigger.hpp"
 #include "../pg/settings.hpp"
 #include "refresh.hpp"
@@ -405,17 +406,6 @@ struct Batch {
     int candidate_capacity;
 };
 
-int compare_names(const char *a, int a_length, const char *b, int b_length) {
-    const int c = std::memcmp(a, b, static_cast<size_t>(Min(a_length, b_length)));
-    return c != 0 ? c : a_length - b_length;
-}
-
-extern "C" int compare_providers(const void *a, const void *b) {
-    const auto *x = static_cast<const BatchProvider *>(a);
-    const auto *y = static_cast<const BatchProvider *>(b);
-    return compare_names(x->name, x->name_length, y->name, y->name_length);
-}
-
 // The run's providers with their current metric and constant, sorted bytewise for lookup.
 Batch make_batch(const BatchContext &context) {
     Datum *names = nullptr;
@@ -453,7 +443,7 @@ Batch make_batch(const BatchContext &context) {
                             errhint("Recompute it with popularity.refresh_constants().")));
         }
     }
-    qsort(batch.providers, static_cast<size_t>(n), sizeof(BatchProvider), compare_providers);
+    pg::sort_by_name(batch.providers, n);
     batch.candidate_capacity = 1024;
     batch.candidates =
         static_cast<Candidate *>(palloc(sizeof(Candidate) * batch.candidate_capacity));
@@ -461,22 +451,8 @@ Batch make_batch(const BatchContext &context) {
 }
 
 int find_provider(const Batch &batch, const char *name, int length) {
-    int low = 0;
-    int high = batch.provider_count - 1;
-    while (low <= high) {
-        const int mid = (low + high) / 2;
-        const BatchProvider &p = batch.providers[mid];
-        const int c = compare_names(p.name, p.name_length, name, length);
-        if (c == 0) {
-            return mid;
-        }
-        if (c < 0) {
-            low = mid + 1;
-        } else {
-            high = mid - 1;
-        }
-    }
-    return -1;
+    const BatchProvider *p = pg::find_by_name(batch.providers, batch.provider_count, name, length);
+    return p == nullptr ? -1 : static_cast<int>(p - batch.providers);
 }
 
 // Scans the blocks [from, to) with the transaction's snapshot: every row of the run's providers is

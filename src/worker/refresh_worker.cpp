@@ -25,7 +25,6 @@ extern "C" {
 #include "access/xact.h"
 #include "executor/tuptable.h"
 #include "utils/acl.h"
-#include "utils/datum.h"
 #include "utils/rls.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -78,8 +77,7 @@ struct Task {
     AttrNumber meta_data_att;
     AttrNumber score_att;
     AttrNumber key_att;
-    int16 key_typlen;
-    bool key_typbyval;
+    Oid key_output; // output function of the key's type (skipped rows are recorded as text)
     // Block ranges of this worker's last batches that wrote rows, oldest first: their old row
     // versions are dead once committed, and the space is reclaimed two batches later (when no
     // snapshot of the other workers can still see them) so new versions reuse it.
@@ -316,7 +314,8 @@ bool load_task(Task &task) {
     task.meta_data_att = required_attnum(task.relid, "meta_data");
     task.score_att = required_attnum(task.relid, "standardized_popularity");
     task.key_att = required_attnum(task.relid, key_name);
-    get_typlenbyval(get_atttype(task.relid, task.key_att), &task.key_typlen, &task.key_typbyval);
+    bool key_varlena = false;
+    getTypeOutputInfo(get_atttype(task.relid, task.key_att), &task.key_output, &key_varlena);
     return true;
 }
 
@@ -395,7 +394,6 @@ struct Candidate {
     bool score_null;
     bool locked;
     int provider;
-    Datum key;
 };
 
 struct Batch {
@@ -521,15 +519,12 @@ void scan_blocks(Relation rel, const Task &task, Batch &batch, int64 from, int64
             batch.candidates = static_cast<Candidate *>(
                 repalloc(batch.candidates, sizeof(Candidate) * batch.candidate_capacity));
         }
-        bool key_null = false;
-        const Datum key = slot_getattr(slot, task.key_att, &key_null);
         Candidate &c = batch.candidates[batch.candidate_count++];
         c.tid = slot->tts_tid;
         c.score = score;
         c.score_null = score_null;
         c.locked = false;
         c.provider = index;
-        c.key = key_null ? Datum(0) : datumCopy(key, task.key_typbyval, task.key_typlen);
     }
     table_endscan(scan);
     ExecDropSingleTupleTableSlot(slot);
@@ -603,19 +598,30 @@ void update_locked(const Task &task, Batch &batch, int locked) {
 }
 
 // Records the keys of the rows that could not be locked, for the revisit pass.
-void record_skipped(const Task &task, const Batch &batch) {
+void record_skipped(Relation rel, const Task &task, const Batch &batch, int skipped) {
+    if (skipped == 0) {
+        return;
+    }
+    // Their keys are read again from the scanned versions (rare: only rows another transaction
+    // held), so that the scan keeps no per-row copy of the key.
+    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * skipped));
+    TupleTableSlot *slot = table_slot_create(rel, nullptr);
     int n = 0;
-    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * Max(batch.candidate_count, 1)));
-    Oid output = InvalidOid;
-    bool varlena = false;
-    getTypeOutputInfo(get_atttype(task.relid, task.key_att), &output, &varlena);
     for (int i = 0; i < batch.candidate_count; i++) {
         const Candidate &c = batch.candidates[i];
-        if (c.locked || c.key == Datum(0)) {
+        if (c.locked) {
             continue;
         }
-        keys[n++] = CStringGetTextDatum(OidOutputFunctionCall(output, c.key));
+        ItemPointerData tid = c.tid;
+        bool isnull = true;
+        if (table_tuple_fetch_row_version(rel, &tid, GetActiveSnapshot(), slot)) {
+            const Datum key = slot_getattr(slot, task.key_att, &isnull);
+            if (!isnull) {
+                keys[n++] = CStringGetTextDatum(OidOutputFunctionCall(task.key_output, key));
+            }
+        }
     }
+    ExecDropSingleTupleTableSlot(slot);
     if (n == 0) {
         return;
     }
@@ -724,7 +730,7 @@ void main_batch(Task &task, const BatchContext &context) {
              !TimestampDifferenceExceeds(started, GetCurrentTimestamp(), kCleanScanMillis));
     const int locked = lock_candidates(rel, batch);
     update_locked(task, batch, locked);
-    record_skipped(task, batch);
+    record_skipped(rel, task, batch, batch.candidate_count - locked);
     record_counts(task, batch);
     long seconds = 0;
     int microseconds = 0;

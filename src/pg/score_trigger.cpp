@@ -20,6 +20,7 @@ extern "C" {
 #include "utils/snapmgr.h"
 }
 
+#include <algorithm>
 #include <cstring>
 #include <string_view>
 
@@ -200,6 +201,10 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     const std::string_view media_type(trigger_data->tg_trigger->tgargs[0]);
     HeapTuple tuple =
         TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple : trigger_data->tg_newtuple;
+    // The executor's slot holding that tuple: its columns are deformed once, as far as needed,
+    // instead of walking the tuple from its start for every column read.
+    TupleTableSlot *slot =
+        TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigslot : trigger_data->tg_newslot;
     Relation rel = trigger_data->tg_relation;
     const Columns &cols = columns_of(rel);
     TupleDesc desc = cols.desc;
@@ -208,9 +213,22 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     bool provider_null = false;
     bool meta_null = false;
     bool old_score_null = false;
-    const Datum provider_datum = heap_getattr(tuple, cols.provider, desc, &provider_null);
-    const Datum meta_datum = heap_getattr(tuple, cols.meta_data, desc, &meta_null);
-    const Datum old_score = heap_getattr(tuple, cols.score, desc, &old_score_null);
+    Datum provider_datum;
+    Datum meta_datum;
+    Datum old_score;
+    if (slot != nullptr) {
+        slot_getsomeattrs(slot, std::max({cols.provider, cols.meta_data, cols.score}));
+        provider_datum = slot->tts_values[cols.provider - 1];
+        provider_null = slot->tts_isnull[cols.provider - 1];
+        meta_datum = slot->tts_values[cols.meta_data - 1];
+        meta_null = slot->tts_isnull[cols.meta_data - 1];
+        old_score = slot->tts_values[cols.score - 1];
+        old_score_null = slot->tts_isnull[cols.score - 1];
+    } else {
+        provider_datum = heap_getattr(tuple, cols.provider, desc, &provider_null);
+        meta_datum = heap_getattr(tuple, cols.meta_data, desc, &meta_null);
+        old_score = heap_getattr(tuple, cols.score, desc, &old_score_null);
+    }
 
     std::optional<double> score;
     if (!provider_null && !meta_null) {
@@ -259,7 +277,8 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     }
     if (cols.tags > 0 && constants.filters_tags(media_type)) {
         bool tags_null = false;
-        const Datum tags = heap_getattr(tuple, cols.tags, desc, &tags_null);
+        const Datum tags = slot != nullptr ? slot_getattr(slot, cols.tags, &tags_null)
+                                           : heap_getattr(tuple, cols.tags, desc, &tags_null);
         if (!tags_null) {
             const char *provider = provider_null ? nullptr : TextDatumGetCString(provider_datum);
             Jsonb *filtered = pg::filter_tags_for_ingestion(trigger_data->tg_trigger->tgargs[0],
@@ -275,7 +294,28 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     if (changes == 0) {
         return PointerGetDatum(tuple);
     }
-    return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, changes, attnums, values, nulls));
+    if (slot == nullptr) {
+        return PointerGetDatum(
+            heap_modify_tuple_by_cols(tuple, desc, changes, attnums, values, nulls));
+    }
+    // heap_modify_tuple_by_cols, from the slot's deformed columns instead of deforming again.
+    slot_getallattrs(slot);
+    const auto natts = static_cast<Size>(desc->natts);
+    auto *all_values = static_cast<Datum *>(palloc(natts * sizeof(Datum)));
+    auto *all_nulls = static_cast<bool *>(palloc(natts * sizeof(bool)));
+    std::memcpy(all_values, slot->tts_values, natts * sizeof(Datum));
+    std::memcpy(all_nulls, slot->tts_isnull, natts * sizeof(bool));
+    for (int i = 0; i < changes; ++i) {
+        all_values[attnums[i] - 1] = values[i];
+        all_nulls[attnums[i] - 1] = nulls[i];
+    }
+    HeapTuple result = heap_form_tuple(desc, all_values, all_nulls);
+    result->t_data->t_ctid = tuple->t_data->t_ctid;
+    result->t_self = tuple->t_self;
+    result->t_tableOid = tuple->t_tableOid;
+    pfree(all_values);
+    pfree(all_nulls);
+    return PointerGetDatum(result);
 }
 
 // popularity._config_changed(kind): AFTER ... FOR EACH STATEMENT on a configuration table; makes

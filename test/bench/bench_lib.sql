@@ -95,22 +95,35 @@ BEGIN
     END LOOP;
 END $$;
 
--- Medians of each side, median of the per-pair ratios ours/baseline, target met, values identical.
+-- Medians of each side, median of the per-pair ratios ours/baseline, target met, values identical,
+-- and a distribution-free confidence interval for the median ratio: the order statistics of the
+-- sorted per-pair ratios that bound the median with probability >= 95% (sign test, binomial ranks
+-- from popularity.quantile_ranks; NULL with fewer than 6 pairs, too few for any such interval).
 CREATE OR REPLACE VIEW bench_report AS
-SELECT m.ord,
-       m.measurement,
-       count(*)::integer AS reps,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY o.ms) AS ours_ms,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY b.ms) AS baseline_ms,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY o.ms / nullif(b.ms, 0)) AS ratio,
-       m.target,
-       CASE WHEN m.max_ratio IS NULL THEN NULL
-            ELSE percentile_cont(0.5) WITHIN GROUP (ORDER BY o.ms / nullif(b.ms, 0)) <= m.max_ratio
-       END AS met,
-       bool_and(o.value IS NOT NULL AND o.value = b.value) AS identical,
-       min(o.value) FILTER (WHERE o.rep = 1) AS ours_value,
-       min(b.value) FILTER (WHERE b.rep = 1) AS baseline_value
-FROM bench_measurement AS m
-JOIN bench_sample AS o ON o.measurement = m.measurement AND o.side = 'ours'
-JOIN bench_sample AS b ON b.measurement = m.measurement AND b.side = 'baseline' AND b.rep = o.rep
-GROUP BY m.ord, m.measurement, m.target, m.max_ratio;
+WITH agg AS (
+    SELECT m.ord,
+           m.measurement,
+           count(*)::integer AS reps,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY o.ms) AS ours_ms,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY b.ms) AS baseline_ms,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY o.ms / nullif(b.ms, 0)) AS ratio,
+           array_agg(o.ms / nullif(b.ms, 0) ORDER BY o.ms / nullif(b.ms, 0)) AS ratios,
+           m.target,
+           m.max_ratio,
+           bool_and(o.value IS NOT NULL AND o.value = b.value) AS identical,
+           min(o.value) FILTER (WHERE o.rep = 1) AS ours_value,
+           min(b.value) FILTER (WHERE b.rep = 1) AS baseline_value
+    FROM bench_measurement AS m
+    JOIN bench_sample AS o ON o.measurement = m.measurement AND o.side = 'ours'
+    JOIN bench_sample AS b ON b.measurement = m.measurement AND b.side = 'baseline' AND b.rep = o.rep
+    GROUP BY m.ord, m.measurement, m.target, m.max_ratio
+)
+SELECT a.ord, a.measurement, a.reps, a.ours_ms, a.baseline_ms, a.ratio, a.target,
+       CASE WHEN a.max_ratio IS NULL THEN NULL ELSE a.ratio <= a.max_ratio END AS met,
+       a.identical, a.ours_value, a.baseline_value,
+       a.ratios[q.lower_rank] AS ratio_low,
+       a.ratios[q.upper_rank] AS ratio_high,
+       CASE WHEN q.lower_rank IS NOT NULL AND q.upper_rank IS NOT NULL THEN q.coverage END
+           AS ratio_coverage
+FROM agg AS a
+LEFT JOIN LATERAL popularity.quantile_ranks(a.reps, 0.5, 0.95) AS q ON true;

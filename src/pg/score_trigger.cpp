@@ -166,6 +166,64 @@ std::string_view text_view(Datum datum) {
     return std::string_view(VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value));
 }
 
+// The score is the table's last column (as register_media_type adds it, and as in Openverse's
+// tables) and this tuple has every column of the descriptor: the score is then read from the last
+// 8 bytes of the tuple and written by copying bytes, without deforming the whole row or forming it
+// again. Heap tuples are stored tightly (heap_fill_tuple: the data ends with the last non-null
+// column), which is what makes the last 8 bytes the score when it is not null.
+bool score_is_last(const Columns &cols, HeapTuple tuple) {
+    const Form_pg_attribute att = TupleDescAttr(cols.desc, cols.score - 1);
+    return cols.score == cols.desc->natts && att->attlen == sizeof(double) && att->attbyval &&
+           att->attalign == TYPALIGN_DOUBLE &&
+           HeapTupleHeaderGetNatts(tuple->t_data) == cols.desc->natts &&
+           !HeapTupleHasExternal(tuple);
+}
+
+bool last_is_null(HeapTuple tuple, int natts) {
+    return HeapTupleHasNulls(tuple) && att_isnull(natts - 1, tuple->t_data->t_bits);
+}
+
+double last_float8(HeapTuple tuple) {
+    double value;
+    std::memcpy(&value,
+                reinterpret_cast<const char *>(tuple->t_data) + tuple->t_len - sizeof(double),
+                sizeof(double));
+    return value;
+}
+
+// `tuple` with its last column (a float8) set to `value`: the same bytes heap_form_tuple would
+// produce from the deformed row, except that a null bitmap whose bits are now all set is kept
+// (readers go by the bits; heap_form_tuple would leave the bitmap out).
+HeapTuple with_last_float8(HeapTuple tuple, TupleDesc desc, double value) {
+    HeapTupleHeader old_header = tuple->t_data;
+    const int natts = desc->natts;
+    const bool was_null = last_is_null(tuple, natts);
+    const Size hoff = old_header->t_hoff;
+    const Size old_data = tuple->t_len - hoff;
+    const Size offset = was_null ? TYPEALIGN(ALIGNOF_DOUBLE, old_data) : old_data - sizeof(double);
+    const Size length = hoff + offset + sizeof(double);
+    auto *result = static_cast<HeapTuple>(palloc0(HEAPTUPLESIZE + length));
+    auto *header =
+        reinterpret_cast<HeapTupleHeader>(reinterpret_cast<char *>(result) + HEAPTUPLESIZE);
+    std::memcpy(header, old_header, was_null ? tuple->t_len : hoff + offset);
+    std::memcpy(reinterpret_cast<char *>(header) + hoff + offset, &value, sizeof(double));
+    if (was_null) {
+        header->t_bits[(natts - 1) >> 3] |= static_cast<bits8>(1 << ((natts - 1) & 7));
+    }
+    // The header fields heap_form_tuple sets; the rest (visibility) is set when it is stored.
+    HeapTupleHeaderSetDatumLength(header, length);
+    HeapTupleHeaderSetTypeId(header, desc->tdtypeid);
+    HeapTupleHeaderSetTypMod(header, desc->tdtypmod);
+    header->t_infomask &= (HEAP_HASNULL | HEAP_HASVARWIDTH | HEAP_HASEXTERNAL);
+    HeapTupleHeaderSetNatts(header, natts);
+    header->t_ctid = old_header->t_ctid;
+    result->t_len = static_cast<uint32>(length);
+    result->t_self = tuple->t_self;
+    result->t_tableOid = tuple->t_tableOid;
+    result->t_data = header;
+    return result;
+}
+
 } // namespace
 
 void popularity::pg::refresh_scoring_cache() {
@@ -216,7 +274,16 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     Datum provider_datum;
     Datum meta_datum;
     Datum old_score;
-    if (slot != nullptr) {
+    const bool last = slot != nullptr && score_is_last(cols, tuple);
+    if (last) {
+        slot_getsomeattrs(slot, std::max(cols.provider, cols.meta_data));
+        provider_datum = slot->tts_values[cols.provider - 1];
+        provider_null = slot->tts_isnull[cols.provider - 1];
+        meta_datum = slot->tts_values[cols.meta_data - 1];
+        meta_null = slot->tts_isnull[cols.meta_data - 1];
+        old_score_null = last_is_null(tuple, cols.natts);
+        old_score = old_score_null ? Datum(0) : Float8GetDatum(last_float8(tuple));
+    } else if (slot != nullptr) {
         slot_getsomeattrs(slot, std::max({cols.provider, cols.meta_data, cols.score}));
         provider_datum = slot->tts_values[cols.provider - 1];
         provider_null = slot->tts_isnull[cols.provider - 1];
@@ -293,6 +360,9 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     }
     if (changes == 0) {
         return PointerGetDatum(tuple);
+    }
+    if (last && changes == 1 && attnums[0] == cols.score && !nulls[0]) {
+        return PointerGetDatum(with_last_float8(tuple, desc, DatumGetFloat8(values[0])));
     }
     if (slot == nullptr) {
         return PointerGetDatum(

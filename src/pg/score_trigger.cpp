@@ -121,6 +121,9 @@ struct Columns {
     int meta_data = 0;
     int score = 0;
     int tags = 0; // 0 when the table has no jsonb tags column
+    // The score is the last column, a by-value float8: rows that have every column can take the
+    // byte-copy path (see score_is_last).
+    bool score_last = false;
 };
 Columns columns;
 
@@ -155,8 +158,11 @@ const Columns &columns_of(Relation rel) {
         if (tags <= 0 || TupleDescAttr(desc, tags - 1)->atttypid != JSONBOID) {
             tags = 0;
         }
-        columns =
-            Columns{RelationGetRelid(rel), desc, desc->natts, provider, meta_data, score, tags};
+        const Form_pg_attribute score_att = TupleDescAttr(desc, score - 1);
+        const bool score_last = score == desc->natts && score_att->attlen == sizeof(double) &&
+                                score_att->attbyval && score_att->attalign == TYPALIGN_DOUBLE;
+        columns = Columns{
+            RelationGetRelid(rel), desc, desc->natts, provider, meta_data, score, tags, score_last};
     }
     return columns;
 }
@@ -172,10 +178,7 @@ std::string_view text_view(Datum datum) {
 // again. Heap tuples are stored tightly (heap_fill_tuple: the data ends with the last non-null
 // column), which is what makes the last 8 bytes the score when it is not null.
 bool score_is_last(const Columns &cols, HeapTuple tuple) {
-    const Form_pg_attribute att = TupleDescAttr(cols.desc, cols.score - 1);
-    return cols.score == cols.desc->natts && att->attlen == sizeof(double) && att->attbyval &&
-           att->attalign == TYPALIGN_DOUBLE &&
-           HeapTupleHeaderGetNatts(tuple->t_data) == cols.desc->natts &&
+    return cols.score_last && HeapTupleHeaderGetNatts(tuple->t_data) == cols.natts &&
            !HeapTupleHasExternal(tuple);
 }
 
@@ -191,13 +194,12 @@ double last_float8(HeapTuple tuple) {
     return value;
 }
 
-// `tuple` with its last column (a float8) set to `value`: the same bytes heap_form_tuple would
-// produce from the deformed row, except that a null bitmap whose bits are now all set is kept
-// (readers go by the bits; heap_form_tuple would leave the bitmap out).
-HeapTuple with_last_float8(HeapTuple tuple, TupleDesc desc, double value) {
+// `tuple` with its last column (a float8, NULL when `was_null`) set to `value`: the same bytes
+// heap_form_tuple would produce from the deformed row, except that a null bitmap whose bits are now
+// all set is kept (readers go by the bits; heap_form_tuple would leave the bitmap out).
+HeapTuple with_last_float8(HeapTuple tuple, TupleDesc desc, bool was_null, double value) {
     HeapTupleHeader old_header = tuple->t_data;
     const int natts = desc->natts;
-    const bool was_null = last_is_null(tuple, natts);
     const Size hoff = old_header->t_hoff;
     const Size old_data = tuple->t_len - hoff;
     const Size offset = was_null ? TYPEALIGN(ALIGNOF_DOUBLE, old_data) : old_data - sizeof(double);
@@ -275,22 +277,21 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     Datum meta_datum;
     Datum old_score;
     const bool last = slot != nullptr && score_is_last(cols, tuple);
-    if (last) {
-        slot_getsomeattrs(slot, std::max(cols.provider, cols.meta_data));
+    if (slot != nullptr) {
+        // With the score last, the slot is deformed only up to provider and meta_data.
+        const int needed = std::max(cols.provider, cols.meta_data);
+        slot_getsomeattrs(slot, last ? needed : std::max(needed, cols.score));
         provider_datum = slot->tts_values[cols.provider - 1];
         provider_null = slot->tts_isnull[cols.provider - 1];
         meta_datum = slot->tts_values[cols.meta_data - 1];
         meta_null = slot->tts_isnull[cols.meta_data - 1];
-        old_score_null = last_is_null(tuple, cols.natts);
-        old_score = old_score_null ? Datum(0) : Float8GetDatum(last_float8(tuple));
-    } else if (slot != nullptr) {
-        slot_getsomeattrs(slot, std::max({cols.provider, cols.meta_data, cols.score}));
-        provider_datum = slot->tts_values[cols.provider - 1];
-        provider_null = slot->tts_isnull[cols.provider - 1];
-        meta_datum = slot->tts_values[cols.meta_data - 1];
-        meta_null = slot->tts_isnull[cols.meta_data - 1];
-        old_score = slot->tts_values[cols.score - 1];
-        old_score_null = slot->tts_isnull[cols.score - 1];
+        if (last) {
+            old_score_null = last_is_null(tuple, cols.natts);
+            old_score = old_score_null ? Datum(0) : Float8GetDatum(last_float8(tuple));
+        } else {
+            old_score = slot->tts_values[cols.score - 1];
+            old_score_null = slot->tts_isnull[cols.score - 1];
+        }
     } else {
         provider_datum = heap_getattr(tuple, cols.provider, desc, &provider_null);
         meta_datum = heap_getattr(tuple, cols.meta_data, desc, &meta_null);
@@ -362,7 +363,8 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
         return PointerGetDatum(tuple);
     }
     if (last && changes == 1 && attnums[0] == cols.score && !nulls[0]) {
-        return PointerGetDatum(with_last_float8(tuple, desc, DatumGetFloat8(values[0])));
+        return PointerGetDatum(
+            with_last_float8(tuple, desc, old_score_null, DatumGetFloat8(values[0])));
     }
     if (slot == nullptr) {
         return PointerGetDatum(

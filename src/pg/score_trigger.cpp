@@ -204,10 +204,17 @@ HeapTuple with_last_float8(HeapTuple tuple, TupleDesc desc, bool was_null, doubl
     const Size old_data = tuple->t_len - hoff;
     const Size offset = was_null ? TYPEALIGN(ALIGNOF_DOUBLE, old_data) : old_data - sizeof(double);
     const Size length = hoff + offset + sizeof(double);
-    auto *result = static_cast<HeapTuple>(palloc0(HEAPTUPLESIZE + length));
+    // Not palloc0: every byte is written below (the copy, the alignment padding, the score).
+    auto *result = static_cast<HeapTuple>(palloc(HEAPTUPLESIZE + length));
     auto *header =
         reinterpret_cast<HeapTupleHeader>(reinterpret_cast<char *>(result) + HEAPTUPLESIZE);
-    std::memcpy(header, old_header, was_null ? tuple->t_len : hoff + offset);
+    if (was_null) {
+        std::memcpy(header, old_header, tuple->t_len);
+        std::memset(reinterpret_cast<char *>(header) + tuple->t_len, 0,
+                    hoff + offset - tuple->t_len);
+    } else {
+        std::memcpy(header, old_header, hoff + offset);
+    }
     std::memcpy(reinterpret_cast<char *>(header) + hoff + offset, &value, sizeof(double));
     if (was_null) {
         header->t_bits[(natts - 1) >> 3] |= static_cast<bits8>(1 << ((natts - 1) & 7));

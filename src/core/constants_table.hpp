@@ -28,7 +28,7 @@ class ConstantsTable {
              std::optional<double> constant);
     // nullptr when the provider has no metric configured for the media type.
     const ProviderMetric *find(std::string_view media_type, std::string_view provider) const;
-    std::size_t size() const { return size_; }
+    std::size_t size() const { return names_.size(); } // one stored name per entry
 
     // Media types whose ingestion also applies the tag rules.
     void add_tag_filtering(std::string_view media_type) { tag_filtering_.emplace_back(media_type); }
@@ -52,11 +52,9 @@ class ConstantsTable {
         // needs no std::string (C++17 maps have no heterogeneous lookup).
         std::unordered_map<std::string_view, ProviderMetric> providers;
     };
-    const MediaType *media_type_named(std::string_view name) const;
 
     std::deque<MediaType> media_types_; // a deque: elements keep their address as it grows
     std::deque<std::string> names_;     // the providers' names, at stable addresses
-    std::size_t size_ = 0;
     std::vector<std::string> tag_filtering_;
     // Memo of the last successful lookup. Map nodes keep their address when the map rehashes,
     // so only clear() invalidates it.

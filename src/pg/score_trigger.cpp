@@ -269,40 +269,32 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     HeapTuple tuple =
         TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple : trigger_data->tg_newtuple;
     // The executor's slot holding that tuple: its columns are deformed once, as far as needed,
-    // instead of walking the tuple from its start for every column read.
+    // instead of walking the tuple from its start for every column read. Every BEFORE ROW
+    // INSERT/UPDATE firing passes it (ExecBRInsertTriggers, ExecBRUpdateTriggers).
     TupleTableSlot *slot =
         TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigslot : trigger_data->tg_newslot;
+    if (slot == nullptr) {
+        throw pg::SqlError(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                           "popularity._score_trigger() was fired without the row's slot");
+    }
     Relation rel = trigger_data->tg_relation;
     const Columns &cols = columns_of(rel);
     TupleDesc desc = cols.desc;
     refresh_constants_cache();
 
-    bool provider_null = false;
-    bool meta_null = false;
-    bool old_score_null = false;
-    Datum provider_datum;
-    Datum meta_datum;
-    Datum old_score;
-    const bool last = slot != nullptr && score_is_last(cols, tuple);
-    if (slot != nullptr) {
-        // With the score last, the slot is deformed only up to provider and meta_data.
-        const int needed = std::max(cols.provider, cols.meta_data);
-        slot_getsomeattrs(slot, last ? needed : std::max(needed, cols.score));
-        provider_datum = slot->tts_values[cols.provider - 1];
-        provider_null = slot->tts_isnull[cols.provider - 1];
-        meta_datum = slot->tts_values[cols.meta_data - 1];
-        meta_null = slot->tts_isnull[cols.meta_data - 1];
-        if (last) {
-            old_score_null = last_is_null(tuple, cols.natts);
-            old_score = old_score_null ? Datum(0) : Float8GetDatum(last_float8(tuple));
-        } else {
-            old_score = slot->tts_values[cols.score - 1];
-            old_score_null = slot->tts_isnull[cols.score - 1];
-        }
-    } else {
-        provider_datum = heap_getattr(tuple, cols.provider, desc, &provider_null);
-        meta_datum = heap_getattr(tuple, cols.meta_data, desc, &meta_null);
-        old_score = heap_getattr(tuple, cols.score, desc, &old_score_null);
+    const bool last = score_is_last(cols, tuple);
+    // With the score last, the slot is deformed only up to provider and meta_data.
+    const int needed = std::max(cols.provider, cols.meta_data);
+    slot_getsomeattrs(slot, last ? needed : std::max(needed, cols.score));
+    const Datum provider_datum = slot->tts_values[cols.provider - 1];
+    const bool provider_null = slot->tts_isnull[cols.provider - 1];
+    const Datum meta_datum = slot->tts_values[cols.meta_data - 1];
+    const bool meta_null = slot->tts_isnull[cols.meta_data - 1];
+    const bool old_score_null =
+        last ? last_is_null(tuple, cols.natts) : slot->tts_isnull[cols.score - 1];
+    double old_value = 0.0;
+    if (!old_score_null) {
+        old_value = last ? last_float8(tuple) : DatumGetFloat8(slot->tts_values[cols.score - 1]);
     }
 
     std::optional<double> score;
@@ -341,7 +333,6 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     if (!score) {
         score_right = old_score_null;
     } else if (!old_score_null) {
-        const double old_value = DatumGetFloat8(old_score);
         score_right = std::memcmp(&old_value, &*score, sizeof(double)) == 0;
     }
     if (!score_right) {
@@ -352,8 +343,7 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     }
     if (cols.tags > 0 && constants.filters_tags(media_type)) {
         bool tags_null = false;
-        const Datum tags = slot != nullptr ? slot_getattr(slot, cols.tags, &tags_null)
-                                           : heap_getattr(tuple, cols.tags, desc, &tags_null);
+        const Datum tags = slot_getattr(slot, cols.tags, &tags_null);
         if (!tags_null) {
             const char *provider = provider_null ? nullptr : TextDatumGetCString(provider_datum);
             Jsonb *filtered = pg::filter_tags_for_ingestion(trigger_data->tg_trigger->tgargs[0],
@@ -372,10 +362,6 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     if (last && changes == 1 && attnums[0] == cols.score && !nulls[0]) {
         return PointerGetDatum(
             with_last_float8(tuple, desc, old_score_null, DatumGetFloat8(values[0])));
-    }
-    if (slot == nullptr) {
-        return PointerGetDatum(
-            heap_modify_tuple_by_cols(tuple, desc, changes, attnums, values, nulls));
     }
     // heap_modify_tuple_by_cols, from the slot's deformed columns instead of deforming again.
     slot_getallattrs(slot);

@@ -138,29 +138,33 @@ LANGUAGE sql STABLE RETURNS NULL ON NULL INPUT AS $$
     FROM ov_image_popularity_metrics WHERE provider = $1
 $$;
 
+-- A copy of the catalog table image without any trigger: same content, same physical order, same
+-- indexes; `extra` (a column definition) adds a column after image's, NULL in every row.
+CREATE OR REPLACE PROCEDURE bench_copy_image(copy text, extra text DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('DROP TABLE IF EXISTS %I', copy);
+    EXECUTE format('CREATE TABLE %I (LIKE image INCLUDING DEFAULTS)', copy);
+    IF extra IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %I ADD COLUMN %s', copy, extra);
+    END IF;
+    EXECUTE format('INSERT INTO %I SELECT * FROM image', copy);
+    EXECUTE format('ALTER TABLE %I ADD PRIMARY KEY (identifier)', copy);
+    EXECUTE format('CREATE UNIQUE INDEX %I ON %I (provider, md5(foreign_identifier))',
+                   copy || '_provider_fid_key', copy);
+    EXECUTE format('CREATE UNIQUE INDEX %I ON %I (url)', copy || '_url_key', copy);
+END $$;
+
 -- Two copies of the catalog, without our trigger: one upserted without any score, one with the
--- lookup function in the statement. Same content, same physical order, same indexes as image.
+-- lookup function in the statement.
 SET client_min_messages = warning;
-DROP TABLE IF EXISTS image_plain, image_ov, upsert_batch;
-SET client_min_messages = notice;
-CREATE TABLE image_plain (LIKE image INCLUDING DEFAULTS);
-CREATE TABLE image_ov (LIKE image INCLUDING DEFAULTS);
-INSERT INTO image_plain SELECT * FROM image;
-INSERT INTO image_ov SELECT * FROM image;
-ALTER TABLE image_plain ADD PRIMARY KEY (identifier);
-CREATE UNIQUE INDEX image_plain_provider_fid_key ON image_plain (provider, md5(foreign_identifier));
-CREATE UNIQUE INDEX image_plain_url_key ON image_plain (url);
-ALTER TABLE image_ov ADD PRIMARY KEY (identifier);
-CREATE UNIQUE INDEX image_ov_provider_fid_key ON image_ov (provider, md5(foreign_identifier));
-CREATE UNIQUE INDEX image_ov_url_key ON image_ov (url);
+DROP TABLE IF EXISTS upsert_batch;
+CALL bench_copy_image('image_plain');
+CALL bench_copy_image('image_ov');
 -- A third copy registered as a media type of its own, with our scoring trigger but without the
 -- provider-count triggers (issue 6): the scoring trigger's own cost.
-DROP TABLE IF EXISTS image_score;
-CREATE TABLE image_score (LIKE image INCLUDING DEFAULTS);
-INSERT INTO image_score SELECT * FROM image;
-ALTER TABLE image_score ADD PRIMARY KEY (identifier);
-CREATE UNIQUE INDEX image_score_provider_fid_key ON image_score (provider, md5(foreign_identifier));
-CREATE UNIQUE INDEX image_score_url_key ON image_score (url);
+CALL bench_copy_image('image_score');
+SET client_min_messages = notice;
 SELECT popularity.register_media_type('image_score', 'image_score', false) AS bench_score_registered \gset
 INSERT INTO popularity.metrics (media_type, provider, metric, percentile)
 SELECT 'image_score', provider, metric, percentile FROM popularity.metrics WHERE media_type = 'image';

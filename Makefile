@@ -1,6 +1,7 @@
 # PGXS build of the popularity extension: the canonical build and install.
 EXTENSION = popularity
-EXTVERSION = 0.1.0
+# The version is written once, in the control file.
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = popularity
 
 CORE_SRCS = $(wildcard src/core/*.cpp)
@@ -10,7 +11,11 @@ OBJS = $(CORE_SRCS:.cpp=.o) $(PG_SRCS:.cpp=.o)
 # The extension script is assembled from ordered fragments (sql/install/NN_topic.sql), one per
 # concept, so that each feature keeps its SQL beside its own tests.
 INSTALL_FRAGMENTS = $(sort $(wildcard sql/install/*.sql))
-DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA_built = build/$(EXTENSION)--$(EXTVERSION).sql
+# Released versions are frozen: their scripts (sql/popularity--X.sql) and every upgrade script
+# (sql/popularity--A--B.sql) are kept as committed files; a change to the SQL after a release ships
+# as an upgrade script (test/scripts/upgrade.sh checks that an upgraded install equals a fresh one).
+DATA = $(filter-out $(DATA_built),$(wildcard sql/$(EXTENSION)--*.sql))
 
 # Every sql/*.sql (except the assembled script) is a pg_regress test, run in name order.
 REGRESS = $(sort $(filter-out $(EXTENSION)--%,$(basename $(notdir $(wildcard sql/*.sql)))))
@@ -38,7 +43,8 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_FRAGMENTS)
+build/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_FRAGMENTS)
+	@mkdir -p build
 	{ echo '-- popularity extension, version $(EXTVERSION) (assembled from sql/install/)'; \
 	  echo '\\echo Use "CREATE EXTENSION popularity" to load this file. \\quit'; \
 	  for f in $^; do echo; echo "-- $$f"; cat "$$f"; done; } > $@

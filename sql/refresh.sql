@@ -194,10 +194,36 @@ CREATE ROLE popularity_nologin NOLOGIN;
 SET ROLE popularity_nologin;
 SELECT pg_temp.try($$CALL refresh_popularity('image')$$);
 RESET ROLE;
--- Workers that cannot start (here: a run forged for a role that cannot log in, so every worker
--- stops at connection) fail the task after 5 attempts instead of being restarted forever.
+-- The queue trusts no caller-written identity: a run is requested by the role that inserts it, for
+-- the registered table of its media type, whatever the row says; that identity never changes.
+BEGIN;
 INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
-VALUES ('image', 'image', 'identifier', '{flickr}', 'popularity_nologin'::regrole) RETURNING run_id AS forged \gset
+VALUES ('image', 'pg_class', 'identifier', '{flickr}', 'popularity_nologin'::regrole)
+RETURNING media_table, requested_by::regrole;
+SAVEPOINT s;
+UPDATE popularity.refresh_runs SET requested_by = 'popularity_nologin'::regrole
+WHERE run_id = (SELECT max(run_id) FROM popularity.refresh_runs);
+ROLLBACK TO s;
+INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
+VALUES ('no such type', 'image', 'identifier', '{flickr}', 10);
+ROLLBACK;
+-- A role that may not update the table cannot queue a run for it, even with rights on the queue.
+GRANT INSERT ON popularity.refresh_runs TO popularity_nologin;
+GRANT USAGE ON SEQUENCE popularity.refresh_runs_run_id_seq TO popularity_nologin;
+SET ROLE popularity_nologin;
+INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
+VALUES ('image', 'image', 'identifier', '{flickr}', 10);
+RESET ROLE;
+-- Workers that cannot start (here: a run queued by a role that cannot log in, so every worker
+-- stops at connection) fail the task after 5 attempts instead of being restarted forever.
+GRANT SELECT, UPDATE ON image TO popularity_nologin;
+SET ROLE popularity_nologin;
+INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
+VALUES ('image', 'image', 'identifier', '{flickr}', 10) RETURNING run_id AS forged \gset
+RESET ROLE;
+REVOKE ALL ON image FROM popularity_nologin;
+REVOKE ALL ON popularity.refresh_runs FROM popularity_nologin;
+REVOKE ALL ON SEQUENCE popularity.refresh_runs_run_id_seq FROM popularity_nologin;
 INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
 VALUES (:forged, 0, 0, 10, 0);
 SELECT popularity._wake_scheduler();

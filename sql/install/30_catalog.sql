@@ -271,8 +271,9 @@ BEGIN
            <= current_setting('popularity.constants_single_pass_rows')::float8
     INTO single_pass FROM pg_class AS c WHERE c.oid = tbl;
     IF single_pass THEN
-        IF (SELECT c.relrowsecurity FROM pg_class AS c WHERE c.oid = tbl) THEN
-            -- Row-level security: the executor applies the policies.
+        IF (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
+            -- Row-level security (the executor applies the policies), or a partitioned table (the
+            -- executor reads every partition; the C++ scan reads one ordinary table).
             EXECUTE format('SELECT coalesce(array_agg(m.provider), ''{}''), coalesce(array_agg(m.pv), ''{}'') FROM ('
                            '  SELECT m.provider, @extschema@.popularity_percentile('
                            '             @extschema@.popularity_metric_value(t.meta_data, m.metric), m.percentile) AS pv'

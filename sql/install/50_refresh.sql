@@ -19,7 +19,10 @@ CREATE TABLE popularity.refresh_runs (
     requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     started_at timestamptz,
     finished_at timestamptz,
-    error text
+    error text,
+    -- The media table's file when the run was queued: a rewrite (VACUUM FULL, CLUSTER, ALTER TABLE
+    -- ... TYPE) moves rows across the block ranges, so workers fail a run whose table was rewritten.
+    relfilenode oid
 );
 -- At most one active run per media type.
 CREATE UNIQUE INDEX refresh_runs_one_active ON popularity.refresh_runs (media_type)
@@ -79,6 +82,51 @@ COMMENT ON TABLE popularity.refresh_skipped IS
     'Rows a batch could not lock (another transaction held them), by primary key, to revisit until none is left';
 
 GRANT SELECT ON popularity.refresh_runs, popularity.refresh_tasks, popularity.refresh_progress TO PUBLIC;
+
+-- Workers act on a run with the rights of the role that queued it, so the queue cannot be trusted
+-- for who and what: whatever an INSERT says, a run is requested by the inserting role, for the
+-- registered table of its media type, which that role may read and update; the identity of a run
+-- never changes afterwards.
+CREATE FUNCTION popularity._refresh_run_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_RELID <> 'popularity.refresh_runs'::regclass OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' THEN
+        RAISE EXCEPTION 'popularity._refresh_run_guard() guards popularity.refresh_runs only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        NEW.requested_by := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = current_user);
+        NEW.media_table := (SELECT m.media_table FROM popularity.media_types AS m
+                            WHERE m.media_type = NEW.media_type);
+        IF NEW.media_table IS NULL THEN
+            RAISE EXCEPTION 'media type "%" is not registered', NEW.media_type
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Register it with popularity.register_media_type().';
+        END IF;
+        IF NOT (has_table_privilege(NEW.media_table, 'SELECT') AND has_table_privilege(NEW.media_table, 'UPDATE')) THEN
+            RAISE EXCEPTION 'permission denied to refresh %', NEW.media_table
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'A refresh runs with the rights of the role that calls it: it needs SELECT and UPDATE on the media table.';
+        END IF;
+        NEW.relfilenode := pg_relation_filenode(NEW.media_table);
+    ELSIF (NEW.run_id, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers, NEW.requested_by,
+           NEW.relfilenode)
+          IS DISTINCT FROM (OLD.run_id, OLD.media_type, OLD.media_table, OLD.key_column, OLD.providers,
+                            OLD.requested_by, OLD.relfilenode) THEN
+        RAISE EXCEPTION 'what a refresh run is (its media type, table, key, providers and requesting role) cannot be changed'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Cancel the run with popularity.cancel_refresh() and start another.';
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION popularity._refresh_run_guard() IS
+    'Trigger on popularity.refresh_runs: a run is requested by the inserting role, for the registered '
+    'table of its media type, which that role may read and update; its identity never changes';
+CREATE TRIGGER refresh_run_guard BEFORE INSERT OR UPDATE ON popularity.refresh_runs
+    FOR EACH ROW EXECUTE FUNCTION popularity._refresh_run_guard();
 
 CREATE VIEW popularity.refresh_status AS
 SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,

@@ -10,7 +10,7 @@
 
 namespace popularity::core {
 
-MetricValue classify_metric(double value) {
+MetricValue classify_metric(double value) noexcept {
     if (!std::isfinite(value) || value < 0.0) {
         return MetricValue::invalid();
     }
@@ -24,7 +24,7 @@ bool is_ascii_space(char c) {
 }
 } // namespace
 
-MetricValue parse_metric_text(std::string_view text) {
+MetricValue parse_metric_text(std::string_view text) noexcept {
     while (!text.empty() && is_ascii_space(text.front())) {
         text.remove_prefix(1);
     }
@@ -60,6 +60,10 @@ std::optional<double> standardized_popularity(double value, double constant) {
                     "Constants come from popularity_constant(); recompute the provider's "
                     "constant instead of passing it by hand.");
     }
+    return score_with_checked_constant(value, constant);
+}
+
+std::optional<double> score_with_checked_constant(double value, double constant) noexcept {
     if (!std::isfinite(value) || value < 0.0) {
         return std::nullopt;
     }

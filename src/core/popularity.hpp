@@ -26,18 +26,22 @@ struct MetricValue {
 
 // Classifies a number already decoded as a double: negative, NaN and infinite are invalid.
 // -0.0 is normalised to +0.0 so that results are the same whatever sign the zero was written with.
-MetricValue classify_metric(double value);
+MetricValue classify_metric(double value) noexcept;
 
 // Reads a metric stored as a JSON string, the way `(text)::double precision` would, but never
 // raises: surrounding ASCII white space is ignored, an optional sign is accepted, and the rest must
 // be a decimal floating-point literal (correctly rounded). Anything else ("1k", "", "0x10", "inf",
 // "NaN", values that overflow or underflow a double) is invalid.
-MetricValue parse_metric_text(std::string_view text);
+MetricValue parse_metric_text(std::string_view text) noexcept;
 
 // score = value / (value + constant), in double precision, bit-identical to the SQL expression.
 // Returns nullopt for a value that is negative, NaN or infinite (bad data never aborts a
 // statement). Throws Error(invalid_parameter) when the constant is not finite and > 0.
 std::optional<double> standardized_popularity(double value, double constant);
+
+// The same score for a constant the caller has already checked (finite and > 0): never throws,
+// for the C-style scan loops that run under PG_TRY.
+std::optional<double> score_with_checked_constant(double value, double constant) noexcept;
 
 // constant = ((1 - p) / p) * v, in that order, with v = 1 when the percentile value is exactly 0.
 // Throws Error(invalid_parameter) when p is not strictly inside (0, 1) or v is negative/not finite.

@@ -16,18 +16,28 @@ constexpr double kPowersOfTen[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7
                                    1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                    1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-core::MetricValue numeric_metric_via_text(Numeric num) {
-    const char *text = pg_call(
-        [num] { return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num))); });
-    return core::parse_metric_text(std::string_view(text));
+// How numeric_out is called: through pg_call in C++ frames (its error becomes PgError), directly
+// in C-style frames (its error longjmps, and nothing in between may throw).
+enum class Frame { cxx, c };
+
+template <Frame frame> const char *numeric_text(Numeric num) {
+    if constexpr (frame == Frame::cxx) {
+        return pg_call([num] {
+            return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
+        });
+    } else {
+        return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(num)));
+    }
 }
 
-} // namespace
+template <Frame frame> core::MetricValue numeric_metric_via_text(Numeric num) {
+    return core::parse_metric_text(std::string_view(numeric_text<frame>(num)));
+}
 
-core::MetricValue numeric_metric(Numeric num) {
+template <Frame frame> core::MetricValue numeric_metric_as(Numeric num) {
     core::DecimalView view;
     if (!numeric_view(num, view)) {
-        return numeric_metric_via_text(num); // NaN, infinities: classified from their text
+        return numeric_metric_via_text<frame>(num); // NaN, infinities: classified from their text
     }
     if (view.ndigits == 0) {
         return core::classify_metric(0.0);
@@ -41,7 +51,7 @@ core::MetricValue numeric_metric(Numeric num) {
         const std::int16_t digit = view.digit(i);
         // Checked before multiplying: 2^53 * 10000 would overflow 64 bits.
         if (digit < 0 || digit >= 10000 || mantissa > kExactLimit / 10000) {
-            return numeric_metric_via_text(num);
+            return numeric_metric_via_text<frame>(num);
         }
         mantissa = mantissa * 10000 + static_cast<std::uint64_t>(digit);
     }
@@ -49,25 +59,26 @@ core::MetricValue numeric_metric(Numeric num) {
     if (exponent >= 0) {
         for (long e = 0; e < exponent; ++e) {
             if (mantissa > kExactLimit / 10000) {
-                return numeric_metric_via_text(num);
+                return numeric_metric_via_text<frame>(num);
             }
             mantissa *= 10000;
         }
         if (mantissa > kExactLimit) {
-            return numeric_metric_via_text(num);
+            return numeric_metric_via_text<frame>(num);
         }
         return core::classify_metric(static_cast<double>(mantissa));
     }
     const long decimal_places = -4 * exponent;
     if (mantissa > kExactLimit || decimal_places > 22) {
-        return numeric_metric_via_text(num);
+        return numeric_metric_via_text<frame>(num);
     }
     // Both operands are exact doubles, so IEEE division gives the correctly rounded quotient:
     // the same double strtod gives for the decimal text.
     return core::classify_metric(static_cast<double>(mantissa) / kPowersOfTen[decimal_places]);
 }
 
-core::MetricValue jsonb_metric(Jsonb *document, const char *key, std::size_t key_length) {
+template <Frame frame>
+core::MetricValue jsonb_metric_as(Jsonb *document, const char *key, std::size_t key_length) {
     if (!JB_ROOT_IS_OBJECT(document)) {
         return core::MetricValue::missing();
     }
@@ -81,13 +92,28 @@ core::MetricValue jsonb_metric(Jsonb *document, const char *key, std::size_t key
     case jbvNull:
         return core::MetricValue::missing();
     case jbvNumeric:
-        return numeric_metric(value->val.numeric);
+        return numeric_metric_as<frame>(value->val.numeric);
     case jbvString:
         return core::parse_metric_text(std::string_view(
             value->val.string.val, static_cast<std::size_t>(value->val.string.len)));
     default:
         return core::MetricValue::invalid(); // bool, array, object
     }
+}
+
+} // namespace
+
+core::MetricValue numeric_metric(Numeric num) {
+    return numeric_metric_as<Frame::cxx>(num);
+}
+
+core::MetricValue jsonb_metric(Jsonb *document, const char *key, std::size_t key_length) {
+    return jsonb_metric_as<Frame::cxx>(document, key, key_length);
+}
+
+core::MetricValue jsonb_metric_in_c_frame(Jsonb *document, const char *key,
+                                          std::size_t key_length) noexcept {
+    return jsonb_metric_as<Frame::c>(document, key, key_length);
 }
 
 } // namespace popularity::pg

@@ -17,6 +17,7 @@
 #include "guard.hpp"
 #include "metric_jsonb.hpp"
 #include "name_lookup.hpp"
+#include "relation_access.hpp"
 
 extern "C" {
 #include "access/heapam.h"
@@ -84,13 +85,9 @@ Datum *text_items(ArrayType *array, int *count) {
 // Reads the rows a scan returns and fills each provider's values (rows whose metric is unusable
 // are left out, as the aggregate leaves out NULL).
 void scan_rows(Relation rel, TableScanDesc scan, ProviderValues *providers, int count) {
-    const AttrNumber provider_att = get_attnum(RelationGetRelid(rel), "provider");
-    const AttrNumber meta_att = get_attnum(RelationGetRelid(rel), "meta_data");
-    if (provider_att == InvalidAttrNumber || meta_att == InvalidAttrNumber) {
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
-                        errmsg("table %s has no provider or meta_data column",
-                               RelationGetRelationName(rel))));
-    }
+    // Read as text and jsonb below: checked under the scan's lock, which keeps them so.
+    const AttrNumber provider_att = pg::media_column(rel, "provider", TEXTOID, VARCHAROID);
+    const AttrNumber meta_att = pg::media_column(rel, "meta_data", JSONBOID, JSONBOID);
     MemoryContext row_context =
         AllocSetContextCreate(CurrentMemoryContext, "popularity metric row", ALLOCSET_SMALL_SIZES);
     TupleTableSlot *slot = table_slot_create(rel, nullptr);
@@ -114,8 +111,8 @@ void scan_rows(Relation rel, TableScanDesc scan, ProviderValues *providers, int 
                                              static_cast<int>(VARSIZE_ANY_EXHDR(name)));
         core::MetricValue value;
         if (p != nullptr) {
-            value = pg::jsonb_metric(DatumGetJsonbP(meta), p->metric,
-                                     static_cast<size_t>(p->metric_length));
+            value = pg::jsonb_metric_in_c_frame(DatumGetJsonbP(meta), p->metric,
+                                                static_cast<size_t>(p->metric_length));
         }
         MemoryContextSwitchTo(old);
         MemoryContextReset(row_context);
@@ -327,13 +324,10 @@ void worker_scan(dsm_segment *seg, shm_toc *toc) {
     shm_mq_detach(handle);
 }
 
-// Opens the table with the caller's rights (SELECT; no row-level security applying) and scans it.
+// Opens the table with the caller's rights (an ordinary table, SELECT; no row-level security
+// applying) and scans it.
 void read_table(Oid relid, ProviderValues *providers, int count) {
-    Relation rel = table_open(relid, AccessShareLock);
-    if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK) {
-        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-                        errmsg("permission denied for table %s", RelationGetRelationName(rel))));
-    }
+    Relation rel = pg::open_media_table(relid, AccessShareLock, ACL_SELECT, "refresh_constants");
     if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED) {
         ereport(ERROR,
                 (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -399,10 +393,9 @@ POPULARITY_FUNCTION(popularity_metric_percentiles) {
         }
     }
 
-    (void)pg::pg_call([&] {
-        read_table(relid, providers, count);
-        return 0;
-    });
+    // A C-style call (it raises with ereport): no C++ object with a destructor is alive in this
+    // frame, and nothing in the scan throws.
+    read_table(relid, providers, count);
 
     Datum *vals = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
     bool *val_nulls = static_cast<bool *>(palloc(sizeof(bool) * Max(count, 1)));

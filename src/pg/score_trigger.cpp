@@ -16,6 +16,7 @@ extern "C" {
 #include "access/htup_details.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "utils/inval.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 }
@@ -127,7 +128,7 @@ struct Columns {
 };
 Columns columns;
 
-int column_number(Relation rel, const char *name, Oid expected_type) {
+int column_number(Relation rel, const char *name, Oid expected_type, Oid other_type = InvalidOid) {
     const int attnum = SPI_fnumber(RelationGetDescr(rel), name);
     if (attnum <= 0) {
         throw pg::SqlError(
@@ -135,8 +136,8 @@ int column_number(Relation rel, const char *name, Oid expected_type) {
             pg::strprintf("table \"%s\" has no column \"%s\"", RelationGetRelationName(rel), name),
             {}, "Register the media type again with popularity.register_media_type().");
     }
-    if (expected_type != InvalidOid &&
-        TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid != expected_type) {
+    const Oid actual = TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid;
+    if (actual != expected_type && actual != other_type) {
         throw pg::SqlError(ERRCODE_DATATYPE_MISMATCH,
                            pg::strprintf("column \"%s\" of table \"%s\" has the wrong type", name,
                                          RelationGetRelationName(rel)),
@@ -146,12 +147,26 @@ int column_number(Relation rel, const char *name, Oid expected_type) {
     return attnum;
 }
 
+// Any change to the media table's definition (ALTER TABLE, also in this session and this
+// transaction) sends a relcache invalidation: the positions are then looked up again. The
+// descriptor's address alone is not a key, as a rebuilt descriptor may reuse the old one's memory.
+void forget_columns(Datum, Oid relid) {
+    if (relid == InvalidOid || relid == columns.relid) {
+        columns.relid = InvalidOid;
+    }
+}
+
 const Columns &columns_of(Relation rel) {
+    static bool callback_registered = false;
+    if (!callback_registered) {
+        CacheRegisterRelcacheCallback(forget_columns, Datum(0));
+        callback_registered = true;
+    }
     TupleDesc desc = RelationGetDescr(rel);
     if (columns.relid != RelationGetRelid(rel) || columns.desc != desc ||
         columns.natts != desc->natts) {
         columns.relid = InvalidOid; // stays invalid if a lookup below throws
-        const int provider = column_number(rel, "provider", InvalidOid);
+        const int provider = column_number(rel, "provider", TEXTOID, VARCHAROID);
         const int meta_data = column_number(rel, "meta_data", JSONBOID);
         const int score = column_number(rel, "standardized_popularity", FLOAT8OID);
         int tags = SPI_fnumber(desc, "tags");

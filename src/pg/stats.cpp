@@ -284,13 +284,15 @@ POPULARITY_FUNCTION(popularity_stats_trigger) {
     const StatsColumns cols{SPI_fnumber(desc, "provider"), SPI_fnumber(desc, "meta_data"),
                             SPI_fnumber(desc, "standardized_popularity")};
     if (cols.provider <= 0 || cols.meta_data <= 0 || cols.score <= 0 ||
+        (TupleDescAttr(desc, cols.provider - 1)->atttypid != TEXTOID &&
+         TupleDescAttr(desc, cols.provider - 1)->atttypid != VARCHAROID) ||
         TupleDescAttr(desc, cols.meta_data - 1)->atttypid != JSONBOID) {
-        throw pg::SqlError(
-            ERRCODE_UNDEFINED_COLUMN,
-            pg::strprintf("table \"%s\" lacks the columns the counts read",
-                          RelationGetRelationName(rel)),
-            "The counts read provider, meta_data (jsonb) and standardized_popularity.",
-            "Register the media type again with popularity.register_media_type().");
+        throw pg::SqlError(ERRCODE_UNDEFINED_COLUMN,
+                           pg::strprintf("table \"%s\" lacks the columns the counts read",
+                                         RelationGetRelationName(rel)),
+                           "The counts read provider (text or varchar), meta_data (jsonb) and "
+                           "standardized_popularity.",
+                           "Register the media type again with popularity.register_media_type().");
     }
     pg::refresh_scoring_cache();
 

@@ -11,6 +11,7 @@
 #include "../core/tag_rules.hpp"
 
 #include "guard.hpp"
+#include "relation_access.hpp"
 #include "tag_filter.hpp"
 #include "tag_rules_cache.hpp"
 
@@ -68,47 +69,10 @@ struct RangeBatch {
     int64 malformed;
 };
 
-// A column the batch needs, of one of the given types (the procedure checks them with a clear
-// message first; this guards direct calls).
-AttrNumber needed_column(Relation rel, const char *name, Oid type, Oid other_type) {
-    const AttrNumber attnum = get_attnum(RelationGetRelid(rel), name);
-    if (attnum == InvalidAttrNumber) {
-        throw pg::SqlError(
-            ERRCODE_UNDEFINED_COLUMN,
-            pg::strprintf("media table %s has no column \"%s\"", RelationGetRelationName(rel),
-                          name),
-            "",
-            "A media table has identifier uuid (its key), provider text or varchar, and tags "
-            "jsonb.");
-    }
-    const Oid actual = TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid;
-    if (actual != type && actual != other_type) {
-        throw pg::SqlError(ERRCODE_DATATYPE_MISMATCH,
-                           pg::strprintf("column \"%s\" of media table %s has the wrong type", name,
-                                         RelationGetRelationName(rel)),
-                           "",
-                           "A media table has identifier uuid (its key), provider text or varchar, "
-                           "and tags jsonb.");
-    }
-    return attnum;
-}
-
-// The batch reads the table directly with the caller's snapshot: the caller must be allowed to read
-// it (and to update it unless it only counts), and no row-level security policy may apply (the
-// scan would not apply it; CALL filter_tags uses its SQL scan instead).
-void check_table_access(Oid relid, bool dry_run) {
-    // One privilege per check: pg_class_aclcheck accepts any one of several.
-    const Oid role = GetUserId();
-    if (pg_class_aclcheck(relid, role, ACL_SELECT) != ACLCHECK_OK ||
-        (!dry_run && pg_class_aclcheck(relid, role, ACL_UPDATE) != ACLCHECK_OK)) {
-        const char *name = get_rel_name(relid);
-        throw pg::SqlError(ERRCODE_INSUFFICIENT_PRIVILEGE,
-                           pg::strprintf("permission denied to filter the tags of %s",
-                                         name != nullptr ? name : "the media table"),
-                           "",
-                           dry_run ? "The role needs SELECT on the media table."
-                                   : "The role needs SELECT and UPDATE on the media table.");
-    }
+// The batch reads the table directly with the caller's snapshot: no row-level security policy may
+// apply (the scan would not apply it; CALL filter_tags uses its SQL scan instead). Kind and
+// privileges are checked by pg::open_media_table.
+void check_no_row_security(Oid relid) {
     if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED) {
         const char *name = get_rel_name(relid);
         throw pg::SqlError(ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -311,18 +275,14 @@ POPULARITY_FUNCTION(popularity_filter_tags_range) {
     // Rules first: loading them runs SQL, and a media type that is not registered fails here.
     const core::TagRules *rules = &pg::tag_rules_for(
         std::string_view(VARDATA_ANY(media_type), VARSIZE_ANY_EXHDR(media_type)));
-    check_table_access(relid, dry_run);
-
+    // C-style checks (they raise with ereport): only plain data is alive in this frame.
     RangeBatch batch{};
-    batch.rel = table_open(relid, dry_run ? AccessShareLock : RowExclusiveLock);
-    if (batch.rel->rd_rel->relkind != RELKIND_RELATION) {
-        throw pg::SqlError(ERRCODE_WRONG_OBJECT_TYPE,
-                           pg::strprintf("media table %s is not a plain table",
-                                         RelationGetRelationName(batch.rel)));
-    }
-    batch.identifier_att = needed_column(batch.rel, "identifier", UUIDOID, UUIDOID);
-    batch.tags_att = needed_column(batch.rel, "tags", JSONBOID, JSONBOID);
-    batch.provider_att = needed_column(batch.rel, "provider", TEXTOID, VARCHAROID);
+    batch.rel = pg::open_media_table(relid, dry_run ? AccessShareLock : RowExclusiveLock,
+                                     dry_run ? ACL_SELECT : ACL_SELECT | ACL_UPDATE, "filter_tags");
+    check_no_row_security(relid);
+    batch.identifier_att = pg::media_column(batch.rel, "identifier", UUIDOID, UUIDOID);
+    batch.tags_att = pg::media_column(batch.rel, "tags", JSONBOID, JSONBOID);
+    batch.provider_att = pg::media_column(batch.rel, "provider", TEXTOID, VARCHAROID);
     batch.rules = rules;
     batch.dry_run = dry_run;
     MemoryContext caller_context = CurrentMemoryContext;

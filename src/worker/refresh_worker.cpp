@@ -12,6 +12,7 @@
 #include "../pg/guard.hpp"
 #include "../pg/metric_jsonb.hpp"
 #include "../pg/name_lookup.hpp"
+#include "../pg/relation_access.hpp"
 #include "../pg/score_trigger.hpp"
 #include "../pg/settings.hpp"
 #include "refresh.hpp"
@@ -73,7 +74,12 @@ struct Task {
     int64 end_block;
     int64 next_block;
     Oid relid;
-    AttrNumber provider_att; // attribute numbers in the media table
+    char *key_name; // unquoted
+    Oid key_type_id;
+    Oid relfilenode; // the table's file when the run was queued (InvalidOid: not recorded)
+    // Attribute numbers in the media table, looked up again (with their types checked) by every
+    // batch under its lock: DDL between batches never makes a batch read a column as another type.
+    AttrNumber provider_att;
     AttrNumber meta_data_att;
     AttrNumber score_att;
     AttrNumber key_att;
@@ -218,15 +224,26 @@ char *revisit_sql(const Task &task) {
         task.table, touch);
 }
 
-AttrNumber required_attnum(Oid relid, const char *name) {
-    const AttrNumber attnum = get_attnum(relid, name);
-    if (attnum == InvalidAttrNumber) {
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
-                        errmsg("column \"%s\" of the media table %s no longer exists", name,
-                               get_rel_name(relid)),
-                        errhint("Register the media type again, then resume the refresh.")));
+// Opens the media table for a batch (an ordinary table, SELECT and UPDATE still granted: rights
+// revoked during a run stop it) and resolves the columns the batch reads, under the batch's lock.
+Relation open_batch_table(Task &task) {
+    Relation rel = pg::open_media_table(task.relid, RowExclusiveLock, ACL_SELECT | ACL_UPDATE,
+                                        "refresh_popularity");
+    if (task.relfilenode != InvalidOid && rel->rd_node.relNode != task.relfilenode) {
+        ereport(
+            ERROR,
+            (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+             errmsg("table %s was rewritten while the refresh ran", task.table),
+             errdetail("VACUUM FULL, CLUSTER or an ALTER TABLE that rewrites the table moves rows "
+                       "between the block ranges the walk has passed and those it has not."),
+             errhint("Start a new refresh: CALL refresh_popularity('%s', force => true).",
+                     task.media_type)));
     }
-    return attnum;
+    task.provider_att = pg::media_column(rel, "provider", TEXTOID, VARCHAROID);
+    task.meta_data_att = pg::media_column(rel, "meta_data", JSONBOID, JSONBOID);
+    task.score_att = pg::media_column(rel, "standardized_popularity", FLOAT8OID, FLOAT8OID);
+    task.key_att = pg::media_column(rel, task.key_name, task.key_type_id, task.key_type_id);
+    return rel;
 }
 
 // The UPDATE of a main-pass batch: $1 the locked rows, $2 their scores.
@@ -280,7 +297,9 @@ bool load_task(Task &task) {
         "       r.state, t.state,"
         "       (SELECT quote_ident(n.nspname) FROM pg_extension AS e"
         "        JOIN pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'popularity'),"
-        "       r.media_table::oid, r.key_column"
+        // relfilenode is read through to_jsonb: a 0.1.0 schema (new library, ALTER EXTENSION
+        // UPDATE not run yet) has no such column, and then gives NULL.
+        "       r.media_table::oid, r.key_column, a.atttypid, (to_jsonb(r) ->> 'relfilenode')::oid"
         " FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
         " JOIN pg_attribute AS a ON a.attrelid = r.media_table AND a.attname = r.key_column"
         " WHERE t.task_id = $1",
@@ -309,13 +328,14 @@ bool load_task(Task &task) {
     task.ext_schema = copy_value(11);
     task.relid =
         DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 12, &isnull));
-    const char *key_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 13);
-    task.provider_att = required_attnum(task.relid, "provider");
-    task.meta_data_att = required_attnum(task.relid, "meta_data");
-    task.score_att = required_attnum(task.relid, "standardized_popularity");
-    task.key_att = required_attnum(task.relid, key_name);
+    task.key_name = copy_value(13);
+    task.key_type_id =
+        DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14, &isnull));
+    const Datum relfilenode =
+        SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15, &isnull);
+    task.relfilenode = isnull ? InvalidOid : DatumGetObjectId(relfilenode);
     bool key_varlena = false;
-    getTypeOutputInfo(get_atttype(task.relid, task.key_att), &task.key_output, &key_varlena);
+    getTypeOutputInfo(task.key_type_id, &task.key_output, &key_varlena);
     return true;
 }
 
@@ -492,12 +512,13 @@ void scan_blocks(Relation rel, const Task &task, Batch &batch, int64 from, int64
         bool meta_null = false;
         const Datum meta = slot_getattr(slot, task.meta_data_att, &meta_null);
         if (!meta_null) {
-            const core::MetricValue value = pg::jsonb_metric(
+            // Runs under PG_TRY: nothing here may throw (see guard.hpp).
+            const core::MetricValue value = pg::jsonb_metric_in_c_frame(
                 DatumGetJsonbP(meta), provider.metric, static_cast<size_t>(provider.metric_length));
             if (value.ok()) {
-                // The constant was checked in make_batch: this never throws.
+                // The constant was checked in make_batch.
                 const std::optional<double> s =
-                    core::standardized_popularity(value.value, provider.constant);
+                    core::score_with_checked_constant(value.value, provider.constant);
                 if (s) {
                     score = *s;
                     score_null = false;
@@ -705,7 +726,7 @@ constexpr long kCleanScanMillis = 100;
 // rows are locked FOR UPDATE SKIP LOCKED and rewritten, and the progress marker is committed with
 // them.
 void main_batch(Task &task, const BatchContext &context) {
-    Relation rel = table_open(task.relid, RowExclusiveLock);
+    Relation rel = open_batch_table(task);
     if (task.written_count == 2) {
         if (pg::refresh_reclaim_space) {
             reclaim_space(rel, task.written_from[0], task.written_to[0]);

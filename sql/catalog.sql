@@ -45,7 +45,7 @@ SELECT popularity.register_media_type('image', 'image');
 SELECT popularity.register_media_type('image', 'image'); -- idempotent
 SELECT media_type, media_table FROM popularity.media_types;
 SELECT atttypid::regtype FROM pg_attribute WHERE attrelid = 'image'::regclass AND attname = 'standardized_popularity';
-SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 'image'::regclass AND NOT tgisinternal;
+SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 'image'::regclass AND NOT tgisinternal ORDER BY tgname;
 SELECT media_type, provider, metric, percentile, val, constant FROM popularity.metrics ORDER BY 1, 2;
 -- A media type cannot move tables silently, and a table serves one media type.
 CREATE TABLE image2 (LIKE image);

@@ -191,6 +191,8 @@ SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_timeout;
 
 -- Workers connect as the calling role, which must be able to log in.
 CREATE ROLE popularity_nologin NOLOGIN;
+SELECT popularity.grant_operator('popularity_nologin');
+GRANT SELECT, UPDATE ON image TO popularity_nologin;
 SET ROLE popularity_nologin;
 SELECT pg_temp.try($$CALL refresh_popularity('image')$$);
 RESET ROLE;
@@ -208,8 +210,7 @@ INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, provid
 VALUES ('no such type', 'image', 'identifier', '{flickr}', 10);
 ROLLBACK;
 -- A role that may not update the table cannot queue a run for it, even with rights on the queue.
-GRANT INSERT ON popularity.refresh_runs TO popularity_nologin;
-GRANT USAGE ON SEQUENCE popularity.refresh_runs_run_id_seq TO popularity_nologin;
+REVOKE UPDATE ON image FROM popularity_nologin;
 SET ROLE popularity_nologin;
 INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
 VALUES ('image', 'image', 'identifier', '{flickr}', 10);
@@ -222,8 +223,7 @@ INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, provid
 VALUES ('image', 'image', 'identifier', '{flickr}', 10) RETURNING run_id AS forged \gset
 RESET ROLE;
 REVOKE ALL ON image FROM popularity_nologin;
-REVOKE ALL ON popularity.refresh_runs FROM popularity_nologin;
-REVOKE ALL ON SEQUENCE popularity.refresh_runs_run_id_seq FROM popularity_nologin;
+SELECT popularity.revoke_operator('popularity_nologin');
 INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
 VALUES (:forged, 0, 0, 10, 0);
 SELECT popularity._wake_scheduler();
@@ -235,11 +235,16 @@ DROP ROLE popularity_nologin;
 -- The history is kept; the status view reads it.
 SELECT run_id, media_type, providers, forced, state FROM popularity.refresh_runs ORDER BY run_id;
 
--- Ordinary users can read the status but not change constants.
+-- Readers of the table can read the status but not change constants; others see nothing.
 CREATE ROLE popularity_reader;
+SET ROLE popularity_reader;
+SELECT count(*) AS status_rows_of_unreadable_tables FROM popularity.refresh_status;
+RESET ROLE;
+GRANT SELECT ON image TO popularity_reader;
 SET ROLE popularity_reader;
 SELECT count(*) > 0 AS can_read_status FROM popularity.refresh_status;
 SELECT pg_temp.try($$UPDATE popularity.metrics SET constant = 1$$);
 RESET ROLE;
+REVOKE ALL ON image FROM popularity_reader;
 DROP ROLE popularity_reader;
 DROP TABLE image;

@@ -38,7 +38,7 @@ ALTER TABLE image_sql ENABLE ROW LEVEL SECURITY;
 CREATE POLICY every_row ON image_sql USING (true);
 CREATE ROLE tags_batch_user;
 GRANT SELECT, UPDATE ON image, image_sql TO tags_batch_user;
-GRANT INSERT, UPDATE ON popularity.tag_filter_runs TO tags_batch_user;
+SELECT popularity.grant_operator('tags_batch_user');
 INSERT INTO popularity.media_types (media_type, media_table)
 VALUES ('image', 'image'), ('image_sql', 'image_sql');
 -- Machine-generated labels too (they depend on the record's provider).
@@ -109,13 +109,15 @@ SELECT * FROM popularity._filter_tags_range('image', 'video', 0, 1, true);
 SELECT * FROM popularity._filter_tags_range('run_counts', 'image', 0, 1, true);
 CREATE ROLE tags_batch_reader;
 GRANT SELECT ON image TO tags_batch_reader;
+GRANT EXECUTE ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean) TO tags_batch_reader;
 SET ROLE tags_batch_reader;
 SELECT rows_changed FROM popularity._filter_tags_range('image', 'image', 0, 1, true);
 SELECT * FROM popularity._filter_tags_range('image', 'image', 0, 1, false);
 RESET ROLE;
 REVOKE ALL ON image FROM tags_batch_reader;
+REVOKE ALL ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean) FROM tags_batch_reader;
 DROP ROLE tags_batch_reader;
-REVOKE ALL ON popularity.tag_filter_runs FROM tags_batch_user;
+SELECT popularity.revoke_operator('tags_batch_user');
 
 DROP VIEW run_counts;
 DROP TABLE image, image_sql, image_before;

@@ -71,6 +71,23 @@ LANGUAGE C;
 COMMENT ON FUNCTION popularity._score_trigger() IS
     'Ingestion trigger (BEFORE INSERT OR UPDATE, FOR EACH ROW): sets standardized_popularity from the row as stored, under the current constant';
 
+-- Registering and configuring a media type is for the owner of its table (or a member of the
+-- owning role): raises 42501 otherwise, naming what was refused.
+CREATE FUNCTION popularity._require_owner(media_table regclass, action text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pg_has_role((SELECT c.relowner FROM pg_class AS c WHERE c.oid = media_table), 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to % for table %', action, media_table
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the table''s owner (or a member of the owning role) registers and configures its media type.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._require_owner(regclass, text) IS
+    'Raises 42501 unless the current role owns the media table (or is a member of its owner)';
+
 -- Raises 42704 unless the media type is registered; returns its table.
 CREATE FUNCTION popularity._media_table(media_type text)
 RETURNS regclass
@@ -113,6 +130,7 @@ BEGIN
         RAISE EXCEPTION '"%" is not a table', media_table
             USING ERRCODE = 'wrong_object_type', HINT = 'Register an ordinary or partitioned table.';
     END IF;
+    PERFORM popularity._require_owner(media_table, 'register a media type');
     -- The columns scoring reads, with the types it reads them as.
     FOR required IN
         SELECT * FROM (VALUES ('provider', ARRAY['text', 'character varying']::regtype[]),
@@ -184,6 +202,7 @@ AS $$
 DECLARE
     tbl regclass := popularity._media_table(media_type);
 BEGIN
+    PERFORM popularity._require_owner(tbl, 'unregister media type "' || media_type || '"');
     IF EXISTS (SELECT FROM pg_class WHERE oid = tbl) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS zz_popularity_score ON %s', tbl);
         PERFORM popularity._remove_stats_triggers(tbl);
@@ -201,7 +220,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM popularity._media_table(media_type);
+    PERFORM popularity._require_owner(popularity._media_table(media_type),
+                                      'configure the metrics of media type "' || media_type || '"');
     IF provider IS NULL OR provider = '' OR metric IS NULL OR metric = '' THEN
         RAISE EXCEPTION 'provider and metric must be non-empty names'
             USING ERRCODE = 'invalid_parameter_value',
@@ -340,10 +360,13 @@ COMMENT ON FUNCTION popularity.refresh_constants(text, text[]) IS
     'when a provider has no values; returns old and new values per provider and NOTIFYs popularity';
 
 -- Dropping a registered table unregisters its media type (and its metrics), so the registry never
--- points at a table that no longer exists.
+-- points at a table that no longer exists. With the extension owner's rights: the dropped table's
+-- owner can no longer be looked up for the registry's row-level security, and it only removes the
+-- rows of relations this very command dropped.
 CREATE FUNCTION popularity._forget_dropped_tables()
 RETURNS event_trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

@@ -170,6 +170,11 @@ DECLARE
     key_media_type text := CASE TG_OP WHEN 'DELETE' THEN OLD.media_type ELSE NEW.media_type END;
     key_provider text := CASE TG_OP WHEN 'DELETE' THEN OLD.provider ELSE NEW.provider END;
 BEGIN
+    -- It runs with its owner's rights: only for the table it was made for.
+    IF TG_RELID <> 'popularity.metrics'::regclass OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER' THEN
+        RAISE EXCEPTION 'popularity._stats_metric_changed() serves popularity.metrics only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.metric IS NOT DISTINCT FROM OLD.metric
        AND NEW.provider IS NOT DISTINCT FROM OLD.provider THEN
         RETURN NULL;
@@ -204,6 +209,12 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- It runs with its owner's rights: only for the table it was made for.
+    IF TG_RELID <> 'popularity.media_types'::regclass OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER'
+       OR TG_OP <> 'DELETE' THEN
+        RAISE EXCEPTION 'popularity._stats_media_type_removed() serves popularity.media_types only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     DELETE FROM popularity.stats_journal AS j WHERE j.media_type = OLD.media_type;
     RETURN NULL;
 END $$;

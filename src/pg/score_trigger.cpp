@@ -7,6 +7,7 @@
 #include "guard.hpp"
 #include "trigger_call.hpp"
 #include "metric_jsonb.hpp"
+#include "owner_context.hpp"
 #include "score_trigger.hpp"
 #include "settings.hpp"
 #include "shared_state.hpp"
@@ -57,8 +58,12 @@ int fetch_constant_rows(MemoryContext context, ConstantRow **rows_out) {
     }
     // The latest snapshot, not the statement's: a version bump we observed is then always
     // matched by the committed data it announces.
+    // As the extension's owner: the ingesting role needs no right on popularity.metrics, and the
+    // policies that filter it for roles never hide another media type's constants from the cache.
+    const pg::SavedUser saved = pg::become_extension_owner();
     int rc = SPI_execute_snapshot(plan, nullptr, nullptr, GetLatestSnapshot(), InvalidSnapshot,
                                   true, false, 0);
+    pg::restore_user(saved);
     if (rc != SPI_OK_SELECT) {
         elog(ERROR, "reading popularity.metrics failed: %s", SPI_result_code_string(rc));
     }

@@ -15,6 +15,7 @@
 #include "guard.hpp"
 #include "trigger_call.hpp"
 #include "metric_jsonb.hpp"
+#include "owner_context.hpp"
 #include "score_trigger.hpp"
 #include "shared_state.hpp"
 
@@ -185,11 +186,11 @@ struct JournalRows {
 
 SPIPlanPtr journal_plan = nullptr;
 
-// Appends the deltas in one INSERT, as the owner of popularity.stats_journal (ingestion roles need
-// no right on the extension's tables, as with foreign-key checks). The statement is fully
-// schema-qualified because it runs with the owner's rights under the caller's search_path. It
-// inserts only when `relid` is the registered table of the media type, so the trigger function
-// cannot be used to forge counts from another table. Plain C: may raise.
+// Appends the deltas in one INSERT, as the extension's owner (pg::become_extension_owner)
+// (ingestion roles need no right on the extension's tables, as with foreign-key checks). The
+// statement is fully schema-qualified because it runs with the owner's rights under the caller's
+// search_path. It inserts only when `relid` is the registered table of the media type, so the
+// trigger function cannot be used to forge counts from another table. Plain C: may raise.
 void write_journal(const char *media_type, Oid relid, const JournalRows *rows) {
     if (SPI_connect() != SPI_OK_CONNECT) {
         elog(ERROR, "SPI_connect failed");
@@ -230,20 +231,9 @@ void write_journal(const char *media_type, Oid relid, const JournalRows *rows) {
     }
     values[6] = ObjectIdGetDatum(relid);
 
-    const Oid journal = get_relname_relid("stats_journal", get_namespace_oid("popularity", false));
-    HeapTuple class_tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(journal));
-    if (!HeapTupleIsValid(class_tuple)) {
-        elog(ERROR, "popularity.stats_journal not found");
-    }
-    const Oid owner = reinterpret_cast<Form_pg_class>(GETSTRUCT(class_tuple))->relowner;
-    ReleaseSysCache(class_tuple);
-    Oid saved_user;
-    int saved_context;
-    GetUserIdAndSecContext(&saved_user, &saved_context);
-    // Restored by transaction abort if the INSERT raises.
-    SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+    const pg::SavedUser saved = pg::become_extension_owner();
     const int rc = SPI_execute_plan(journal_plan, values, nulls, false, 0);
-    SetUserIdAndSecContext(saved_user, saved_context);
+    pg::restore_user(saved);
     if (rc != SPI_OK_INSERT) {
         elog(ERROR, "appending to popularity.stats_journal failed: %s", SPI_result_code_string(rc));
     }

@@ -1,6 +1,7 @@
 #include "tag_rules_cache.hpp"
 
 #include "guard.hpp"
+#include "owner_context.hpp"
 
 extern "C" {
 #include "catalog/pg_type_d.h"
@@ -98,7 +99,14 @@ void load() {
             elog(ERROR, "SPI_connect failed");
         }
     });
-    const int rc = pg_call([] { return SPI_execute(kRulesQuery, true, 0); });
+    // As the extension's owner: the rules apply whoever ingests or filters, and the policies that
+    // filter popularity.tag_rules for roles never hide rules from the cache.
+    const int rc = pg_call([] {
+        const SavedUser saved = become_extension_owner();
+        const int result = SPI_execute(kRulesQuery, true, 0);
+        restore_user(saved);
+        return result;
+    });
     if (rc != SPI_OK_SELECT) {
         throw SqlError(ERRCODE_INTERNAL_ERROR,
                        strprintf("could not read the tag rules (SPI %d)", rc));

@@ -1,0 +1,253 @@
+-- Roles and rights (README, "Roles and rights"). The rule: what a role may do with a media type
+-- follows from its rights on the media table, checked by PostgreSQL itself (row-level security on
+-- the extension's tables, evaluated as the calling role):
+--   * read a media type's configuration, runs, counts and status: SELECT on its table;
+--   * refresh, filter tags, fold and reconcile its counts: SELECT and UPDATE on its table;
+--   * register, unregister and configure it (metrics, tag rules, tag filtering at ingestion): own
+--     its table (be a member of the owning role);
+--   * the global tag rules (media_type NULL): the extension's owner (a superuser, normally).
+-- Reading is open to every role (rows filtered as above). Writing also needs the operator rights
+-- (popularity.grant_operator): EXECUTE on the internal functions and DML on the state tables, which
+-- the policies then restrict to the role's own media types. The extension's owner and superusers
+-- are not restricted. Ingestion needs nothing: the triggers read the configuration and append the
+-- counts with the extension owner's rights.
+
+-- Policies -----------------------------------------------------------------------------------------
+
+ALTER TABLE popularity.media_types ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.media_types FOR SELECT
+    USING (pg_catalog.has_table_privilege(media_table, 'SELECT'));
+CREATE POLICY owners ON popularity.media_types FOR ALL
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = media_table), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = media_table), 'USAGE'));
+
+ALTER TABLE popularity.metrics ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.metrics FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = metrics.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'SELECT')));
+CREATE POLICY owners ON popularity.metrics FOR ALL
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = metrics.media_type
+                   AND pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = m.media_table), 'USAGE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = metrics.media_type
+                        AND pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = m.media_table), 'USAGE')));
+-- refresh_constants, run by a role that may update the table, writes the computed columns
+-- (popularity._metrics_guard keeps the configured ones to the owner).
+CREATE POLICY refreshers ON popularity.metrics FOR UPDATE
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = metrics.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = metrics.media_type
+                        AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
+
+CREATE FUNCTION popularity._metrics_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_RELID <> 'popularity.metrics'::regclass OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' THEN
+        RAISE EXCEPTION 'popularity._metrics_guard() guards popularity.metrics only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (NEW.media_type, NEW.provider, NEW.metric, NEW.percentile)
+           IS DISTINCT FROM (OLD.media_type, OLD.provider, OLD.metric, OLD.percentile)
+       AND NOT pg_has_role((SELECT c.relowner FROM popularity.media_types AS m
+                            JOIN pg_class AS c ON c.oid = m.media_table
+                            WHERE m.media_type = OLD.media_type), 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of media type "%"''s table may change its metrics', OLD.media_type
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A role that may update the table may refresh the constants, not choose the metric or percentile.';
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION popularity._metrics_guard() IS
+    'Trigger on popularity.metrics: the metric and percentile of a provider are changed only by the '
+    'owner of the media table';
+CREATE TRIGGER metrics_guard BEFORE UPDATE ON popularity.metrics
+    FOR EACH ROW EXECUTE FUNCTION popularity._metrics_guard();
+
+ALTER TABLE popularity.tag_rules ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.tag_rules FOR SELECT
+    USING (media_type IS NULL
+           OR EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = tag_rules.media_type
+                      AND pg_catalog.has_table_privilege(m.media_table, 'SELECT')));
+CREATE POLICY owners ON popularity.tag_rules FOR ALL
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = tag_rules.media_type
+                   AND pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = m.media_table), 'USAGE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = tag_rules.media_type
+                        AND pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = m.media_table), 'USAGE')));
+
+ALTER TABLE popularity.tag_filter_runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.tag_filter_runs FOR SELECT
+    USING (pg_catalog.has_table_privilege(media_table, 'SELECT'));
+-- A dry run only reads the table.
+CREATE POLICY writers ON popularity.tag_filter_runs FOR ALL
+    USING (pg_catalog.has_table_privilege(media_table, 'SELECT')
+           AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')))
+    WITH CHECK (pg_catalog.has_table_privilege(media_table, 'SELECT')
+                AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')));
+
+ALTER TABLE popularity.refresh_runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.refresh_runs FOR SELECT
+    USING (pg_catalog.has_table_privilege(media_table, 'SELECT'));
+CREATE POLICY writers ON popularity.refresh_runs FOR ALL
+    USING (pg_catalog.has_table_privilege(media_table, 'UPDATE'))
+    WITH CHECK (pg_catalog.has_table_privilege(media_table, 'UPDATE'));
+
+ALTER TABLE popularity.refresh_tasks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.refresh_tasks FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id));
+CREATE POLICY writers ON popularity.refresh_tasks FOR ALL
+    USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id
+                   AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id
+                        AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+
+ALTER TABLE popularity.refresh_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.refresh_progress FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t WHERE t.task_id = refresh_progress.task_id));
+CREATE POLICY writers ON popularity.refresh_progress FOR ALL
+    USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                   WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                        WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+
+ALTER TABLE popularity.refresh_skipped ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.refresh_skipped FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t WHERE t.task_id = refresh_skipped.task_id));
+CREATE POLICY writers ON popularity.refresh_skipped FOR ALL
+    USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                   WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                        WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+GRANT SELECT ON popularity.refresh_skipped TO PUBLIC;
+
+ALTER TABLE popularity.stats_counts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.stats_counts FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_counts.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'SELECT')));
+CREATE POLICY writers ON popularity.stats_counts FOR ALL
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_counts.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_counts.media_type
+                        AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
+
+ALTER TABLE popularity.stats_journal ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.stats_journal FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_journal.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'SELECT')));
+CREATE POLICY writers ON popularity.stats_journal FOR ALL
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_journal.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_journal.media_type
+                        AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
+
+ALTER TABLE popularity.stats_marks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.stats_marks FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_marks.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'SELECT')));
+CREATE POLICY writers ON popularity.stats_marks FOR ALL
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_marks.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_marks.media_type
+                        AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
+
+ALTER TABLE popularity.stats_corrections ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.stats_corrections FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_corrections.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'SELECT')));
+CREATE POLICY writers ON popularity.stats_corrections FOR ALL
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_corrections.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_corrections.media_type
+                        AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
+
+-- The views read their tables with the reader's rights, so the policies filter them too.
+ALTER VIEW popularity.refresh_status SET (security_invoker = true);
+ALTER VIEW popularity.provider_stats SET (security_invoker = true);
+ALTER VIEW popularity.effective_tag_rules SET (security_invoker = true);
+
+-- Internal functions ----------------------------------------------------------------------------
+
+-- Internal (_-prefixed) functions, trigger functions included, are not for PUBLIC: the operator
+-- rights grant them. (Triggers fire whatever the rights of the role whose statement fires them;
+-- EXECUTE is checked when a trigger is created.)
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc AS p
+             WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p')
+             ORDER BY 1 LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END $$;
+
+-- Operator rights -----------------------------------------------------------------------------------
+
+CREATE FUNCTION popularity.grant_operator(role regrole)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f regprocedure;
+    t regclass;
+BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT pg_has_role((SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'popularity'), 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of the popularity extension may grant operator rights'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Ask a superuser to run it.';
+    END IF;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
+             WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p')
+               AND p.proname NOT LIKE '\_guard\_%' LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', f, role);
+    END LOOP;
+    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
+             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s', t, role);
+    END LOOP;
+    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
+             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'S' LOOP
+        EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO %s', t, role);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION popularity.grant_operator(regrole) IS
+    'Lets a role use the extension beyond reading (register, configure, refresh, filter tags, counts): '
+    'what it may do with each media type still follows from its rights on the media table';
+REVOKE ALL ON FUNCTION popularity.grant_operator(regrole) FROM PUBLIC;
+
+CREATE FUNCTION popularity.revoke_operator(role regrole)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f regprocedure;
+    t regclass;
+BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT pg_has_role((SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'popularity'), 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of the popularity extension may revoke operator rights'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Ask a superuser to run it.';
+    END IF;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
+             WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p') LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %s', f, role);
+    END LOOP;
+    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
+             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s', t, role);
+    END LOOP;
+    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
+             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'S' LOOP
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %s', t, role);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION popularity.revoke_operator(regrole) IS
+    'Takes back what popularity.grant_operator gave (reading stays open to every role)';
+REVOKE ALL ON FUNCTION popularity.revoke_operator(regrole) FROM PUBLIC;

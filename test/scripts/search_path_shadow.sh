@@ -230,21 +230,38 @@ BEGIN
         END;
         INSERT INTO shadow.made VALUES ('relation', p.relname, how);
     END LOOP;
+
+    -- Types of pg_catalog (names that are not SQL keywords, such as text, name, "char", uuid,
+    -- regclass, int8): a domain over the type whose check raises whenever a value becomes one.
+    FOR p IN
+        SELECT t.typname FROM pg_type AS t
+        WHERE t.typname IN (SELECT s.name FROM shadow.names AS s) AND t.typnamespace = 'pg_catalog'::regnamespace
+          AND t.typtype IN ('b', 'e', 'r', 'm') AND t.typcategory <> 'A'
+    LOOP
+        BEGIN
+            EXECUTE format('CREATE DOMAIN shadow.%I AS pg_catalog.%I CHECK (shadow._hit(%L))',
+                           p.typname, p.typname, 'type pg_catalog.' || p.typname);
+            how := 'domain';
+        EXCEPTION WHEN duplicate_object THEN how := 'duplicate';
+        END;
+        INSERT INTO shadow.made VALUES ('type', p.typname, how);
+    END LOOP;
 END $do$;
 SQL
 } | safe -v ON_ERROR_STOP=1 >"$tmp/setup.log" 2>&1 || { tail -30 "$tmp/setup.log"; fail "creating the shadows failed"; }
 grep 'no shadow' "$tmp/setup.log" || true
-safe -c "SELECT format('shadowed: %s functions, aggregates and procedures (%s names), %s operators (%s symbols), %s relations; %s signatures without a shadow',
+safe -c "SELECT format('shadowed: %s functions, aggregates and procedures (%s names), %s operators (%s symbols), %s relations, %s types; %s signatures without a shadow',
                 count(*) FILTER (WHERE kind = 'function' AND how NOT IN ('skipped', 'duplicate')),
                 count(DISTINCT name) FILTER (WHERE kind = 'function' AND how NOT IN ('skipped', 'duplicate')),
                 count(*) FILTER (WHERE kind = 'operator' AND how NOT IN ('skipped', 'duplicate')),
                 count(DISTINCT name) FILTER (WHERE kind = 'operator' AND how NOT IN ('skipped', 'duplicate')),
                 count(*) FILTER (WHERE kind = 'relation' AND how = 'view'),
+                count(*) FILTER (WHERE kind = 'type' AND how = 'domain'),
                 count(*) FILTER (WHERE how = 'skipped'))
          FROM shadow.made"
 # The shadows work: an unqualified call, an operator, a relation under the hostile path raise.
 for probe in "SELECT cardinality(ARRAY['a']::text[])" "SELECT ARRAY[gen_random_uuid()] || ARRAY[gen_random_uuid()]" \
-    "SELECT 'a'::text = 'b'" "SELECT count(*) FROM pg_class"; do
+    "SELECT pg_catalog.length('a'::text)" "SELECT count(*) FROM pg_class"; do
     out=$(PGOPTIONS="-c search_path=shadow,pg_catalog,public" psql -X -qAt -d "$DB" -c "$probe" 2>&1 || true)
     grep -q 'shadow .* ran' <<<"$out" || fail "the shadows do not work: '$probe' gave: $out"
 done

@@ -79,6 +79,18 @@ INSERT INTO public.audio (provider, meta_data)
 SELECT 'jamendo', jsonb_build_object('listens', g) FROM generate_series(1, 300) AS g;
 SQL
 
+# Every SQL or PL/pgSQL routine of the extension pins search_path: a SET clause, or (procedures
+# that commit) set_config in its body.
+unpinned=$(safe -c "
+    SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
+    FROM pg_depend AS d JOIN pg_extension AS e ON e.oid = d.refobjid AND e.extname = 'popularity'
+    JOIN pg_proc AS p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid
+    JOIN pg_language AS l ON l.oid = p.prolang
+    WHERE d.deptype = 'e' AND l.lanname IN ('sql', 'plpgsql')
+      AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
+      AND strpos(p.prosrc, 'set_config(''search_path'', ''pg_catalog, pg_temp'', true)') = 0")
+[ -z "$unpinned" ] || fail "routines without a pinned search_path: $unpinned"
+
 # 3. The shadows.
 {
     echo "CREATE SCHEMA shadow;"

@@ -202,8 +202,14 @@ COMMENT ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint
 --     pending row and retries, until none is left;
 --  4. stores its progress and counts in popularity.tag_filter_runs in the same transaction.
 -- It runs with the caller's rights (it needs UPDATE on the media table and on
--- popularity.tag_filter_runs) and cannot pin search_path (a procedure with a SET clause cannot
--- commit): every object it uses is schema-qualified, and identifiers reach dynamic SQL quoted.
+-- popularity.tag_filter_runs); identifiers reach dynamic SQL quoted.
+-- search_path: a procedure with a SET clause cannot COMMIT, so every transaction segment pins it
+-- itself: the first statement of the body and the statement after every COMMIT set it to
+-- pg_catalog, pg_temp with set_config(..., true) (transaction-local: each COMMIT ends it), after
+-- remembering the caller's value, which it sets back before returning. So every expression and
+-- statement of the body resolves functions, operators and types in pg_catalog. The declarations
+-- run before the body (no initializer calls anything) and name their types qualified, and an
+-- error or a COMMIT gives the caller's value back anyway.
 -- updated_on is deliberately left alone: it drives the popularity refresh (rows updated after its
 -- cutoff are skipped), and the tags are not new data.
 CREATE PROCEDURE @extschema@.filter_tags(media_type text, dry_run boolean DEFAULT false,
@@ -212,34 +218,37 @@ LANGUAGE plpgsql
 AS $procedure$
 #variable_conflict use_column
 DECLARE
-    v_media_type CONSTANT text := filter_tags.media_type;
+    v_media_type CONSTANT pg_catalog.text := filter_tags.media_type;
     v_dry_run CONSTANT boolean := filter_tags.dry_run;
     v_batch CONSTANT integer := filter_tags.batch_blocks;
-    v_table regclass;
-    v_relkind "char";
+    v_caller_path pg_catalog.text;
+    v_table pg_catalog.regclass;
+    v_relkind pg_catalog."char";
     v_run popularity.tag_filter_runs;
     v_run_id bigint;
     v_lo bigint;
     v_hi bigint;
-    v_lock_wait CONSTANT text := '1s';
-    v_wait_sql text;
+    v_lock_wait CONSTANT pg_catalog.text := '1s';
+    v_wait_sql pg_catalog.text;
     v_scanned bigint;
     v_malformed_rows bigint;
-    v_candidates uuid[];
+    v_candidates pg_catalog.uuid[];
     v_drops bigint[];
-    v_locked uuid[];
+    v_locked pg_catalog.uuid[];
     v_changed bigint;
-    v_pending uuid[];
+    v_pending pg_catalog.uuid[];
     v_direct boolean;
     v_direct_changed bigint;
     v_direct_drops bigint[];
-    v_unlocked uuid[];
-    v_retry uuid[];
-    v_missing text;
-    v_scan_sql text;
-    v_lock_sql text;
-    v_recheck_sql text;
+    v_unlocked pg_catalog.uuid[];
+    v_retry pg_catalog.uuid[];
+    v_missing pg_catalog.text;
+    v_scan_sql pg_catalog.text;
+    v_lock_sql pg_catalog.text;
+    v_recheck_sql pg_catalog.text;
 BEGIN
+    v_caller_path := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF v_media_type IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
             MESSAGE = 'media type must not be null',
@@ -311,6 +320,8 @@ BEGIN
             CASE WHEN v_dry_run THEN 'dry' ELSE 'tag filter' END, v_run_id, v_media_type, v_lo, v_hi;
     END IF;
     COMMIT;
+    v_caller_path := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
     v_scan_sql := pg_catalog.format(
         'SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE s.c[1] = 1), '
@@ -361,6 +372,8 @@ BEGIN
                 updated_at = pg_catalog.clock_timestamp()
             WHERE r.run_id = v_run_id;
             COMMIT;
+            v_caller_path := pg_catalog.current_setting('search_path');
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             EXIT;
         END IF;
 
@@ -437,6 +450,8 @@ BEGIN
             updated_at = pg_catalog.clock_timestamp()
         WHERE r.run_id = v_run_id;
         COMMIT;
+        v_caller_path := pg_catalog.current_setting('search_path');
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END LOOP;
 
     SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id;
@@ -449,6 +464,7 @@ BEGIN
         CASE WHEN v_dry_run THEN 'would change' ELSE 'changed' END, v_run.rows_malformed,
         v_run.dropped_malformed, v_run.dropped_low_accuracy, v_run.dropped_filtered_provider,
         v_run.dropped_exact_denylist, v_run.dropped_substring_denylist, v_run.dropped_machine_label);
+    PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
 END;
 $procedure$;
 COMMENT ON PROCEDURE @extschema@.filter_tags(text, boolean, integer) IS

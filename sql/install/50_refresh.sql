@@ -208,21 +208,33 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION popularity._key_column(regclass) IS 'The single-column primary key of a media table';
 
+-- search_path: a procedure with a SET clause cannot COMMIT, so every transaction segment pins it
+-- itself: the first statement of the body and the statement after every COMMIT set it to
+-- pg_catalog, pg_temp with set_config(..., true) (transaction-local: each COMMIT ends it), after
+-- remembering the caller's value, which it sets back before returning. So every expression and
+-- statement of the body resolves functions, operators and types in pg_catalog. The declarations
+-- run before the body (no initializer calls anything) and name their types qualified, and an
+-- error or a COMMIT gives the caller's value back anyway.
 CREATE PROCEDURE @extschema@.refresh_popularity(
     media_type text, providers text[] DEFAULT NULL, wait boolean DEFAULT true, force boolean DEFAULT false)
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    tbl regclass := popularity._media_table(media_type);
-    key_column name := popularity._key_column(tbl);
-    changed_providers text[];
+    caller_path pg_catalog.text;
+    tbl pg_catalog.regclass;
+    key_column pg_catalog.name;
+    changed_providers pg_catalog.text[];
     new_run bigint;
     nblocks bigint;
     segments integer;
     per_segment bigint;
-    run_state text;
-    run_error text;
+    run_state pg_catalog.text;
+    run_error pg_catalog.text;
 BEGIN
+    caller_path := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    tbl := popularity._media_table(media_type);
+    key_column := popularity._key_column(tbl);
     -- It commits between its steps, so it must be called on its own (like VACUUM).
     IF pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() THEN
         RAISE EXCEPTION 'refresh_popularity() cannot run inside a transaction block'
@@ -255,6 +267,8 @@ BEGIN
     INTO changed_providers
     FROM popularity.refresh_constants(media_type, providers) AS c;
     COMMIT;
+    caller_path := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
     -- 2. The run and its block-range tasks.
     nblocks := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;
@@ -288,8 +302,11 @@ BEGIN
     WHERE s * per_segment < nblocks OR s = 0;
     PERFORM popularity._wake_scheduler();
     COMMIT;
+    caller_path := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     RAISE NOTICE 'refresh run % queued for providers %', new_run, array_to_string(changed_providers, ', ');
     IF NOT wait THEN
+        PERFORM pg_catalog.set_config('search_path', caller_path, true);
         RETURN;
     END IF;
 
@@ -298,6 +315,8 @@ BEGIN
         SELECT r.state, r.error INTO run_state, run_error FROM popularity.refresh_runs AS r WHERE r.run_id = new_run;
         EXIT WHEN run_state IN ('succeeded', 'failed', 'cancelled');
         COMMIT;
+        caller_path := pg_catalog.current_setting('search_path');
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         PERFORM pg_catalog.pg_sleep(0.1);
     END LOOP;
     IF run_state = 'failed' THEN
@@ -309,6 +328,7 @@ BEGIN
             USING ERRCODE = 'query_canceled',
                   HINT = 'Resume it with popularity.resume_refresh(' || new_run || ') or start a new one.';
     END IF;
+    PERFORM pg_catalog.set_config('search_path', caller_path, true);
 END $$;
 COMMENT ON PROCEDURE @extschema@.refresh_popularity(text, text[], boolean, boolean) IS
     'Recomputes the constants of a media type, then rescoring of every provider whose constant changed '

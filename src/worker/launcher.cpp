@@ -276,6 +276,7 @@ void scheduler_main() {
     } else {
         BackgroundWorkerInitializeConnectionByOid(args.database, InvalidOid, 0);
     }
+    worker::pin_search_path(); // before any statement (refresh.hpp)
     pgstat_report_appname("popularity scheduler");
     if (!pg::claim_scheduler_slot(MyDatabaseId)) {
         proc_exit(0); // another scheduler serves this database

@@ -31,6 +31,16 @@ struct SchedulerArgs {
 // Registers the launcher; called from _PG_init while preloading.
 void register_launcher();
 
+// search_path: schedulers and refresh workers run every SQL statement (SPI) with this search_path,
+// set once right after they connect and before any statement. The role's or database's default
+// path could otherwise resolve an unqualified function, operator, type or catalog name to an object
+// an untrusted role created (the scheduler connects as a superuser). Rows the refresh rewrites fire
+// the media table's own triggers under it too.
+constexpr const char *kPinnedSearchPath = "pg_catalog, pg_temp";
+inline void pin_search_path() {
+    SetConfigOption("search_path", kPinnedSearchPath, PGC_SUSET, PGC_S_OVERRIDE);
+}
+
 // Starts a scheduler for a database (by OID, or by name when database_name is given). Never
 // raises: false when no background worker slot is free.
 bool start_scheduler(Oid database, const char *database_name);

@@ -892,6 +892,7 @@ void worker_main(Datum) {
     pqsignal(SIGHUP, SignalHandlerForConfigReload);
     BackgroundWorkerUnblockSignals();
     BackgroundWorkerInitializeConnectionByOid(args.database, args.role, 0);
+    worker::pin_search_path(); // before any statement (refresh.hpp)
     pgstat_report_appname("popularity refresh worker");
     pg::scoring_trigger_bypassed = true;
 

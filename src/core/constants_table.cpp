@@ -1,5 +1,7 @@
 #include "constants_table.hpp"
 
+#include "check.hpp"
+
 #include <algorithm>
 
 namespace popularity::core {
@@ -27,7 +29,9 @@ void ConstantsTable::add(std::string_view media_type, std::string_view provider,
         return;
     }
     const std::string &name = names_.emplace_back(provider);
-    media.providers.emplace(std::string_view(name), std::move(value));
+    const bool inserted = media.providers.emplace(std::string_view(name), std::move(value)).second;
+    POPULARITY_CHECK(inserted);
+    static_cast<void>(inserted);
 }
 
 const ProviderMetric *ConstantsTable::find(std::string_view media_type,

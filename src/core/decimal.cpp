@@ -1,5 +1,6 @@
 #include "decimal.hpp"
 
+#include "check.hpp"
 #include "error.hpp"
 
 #include <cstring>
@@ -8,6 +9,7 @@
 namespace popularity::core {
 
 std::int16_t DecimalView::digit(std::size_t i) const {
+    POPULARITY_CHECK(i < ndigits);
     std::int16_t d;
     std::memcpy(&d, digits + i * sizeof d, sizeof d);
     return d;

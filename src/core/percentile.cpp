@@ -1,5 +1,6 @@
 #include "percentile.hpp"
 
+#include "check.hpp"
 #include "error.hpp"
 #include "format.hpp"
 
@@ -36,6 +37,7 @@ double select_percentile_disc(double *values, std::size_t n, double p) {
         throw Error(ErrorCode::internal, "percentile selection over an empty set");
     }
     const std::uint64_t k = percentile_disc_rank(n, p);
+    POPULARITY_CHECK(k >= 1 && k <= n);
     double *nth = values + (k - 1);
     std::nth_element(values, nth, values + n, float8_less);
     return *nth;
@@ -82,6 +84,7 @@ void write_runs(const double *values, std::size_t n, double *run_values,
             run_counts[run] = 0;
             ++run;
         }
+        POPULARITY_CHECK(run >= 1);
         ++run_counts[run - 1];
     }
 }

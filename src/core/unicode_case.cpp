@@ -1,5 +1,6 @@
 #include "unicode_case.hpp"
 
+#include "check.hpp"
 #include "error.hpp"
 
 #include <unicode/uchar.h>
@@ -66,6 +67,7 @@ std::string_view Lowercaser::lower_unicode(std::string_view utf8) {
     if (U_FAILURE(status)) {
         icu_failure("UTF-8 decoding", status);
     }
+    POPULARITY_CHECK(utf16_length >= 0 && static_cast<std::size_t>(utf16_length) < utf16_.size());
     // Lower-casing may lengthen the text (İ -> i + U+0307); retry once with the exact size.
     lowered_.resize(static_cast<std::size_t>(utf16_length) + 8);
     for (int attempt = 0;; ++attempt) {
@@ -80,6 +82,7 @@ std::string_view Lowercaser::lower_unicode(std::string_view utf8) {
         if (U_FAILURE(status)) {
             icu_failure("lower-casing", status);
         }
+        POPULARITY_CHECK(needed >= 0 && static_cast<std::size_t>(needed) <= lowered_.size());
         lowered_.resize(static_cast<std::size_t>(needed));
         break;
     }
@@ -93,6 +96,7 @@ std::string_view Lowercaser::lower_unicode(std::string_view utf8) {
     if (U_FAILURE(status)) {
         icu_failure("UTF-8 encoding", status);
     }
+    POPULARITY_CHECK(out_length >= 0 && static_cast<std::size_t>(out_length) < out_.size());
     out_.resize(static_cast<std::size_t>(out_length));
     return out_;
 }

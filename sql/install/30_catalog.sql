@@ -183,6 +183,13 @@ BEGIN
     -- The provider counts' delta triggers (60_stats.sql).
     PERFORM popularity._install_stats_triggers(media_type, media_table);
 
+    -- Scoring at ingestion needs no key, but the refresh does: say so now, not at the first refresh.
+    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary
+                   AND i.indnkeyatts = 1) THEN
+        RAISE WARNING 'table % has no single-column primary key: refresh_popularity() will refuse it', media_table
+            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY); ingestion scores rows without it.';
+    END IF;
+
     IF default_metrics THEN
         INSERT INTO popularity.metrics AS m (media_type, provider, metric, percentile)
         SELECT d.media_type, d.provider, d.metric, d.percentile

@@ -249,6 +249,12 @@ DECLARE
 BEGIN
     v_caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    -- It commits after every batch, so it must be called on its own (like VACUUM).
+    IF pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() THEN
+        RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
+            MESSAGE = 'filter_tags() cannot run inside a transaction block',
+            HINT = 'Call it on its own: it commits after every batch, so that it never holds row locks for long.';
+    END IF;
     IF v_media_type IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
             MESSAGE = 'media type must not be null',
@@ -282,6 +288,14 @@ BEGIN
             MESSAGE = pg_catalog.format('media table %s of media type "%s" is not a plain table',
                                         v_table, v_media_type),
             HINT = 'filter_tags walks the blocks of a heap table; register each partition as a media type.';
+    END IF;
+    -- The rights it needs, said in one sentence before anything runs.
+    IF NOT pg_catalog.has_table_privilege(v_table, 'SELECT')
+       OR NOT (v_dry_run OR pg_catalog.has_table_privilege(v_table, 'UPDATE')) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = pg_catalog.format('permission denied to filter the tags of %s', v_table),
+            HINT = CASE WHEN v_dry_run THEN 'A dry run needs SELECT on the media table.'
+                        ELSE 'filter_tags needs SELECT and UPDATE on the media table (a dry run: SELECT).' END;
     END IF;
     -- The columns it needs, with their types.
     SELECT pg_catalog.string_agg(pg_catalog.format('%I %s', need.name, need.type), ', ')

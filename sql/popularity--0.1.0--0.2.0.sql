@@ -766,6 +766,68 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', caller_path, true);
 END $$;
 
+-- restore: the counts travel with a dump (one snapshot with the data), and every media type that
+-- appears in the registry (registered or restored) is marked for reconcile_stats.
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_counts', '');
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_journal', '');
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_marks', '');
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_corrections', '');
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_corrections_correction_id_seq', '');
+CREATE FUNCTION popularity._stats_media_type_added()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- It runs with its owner's rights: only for the table it was made for.
+    IF TG_RELID <> 'popularity.media_types'::regclass OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER'
+       OR TG_OP <> 'INSERT' THEN
+        RAISE EXCEPTION 'popularity._stats_media_type_added() serves popularity.media_types only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO popularity.stats_marks (media_type, provider, reason) VALUES (NEW.media_type, NULL, 'registered');
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION popularity._stats_media_type_added() IS
+    'Trigger on popularity.media_types: marks a registered (or restored) media type for reconcile_stats';
+CREATE TRIGGER stats_media_type_added
+    AFTER INSERT ON popularity.media_types
+    FOR EACH ROW EXECUTE FUNCTION popularity._stats_media_type_added();
+CREATE OR REPLACE FUNCTION popularity._install_stats_triggers(media_type text, media_table regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    installed boolean := EXISTS (SELECT FROM pg_trigger AS t
+                                 WHERE t.tgrelid = media_table AND t.tgname = 'zz_popularity_stats_insert');
+    has_rows boolean;
+BEGIN
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS popularity_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS popularity_old NEW TABLE AS popularity_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS popularity_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_truncated(%L)', media_table, media_type);
+    -- Every new media_types row was marked (popularity._stats_media_type_added); a table that
+    -- gets its counts triggers now and is empty is exact from the start.
+    IF NOT installed THEN
+        EXECUTE format('SELECT EXISTS (SELECT FROM %s)', media_table) INTO has_rows;
+        IF NOT has_rows THEN
+            DELETE FROM popularity.stats_marks AS k
+            WHERE k.media_type = $1 AND k.provider IS NULL AND k.reason = 'registered';
+        END IF;
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._install_stats_triggers(text, regclass) IS
+    'Installs the counts triggers on a media table (called by register_media_type)';
+
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
 

@@ -18,6 +18,9 @@ CREATE TABLE popularity.stats_counts (
 );
 COMMENT ON TABLE popularity.stats_counts IS
     'Folded provider counts (add popularity.stats_journal for the exact value; read popularity.provider_stats)';
+-- Dumped with the data (pg_dump reads everything in one snapshot, so the counts match the rows it
+-- dumps); a restore also marks every media type for reconcile_stats (_stats_media_type_added).
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_counts', '');
 GRANT SELECT ON popularity.stats_counts TO PUBLIC;
 
 CREATE TABLE popularity.stats_journal (
@@ -34,6 +37,7 @@ CREATE TABLE popularity.stats_journal (
 COMMENT ON TABLE popularity.stats_journal IS
     'Unfolded count deltas, appended by the counts triggers (one row per statement and provider with a '
     'non-zero delta), TRUNCATE and reconcile_stats; moved into stats_counts by fold_stats()';
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_journal', '');
 GRANT SELECT ON popularity.stats_journal TO PUBLIC;
 
 -- Keys whose counts may be wrong until reconcile_stats runs (provider NULL: every provider). Rows
@@ -48,6 +52,7 @@ CREATE TABLE popularity.stats_marks (
 COMMENT ON TABLE popularity.stats_marks IS
     'Counts to verify with reconcile_stats: after TRUNCATE, a metric change, or registration of a '
     'non-empty table (provider NULL: every provider of the media type)';
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_marks', '');
 GRANT SELECT ON popularity.stats_marks TO PUBLIC;
 
 CREATE TABLE popularity.stats_corrections (
@@ -70,6 +75,8 @@ COMMENT ON TABLE popularity.stats_corrections IS
     'drifted (drift), was not counted (missing) or was counted but has no rows (orphan)';
 COMMENT ON SEQUENCE popularity.stats_corrections_correction_id_seq IS
     'Identifiers of popularity.stats_corrections';
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_corrections', '');
+SELECT pg_catalog.pg_extension_config_dump('popularity.stats_corrections_correction_id_seq', '');
 GRANT SELECT ON popularity.stats_corrections TO PUBLIC;
 
 CREATE VIEW popularity.provider_stats AS
@@ -224,9 +231,36 @@ CREATE TRIGGER stats_media_type_removed
     AFTER DELETE ON popularity.media_types
     FOR EACH ROW EXECUTE FUNCTION popularity._stats_media_type_removed();
 
--- Called by register_media_type: the four counts triggers. A table that already has rows is marked
--- for reconcile_stats (its existing rows were never counted); an empty one is exact from the start
--- (CREATE TRIGGER waits for every writer of the table, so the emptiness check sees all of them).
+-- Every media type that appears in the registry is marked for reconcile_stats: by
+-- register_media_type (a table that already has rows: they were never counted) and by a restore
+-- (pg_restore loads the registry and the counts, but the media table's rows arrive before its
+-- counts triggers, and a partial or data-only restore may not match the counts at all).
+CREATE FUNCTION popularity._stats_media_type_added()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- It runs with its owner's rights: only for the table it was made for.
+    IF TG_RELID <> 'popularity.media_types'::regclass OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER'
+       OR TG_OP <> 'INSERT' THEN
+        RAISE EXCEPTION 'popularity._stats_media_type_added() serves popularity.media_types only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO popularity.stats_marks (media_type, provider, reason) VALUES (NEW.media_type, NULL, 'registered');
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION popularity._stats_media_type_added() IS
+    'Trigger on popularity.media_types: marks a registered (or restored) media type for reconcile_stats';
+CREATE TRIGGER stats_media_type_added
+    AFTER INSERT ON popularity.media_types
+    FOR EACH ROW EXECUTE FUNCTION popularity._stats_media_type_added();
+
+-- Called by register_media_type: the four counts triggers. A table that already has rows stays
+-- marked for reconcile_stats (its existing rows were never counted); an empty one is exact from the
+-- start (CREATE TRIGGER waits for every writer of the table, so the emptiness check sees all of
+-- them).
 CREATE FUNCTION popularity._install_stats_triggers(media_type text, media_table regclass)
 RETURNS void
 LANGUAGE plpgsql
@@ -248,11 +282,13 @@ BEGIN
                    'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
     EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_truncate AFTER TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_truncated(%L)', media_table, media_type);
+    -- Every new media_types row was marked (popularity._stats_media_type_added); a table that
+    -- gets its counts triggers now and is empty is exact from the start.
     IF NOT installed THEN
         EXECUTE format('SELECT EXISTS (SELECT FROM %s)', media_table) INTO has_rows;
-        IF has_rows THEN
-            INSERT INTO popularity.stats_marks AS k (media_type, provider, reason)
-            VALUES ($1, NULL, 'registered');
+        IF NOT has_rows THEN
+            DELETE FROM popularity.stats_marks AS k
+            WHERE k.media_type = $1 AND k.provider IS NULL AND k.reason = 'registered';
         END IF;
     END IF;
 END $$;

@@ -118,6 +118,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION popularity._wake_scheduler() IS
     'Wakes (or starts) the refresh scheduler of this database when the current transaction commits';
 
+CREATE FUNCTION popularity._require_preload()
+RETURNS void
+AS 'MODULE_PATHNAME', 'popularity_require_preload'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION popularity._require_preload() IS
+    'Raises 55000 with a hint unless popularity is in shared_preload_libraries (the refresh needs its background workers)';
+
 CREATE FUNCTION popularity._score_differs(old double precision, new double precision, tolerance double precision)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'popularity_score_differs'
@@ -174,7 +181,11 @@ DECLARE
     per_segment bigint;
     run_state text;
     run_error text;
+    failed_count bigint;
+    failed_detail text;
 BEGIN
+    -- Background workers rescore: without the preloaded library none would ever run the run.
+    PERFORM popularity._require_preload();
     -- It commits between its steps, so it must be called on its own (like VACUUM).
     IF pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() THEN
         RAISE EXCEPTION 'refresh_popularity() cannot run inside a transaction block'
@@ -203,10 +214,22 @@ BEGIN
     END IF;
 
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
-    SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}')
-    INTO changed_providers
+    SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}'),
+           count(*) FILTER (WHERE c.error IS NOT NULL),
+           min(pg_catalog.format('provider %s: %s', pg_catalog.quote_literal(pg_catalog.left(c.provider, 100)), c.error))
+    INTO changed_providers, failed_count, failed_detail
     FROM popularity.refresh_constants(media_type, providers) AS c;
     COMMIT;
+    IF failed_count > 0 THEN
+        -- The other providers are refreshed; these keep their previous constants.
+        RAISE WARNING USING
+            MESSAGE = pg_catalog.format('could not compute the constant of %s of media type "%s"',
+                                        CASE WHEN failed_count = 1 THEN '1 provider'
+                                             ELSE failed_count || ' providers' END, media_type),
+            DETAIL = failed_detail || CASE WHEN failed_count > 1 THEN ' (and others)' ELSE '' END,
+            HINT = 'Each keeps its previous constant; see popularity.metrics.last_error, and fix the metric '
+                   'or percentile with popularity.set_metric().';
+    END IF;
 
     -- 2. The run and its block-range tasks.
     nblocks := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;

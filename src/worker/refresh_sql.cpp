@@ -19,8 +19,15 @@ using namespace popularity;
 
 // popularity._wake_scheduler(): wake (or start) this database's scheduler at commit.
 POPULARITY_FUNCTION(popularity_wake_scheduler) {
-    pg::require_shared_state("the popularity refresh");
+    pg::require_shared_state("The popularity refresh");
     pg::wake_scheduler_at_commit();
+    PG_RETURN_VOID();
+}
+
+// popularity._require_preload(): raises 55000 with a hint unless the library was preloaded, for
+// the procedures that need the background workers (refresh_popularity), before they do anything.
+POPULARITY_FUNCTION(popularity_require_preload) {
+    pg::require_shared_state("The popularity refresh");
     PG_RETURN_VOID();
 }
 

@@ -218,7 +218,11 @@ BEGIN
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
     SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}'),
            count(*) FILTER (WHERE c.error IS NOT NULL),
-           min(pg_catalog.format('provider %s: %s', pg_catalog.quote_literal(pg_catalog.left(c.provider, 100)), c.error))
+           min(pg_catalog.format('provider %s: %s',
+                                 pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
+                                                               ELSE pg_catalog.left(c.provider, 80) || '...'
+                                                                    || pg_catalog.right(c.provider, 17) END),
+                                 c.error)) FILTER (WHERE c.error IS NOT NULL)
     INTO changed_providers, failed_count, failed_detail
     FROM popularity.refresh_constants(media_type, providers) AS c;
     COMMIT;
@@ -265,7 +269,13 @@ BEGIN
     WHERE s * per_segment < nblocks OR s = 0;
     PERFORM popularity._wake_scheduler();
     COMMIT;
-    RAISE NOTICE 'refresh run % queued for providers %', new_run, array_to_string(changed_providers, ', ');
+    -- The list in full only when it is short (there may be thousands of long names).
+    RAISE NOTICE 'refresh run % queued for providers %', new_run,
+        CASE WHEN (SELECT sum(pg_catalog.octet_length(p)) FROM unnest(changed_providers) AS p) <= 1000
+             THEN array_to_string(changed_providers, ', ')
+             ELSE pg_catalog.format('%s, ... (%s providers)',
+                                    pg_catalog.left(array_to_string(changed_providers[1:3], ', '), 200),
+                                    cardinality(changed_providers)) END;
     IF NOT wait THEN
         RETURN;
     END IF;

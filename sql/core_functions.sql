@@ -68,6 +68,11 @@ SELECT pg_temp.try('SELECT popularity_constant(10, 1.5)');
 SELECT pg_temp.try($$SELECT popularity_constant(10, 'NaN')$$);
 SELECT pg_temp.try('SELECT popularity_constant(-1, 0.85)');
 SELECT pg_temp.try($$SELECT popularity_constant('Infinity', 0.85)$$);
+-- A result that is not a finite positive number (overflow, underflow to 0) is 22023 too: never a
+-- constant of 0 or Infinity, which would then fail every row (and the metrics CHECK).
+SELECT pg_temp.try($$SELECT popularity_constant(1e308, 0.01)$$);
+SELECT pg_temp.try($$SELECT popularity_constant(5e-324, 0.99)$$);
+SELECT popularity_constant(1e308, 0.5) AS largest_usable, popularity_constant(5e-324, 0.5) AS smallest_usable;
 
 -- Usable in generated columns and indexes (IMMUTABLE).
 CREATE TABLE scored (v double precision, c double precision,

@@ -14,6 +14,7 @@ CREATE TABLE popularity.metrics (
     computed_at timestamptz,
     constant_changed_at timestamptz,
     created_at timestamptz NOT NULL DEFAULT now(),
+    last_error text,
     PRIMARY KEY (media_type, provider)
 );
 COMMENT ON TABLE popularity.metrics IS
@@ -24,6 +25,8 @@ COMMENT ON COLUMN popularity.metrics.constant IS
     '((1 - percentile) / percentile) * val; NULL until computed (rows then score NULL)';
 COMMENT ON COLUMN popularity.metrics.computed_at IS 'When refresh_constants last wrote val and constant';
 COMMENT ON COLUMN popularity.metrics.constant_changed_at IS 'When the constant last changed value';
+COMMENT ON COLUMN popularity.metrics.last_error IS
+    'Why refresh_constants could not compute the constant the last time it tried (the previous val and constant are kept); NULL when it could';
 SELECT pg_catalog.pg_extension_config_dump('popularity.metrics', '');
 GRANT SELECT ON popularity.metrics TO PUBLIC;
 
@@ -264,18 +267,25 @@ COMMENT ON FUNCTION popularity._metric_percentiles(regclass, text[], text[], dou
 CREATE FUNCTION popularity.refresh_constants(media_type text, providers text[] DEFAULT NULL)
 RETURNS TABLE (provider text, metric text, percentile double precision, old_val double precision,
                new_val double precision, old_constant double precision, new_constant double precision,
-               changed boolean)
+               changed boolean, error text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     tbl regclass := popularity._media_table(media_type);
     m record;
-    pv double precision;
-    changed_providers text[] := '{}';
     single_pass boolean;
-    pass_providers text[];
-    pass_values double precision[];
+    source text;
+    -- The rows to write (changed, or whose error changed), written by one UPDATE at the end.
+    write_providers text[] := '{}';
+    write_vals double precision[] := '{}';
+    write_constants double precision[] := '{}';
+    write_errors text[] := '{}';
+    write_changed boolean[] := '{}';
+    changed_providers text[] := '{}';
+    changed_bytes bigint := 0;
+    failed bigint := 0;
+    payload text;
 BEGIN
     IF providers IS NOT NULL AND EXISTS (
             SELECT FROM unnest(providers) AS p
@@ -294,77 +304,113 @@ BEGIN
     FOR UPDATE;
     -- One pass over the table for all providers while all their values fit in memory (8 bytes a
     -- value, bounded by popularity.constants_single_pass_rows); one query per provider above that.
+    -- Each way is one query giving every provider with its percentile value (NULL without values),
+    -- in provider order.
     SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END
            <= current_setting('popularity.constants_single_pass_rows')::float8
     INTO single_pass FROM pg_class AS c WHERE c.oid = tbl;
-    IF single_pass THEN
-        IF (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
-            -- Row-level security (the executor applies the policies), or a partitioned table (the
-            -- executor reads every partition; the C++ scan reads one ordinary table).
-            EXECUTE format('SELECT coalesce(array_agg(m.provider), ''{}''), coalesce(array_agg(m.pv), ''{}'') FROM ('
-                           '  SELECT m.provider, @extschema@.popularity_percentile('
-                           '             @extschema@.popularity_metric_value(t.meta_data, m.metric), m.percentile) AS pv'
-                           '  FROM %s AS t JOIN popularity.metrics AS m ON m.provider = t.provider'
-                           '  WHERE m.media_type = $1 AND ($2::text[] IS NULL OR m.provider = ANY ($2))'
-                           '  GROUP BY m.provider) AS m', tbl)
-                INTO pass_providers, pass_values USING media_type, providers;
-        ELSE
-            -- The same values read by one C++ scan of the table, without the executor.
-            SELECT coalesce(array_agg(x.provider ORDER BY x.provider), '{}'),
-                   popularity._metric_percentiles(tbl, coalesce(array_agg(x.provider ORDER BY x.provider), '{}'),
-                                                   coalesce(array_agg(x.metric ORDER BY x.provider), '{}'),
-                                                   coalesce(array_agg(x.percentile ORDER BY x.provider), '{}'))
-            INTO pass_providers, pass_values
-            FROM popularity.metrics AS x
-            WHERE x.media_type = $1 AND (providers IS NULL OR x.provider = ANY (providers));
-        END IF;
+    IF single_pass AND (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
+        -- Row-level security (the executor applies the policies), or a partitioned table (the
+        -- executor reads every partition; the C++ scan reads one ordinary table).
+        source := format('SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error,'
+                         '       @extschema@.popularity_percentile('
+                         '           @extschema@.popularity_metric_value(t.meta_data, x.metric), x.percentile) AS pv'
+                         ' FROM popularity.metrics AS x LEFT JOIN %s AS t ON t.provider = x.provider'
+                         ' WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
+                         ' GROUP BY x.media_type, x.provider ORDER BY x.provider', tbl);
+    ELSIF single_pass THEN
+        -- The same values read by one C++ scan of the table, without the executor; its result is
+        -- in the order of its input arrays, which unnest zips with them (the arrays are aligned,
+        -- being aggregated from the same rows; sorted once, as a provider name may be long).
+        source := 'SELECT u.* FROM ('
+                  '  SELECT array_agg(x.provider) AS p, array_agg(x.metric) AS mt, array_agg(x.percentile) AS pc,'
+                  '         array_agg(x.val) AS v, array_agg(x.constant) AS c, array_agg(x.last_error) AS e'
+                  '  FROM (SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error'
+                  '        FROM popularity.metrics AS x'
+                  '        WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
+                  '        ORDER BY x.provider) AS x) AS a,'
+                  ' LATERAL unnest(a.p, a.mt, a.pc, a.v, a.c, a.e, popularity._metric_percentiles($3, a.p, a.mt, a.pc))'
+                  '     AS u(provider, metric, percentile, val, constant, last_error, pv)';
+    ELSE
+        source := format('SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error,'
+                         '       (SELECT @extschema@.popularity_percentile('
+                         '                   @extschema@.popularity_metric_value(t.meta_data, x.metric), x.percentile)'
+                         '        FROM %s AS t WHERE t.provider = x.provider) AS pv'
+                         ' FROM popularity.metrics AS x'
+                         ' WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
+                         ' ORDER BY x.provider', tbl);
     END IF;
-    FOR m IN
-        SELECT x.provider, x.metric, x.percentile, x.val, x.constant FROM popularity.metrics AS x
-        WHERE x.media_type = $1 AND (providers IS NULL OR x.provider = ANY (providers))
-        ORDER BY x.provider
-    LOOP
-        IF single_pass THEN
-            pv := pass_values[array_position(pass_providers, m.provider)];
-        ELSE
-            EXECUTE format('SELECT @extschema@.popularity_percentile(@extschema@.popularity_metric_value(t.meta_data, $1), $2) '
-                           'FROM %s AS t WHERE t.provider = $3', tbl)
-                INTO pv USING m.metric, m.percentile, m.provider;
-        END IF;
+    FOR m IN EXECUTE source USING media_type, providers, tbl LOOP
         provider := m.provider;
         metric := m.metric;
         percentile := m.percentile;
         old_val := m.val;
         old_constant := m.constant;
-        IF pv IS NULL THEN
-            -- No values: keep the previous val and constant.
-            new_val := m.val;
-            new_constant := m.constant;
-        ELSE
-            new_val := CASE WHEN pv = 0 THEN 1 ELSE pv END;
-            new_constant := @extschema@.popularity_constant(pv, m.percentile);
+        -- No values, or a constant that cannot be computed: keep the previous val and constant.
+        new_val := m.val;
+        new_constant := m.constant;
+        error := NULL;
+        IF m.pv IS NOT NULL THEN
+            BEGIN
+                new_constant := @extschema@.popularity_constant(m.pv, m.percentile);
+                new_val := CASE WHEN m.pv = 0 THEN 1 ELSE m.pv END;
+            EXCEPTION WHEN invalid_parameter_value THEN
+                -- Reported for this provider alone; the others go on.
+                GET STACKED DIAGNOSTICS error = PG_EXCEPTION_DETAIL;
+                error := SQLERRM || coalesce(': ' || nullif(error, ''), '');
+            END;
         END IF;
         changed := (new_val, new_constant) IS DISTINCT FROM (m.val, m.constant);
+        IF changed OR error IS DISTINCT FROM m.last_error THEN
+            write_providers := write_providers || m.provider;
+            write_vals := write_vals || new_val;
+            write_constants := write_constants || new_constant;
+            write_errors := write_errors || error;
+            write_changed := write_changed || changed;
+        END IF;
         IF changed THEN
-            UPDATE popularity.metrics AS x
-            SET val = new_val, constant = new_constant, computed_at = now(),
-                constant_changed_at = CASE WHEN x.constant IS DISTINCT FROM new_constant
-                                           THEN now() ELSE x.constant_changed_at END
-            WHERE x.media_type = $1 AND x.provider = m.provider;
             changed_providers := changed_providers || m.provider;
+            changed_bytes := changed_bytes + octet_length(m.provider);
+        END IF;
+        IF error IS NOT NULL THEN
+            failed := failed + 1;
         END IF;
         RETURN NEXT;
     END LOOP;
+    UPDATE popularity.metrics AS x
+    SET val = w.val, constant = w.constant, last_error = w.error,
+        computed_at = CASE WHEN w.changed THEN now() ELSE x.computed_at END,
+        constant_changed_at = CASE WHEN x.constant IS DISTINCT FROM w.constant
+                                   THEN now() ELSE x.constant_changed_at END
+    FROM unnest(write_providers, write_vals, write_constants, write_errors, write_changed)
+         AS w(provider, val, constant, error, changed)
+    WHERE x.media_type = $1 AND x.provider = w.provider;
     IF cardinality(changed_providers) > 0 THEN
-        PERFORM pg_notify('popularity', json_build_object(
-            'event', 'constants_changed', 'media_type', $1, 'providers', changed_providers)::text);
+        -- PostgreSQL refuses NOTIFY payloads of 8000 bytes or more: the providers go along only
+        -- when they fit; listeners otherwise read popularity.metrics (constant_changed_at).
+        IF changed_bytes < 8000 THEN
+            payload := json_build_object('event', 'constants_changed', 'media_type', $1,
+                                         'providers', changed_providers,
+                                         'changed', cardinality(changed_providers), 'failed', failed)::text;
+        END IF;
+        IF payload IS NULL OR octet_length(payload) >= 8000 THEN
+            payload := json_build_object('event', 'constants_changed', 'media_type', $1, 'providers', NULL,
+                                         'changed', cardinality(changed_providers), 'failed', failed)::text;
+        END IF;
+        IF octet_length(payload) >= 8000 THEN -- a media type name of nearly 8000 bytes
+            payload := json_build_object('event', 'constants_changed', 'media_type', NULL, 'providers', NULL,
+                                         'changed', cardinality(changed_providers), 'failed', failed)::text;
+        END IF;
+        PERFORM pg_notify('popularity', payload);
     END IF;
 END $$;
 COMMENT ON FUNCTION popularity.refresh_constants(text, text[]) IS
     'Recomputes the percentile value and constant of each provider (all, or the given ones) exactly '
     '(popularity_percentile, in one pass over the table for all providers up to '
     'popularity.constants_single_pass_rows rows); writes a provider''s row only when it changed; keeps the old constant '
-    'when a provider has no values; returns old and new values per provider and NOTIFYs popularity';
+    'when a provider has no values, or when its constant cannot be computed (reported in error and '
+    'popularity.metrics.last_error; the other providers go on); returns old and new values per provider and '
+    'NOTIFYs popularity (the provider list only when it fits the payload limit)';
 
 -- Dropping a registered table unregisters its media type (and its metrics), so the registry never
 -- points at a table that no longer exists. With the extension owner's rights: the dropped table's

@@ -249,12 +249,6 @@ DECLARE
 BEGIN
     v_caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    -- It commits after every batch, so it must be called on its own (like VACUUM).
-    IF pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() THEN
-        RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
-            MESSAGE = 'filter_tags() cannot run inside a transaction block',
-            HINT = 'Call it on its own: it commits after every batch, so that it never holds row locks for long.';
-    END IF;
     IF v_media_type IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
             MESSAGE = 'media type must not be null',
@@ -312,6 +306,12 @@ BEGIN
             MESSAGE = pg_catalog.format('media table %s lacks columns that filter_tags needs', v_table),
             DETAIL = pg_catalog.format('Missing or of another type: %s.', v_missing),
             HINT = 'A media table has identifier uuid (its key), provider text or varchar, and tags jsonb.';
+    END IF;
+    -- It commits after every batch, so it must be called on its own (like VACUUM).
+    IF popularity._in_transaction_block() THEN
+        RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
+            MESSAGE = 'filter_tags() cannot run inside a transaction block',
+            HINT = 'Call it on its own: it commits after every batch, so that it never holds row locks for long.';
     END IF;
     -- Fail early on rules that cannot be loaded.
     PERFORM popularity.filtered_tags('[]'::jsonb, NULL, v_media_type);

@@ -166,6 +166,20 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION popularity._wake_scheduler() IS
     'Wakes (or starts) the refresh scheduler of this database when the current transaction commits';
 
+CREATE FUNCTION popularity._in_transaction_block()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'popularity_in_transaction_block'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION popularity._in_transaction_block() IS
+    'Whether the current transaction is an explicit transaction block, where a procedure that commits cannot run';
+
+CREATE FUNCTION popularity._require_preload()
+RETURNS void
+AS 'MODULE_PATHNAME', 'popularity_require_preload'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION popularity._require_preload() IS
+    'Raises 55000 with a hint unless popularity is in shared_preload_libraries (the refresh needs its background workers)';
+
 CREATE FUNCTION popularity._score_differs(old double precision, new double precision, tolerance double precision)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'popularity_score_differs'
@@ -230,17 +244,15 @@ DECLARE
     per_segment bigint;
     run_state pg_catalog.text;
     run_error pg_catalog.text;
+    failed_count bigint;
+    failed_detail pg_catalog.text;
 BEGIN
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    -- Background workers rescore: without the preloaded library none would ever run the run.
+    PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
     key_column := popularity._key_column(tbl);
-    -- It commits between its steps, so it must be called on its own (like VACUUM).
-    IF pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() THEN
-        RAISE EXCEPTION 'refresh_popularity() cannot run inside a transaction block'
-            USING ERRCODE = 'active_sql_transaction',
-                  HINT = 'Call it on its own: it commits the new constants before the workers rescore.';
-    END IF;
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
     IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
@@ -262,13 +274,37 @@ BEGIN
                   HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
     END IF;
 
+    -- It commits between its steps, so it must be called on its own (like VACUUM); checked after
+    -- the checks above, which need no commit.
+    IF popularity._in_transaction_block() THEN
+        RAISE EXCEPTION 'refresh_popularity() cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'Call it on its own: it commits the new constants before the workers rescore.';
+    END IF;
+
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
-    SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}')
-    INTO changed_providers
+    SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}'),
+           count(*) FILTER (WHERE c.error IS NOT NULL),
+           min(pg_catalog.format('provider %s: %s',
+                                 pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
+                                                               ELSE pg_catalog.left(c.provider, 80) || '...'
+                                                                    || pg_catalog.right(c.provider, 17) END),
+                                 c.error)) FILTER (WHERE c.error IS NOT NULL)
+    INTO changed_providers, failed_count, failed_detail
     FROM popularity.refresh_constants(media_type, providers) AS c;
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF failed_count > 0 THEN
+        -- The other providers are refreshed; these keep their previous constants.
+        RAISE WARNING USING
+            MESSAGE = pg_catalog.format('could not compute the constant of %s of media type "%s"',
+                                        CASE WHEN failed_count = 1 THEN '1 provider'
+                                             ELSE failed_count || ' providers' END, media_type),
+            DETAIL = failed_detail || CASE WHEN failed_count > 1 THEN ' (and others)' ELSE '' END,
+            HINT = 'Each keeps its previous constant; see popularity.metrics.last_error, and fix the metric '
+                   'or percentile with popularity.set_metric().';
+    END IF;
 
     -- 2. The run and its block-range tasks.
     nblocks := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;
@@ -304,7 +340,13 @@ BEGIN
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    RAISE NOTICE 'refresh run % queued for providers %', new_run, array_to_string(changed_providers, ', ');
+    -- The list in full only when it is short (there may be thousands of long names).
+    RAISE NOTICE 'refresh run % queued for providers %', new_run,
+        CASE WHEN (SELECT sum(pg_catalog.octet_length(p)) FROM unnest(changed_providers) AS p) <= 1000
+             THEN array_to_string(changed_providers, ', ')
+             ELSE pg_catalog.format('%s, ... (%s providers)',
+                                    pg_catalog.left(array_to_string(changed_providers[1:3], ', '), 200),
+                                    cardinality(changed_providers)) END;
     IF NOT wait THEN
         PERFORM pg_catalog.set_config('search_path', caller_path, true);
         RETURN;

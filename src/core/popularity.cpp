@@ -90,7 +90,20 @@ double popularity_constant(double percentile_value, double percentile) {
                     "popularity_metric_value(), which never yields such values.");
     }
     const double value = percentile_value == 0.0 ? 1.0 : percentile_value;
-    return ((1.0 - percentile) / percentile) * value;
+    const double constant = ((1.0 - percentile) / percentile) * value;
+    // A huge value at a small percentile overflows to infinity; a tiny (subnormal) value at a
+    // large percentile underflows to 0. Neither can score a row (standardized_popularity rejects
+    // it), so it is an error here, where the inputs that caused it are known.
+    if (!std::isfinite(constant) || !(constant > 0.0)) {
+        throw Error(ErrorCode::invalid_parameter, "popularity constant is out of range",
+                    "((1 - p) / p) * v is " + format_double(constant) +
+                        " for the percentile value " + format_double(percentile_value) +
+                        " at percentile " + format_double(percentile) +
+                        "; a constant must be a finite number greater than zero.",
+                    "Use a percentile closer to 0.5 for this provider, or check its metric values: "
+                    "the percentile value is too large or too small for this percentile.");
+    }
+    return constant;
 }
 
 } // namespace popularity::core

@@ -44,7 +44,9 @@ std::optional<double> standardized_popularity(double value, double constant);
 std::optional<double> score_with_checked_constant(double value, double constant) noexcept;
 
 // constant = ((1 - p) / p) * v, in that order, with v = 1 when the percentile value is exactly 0.
-// Throws Error(invalid_parameter) when p is not strictly inside (0, 1) or v is negative/not finite.
+// Throws Error(invalid_parameter) when p is not strictly inside (0, 1), v is negative/not finite,
+// or the result is not a finite number > 0 (v near DBL_MAX at a small p overflows, a subnormal v at
+// a large p underflows to 0).
 double popularity_constant(double percentile_value, double percentile);
 
 } // namespace popularity::core

@@ -15,9 +15,13 @@
 
 extern "C" {
 #include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "storage/proc.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 }
@@ -33,6 +37,41 @@ bool popularity::pg::scoring_trigger_bypassed = false;
 namespace {
 
 core::ConstantsTable constants; // this backend's copy of popularity.metrics
+
+// The second way the copy learns of changes, which needs no shared memory: a committed change of
+// popularity.metrics or popularity.media_types sends a relcache invalidation of that table
+// (popularity._config_changed), which every backend receives through PostgreSQL's invalidation
+// queue and counts here. Without the preloaded library (no shared version counter) the trigger
+// reads the queue before each row, so a change committed before the row's statement (or row)
+// started is always seen. It also covers this backend's own changes, including rolled-back ones:
+// PostgreSQL replays a transaction's invalidations locally after each command and on abort.
+// Plain data only: the callback must not allocate, raise or call out.
+Oid metrics_relid = InvalidOid;
+Oid media_types_relid = InvalidOid;
+std::uint64_t invalidations = 0;
+std::uint64_t loaded_invalidations = 0;
+bool callback_registered = false;
+
+void constants_relcache_callback(Datum, Oid relid) {
+    if (relid == InvalidOid || relid == metrics_relid || relid == media_types_relid) {
+        ++invalidations;
+    }
+}
+
+// The configuration tables' OIDs, for the callback (looked up at every load: the extension may
+// have been dropped and created again). Calls PostgreSQL: through pg_call.
+void find_configuration_relids() {
+    const Oid schema = get_namespace_oid("popularity", true);
+    metrics_relid = schema == InvalidOid ? InvalidOid : get_relname_relid("metrics", schema);
+    media_types_relid =
+        schema == InvalidOid ? InvalidOid : get_relname_relid("media_types", schema);
+}
+
+// The (sub)transaction that last queued the relcache invalidation, so that a statement trigger
+// firing once per UPDATE of a long loop queues it once: a subtransaction's queued invalidations
+// are dropped when it aborts, so a new one queues again.
+LocalTransactionId invalidation_queued_lxid = InvalidLocalTransactionId;
+SubTransactionId invalidation_queued_subxid = InvalidSubTransactionId;
 
 struct ConstantRow {
     char *media_type;
@@ -89,10 +128,26 @@ int fetch_constant_rows(MemoryContext context, ConstantRow **rows_out) {
 }
 
 void refresh_constants_cache() {
+    if (!pg::shared_state_available()) {
+        // No version counter: read the invalidations other backends committed (one unlocked
+        // flag test when there are none).
+        pg::pg_call([] { AcceptInvalidationMessages(); });
+    }
     const std::uint64_t version = pg::config_version(pg::ConfigKind::constants);
-    if (constants.loaded && constants.loaded_version == version) {
+    if (constants.loaded && constants.loaded_version == version &&
+        loaded_invalidations == invalidations) {
         return;
     }
+    pg::pg_call([] {
+        if (!callback_registered) {
+            CacheRegisterRelcacheCallback(constants_relcache_callback, PointerGetDatum(nullptr));
+            callback_registered = true;
+        }
+        find_configuration_relids();
+    });
+    // Taken before the snapshot: an invalidation that arrives while loading makes the next row
+    // load again.
+    const std::uint64_t generation = invalidations;
     MemoryContext context =
         AllocSetContextCreate(CurrentMemoryContext, "popularity constants", ALLOCSET_SMALL_SIZES);
     ConstantRow *rows = nullptr;
@@ -110,6 +165,7 @@ void refresh_constants_cache() {
         }
         constants.loaded_version = version;
         constants.loaded = true;
+        loaded_invalidations = generation;
     } catch (...) {
         constants.clear();
         MemoryContextDelete(context);
@@ -284,7 +340,8 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
         return PointerGetDatum(TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple
                                                               : trigger_data->tg_newtuple);
     }
-    pg::require_shared_state("the popularity ingestion trigger");
+    // First, as it may process invalidations (relcache entries are rebuilt in place).
+    refresh_constants_cache();
     const std::string_view media_type(trigger_data->tg_trigger->tgargs[0]);
     HeapTuple tuple =
         TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple : trigger_data->tg_newtuple;
@@ -300,7 +357,6 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     Relation rel = trigger_data->tg_relation;
     const Columns &cols = columns_of(rel);
     TupleDesc desc = cols.desc;
-    refresh_constants_cache();
 
     const bool last = score_is_last(cols, tuple);
     // With the score last, the slot is deformed only up to provider and meta_data.
@@ -411,6 +467,16 @@ POPULARITY_FUNCTION(popularity_config_changed) {
     const std::string_view kind = trigger->tgnargs == 1 ? trigger->tgargs[0] : "";
     if (kind == "constants") {
         pg::bump_config_version_at_commit(pg::ConfigKind::constants);
+        // Also through PostgreSQL's invalidation queue (see constants_relcache_callback), once
+        // per (sub)transaction; this backend reloads before its next row in any case.
+        const SubTransactionId subxid = GetCurrentSubTransactionId();
+        if (invalidation_queued_lxid != MyProc->lxid || invalidation_queued_subxid != subxid) {
+            Relation relation = trigger_data->tg_relation;
+            pg::pg_call([relation] { CacheInvalidateRelcache(relation); });
+            invalidation_queued_lxid = MyProc->lxid;
+            invalidation_queued_subxid = subxid;
+        }
+        constants.loaded = false;
     } else if (kind == "tag_rules") {
         pg::bump_config_version_at_commit(pg::ConfigKind::tag_rules);
     } else {

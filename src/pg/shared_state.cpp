@@ -104,11 +104,13 @@ bool shared_state_available() {
 
 void require_shared_state(const char *feature) {
     if (shared_state == nullptr) {
-        throw SqlError(
-            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            strprintf("%s needs the popularity library in shared_preload_libraries", feature), {},
-            "Add 'popularity' to shared_preload_libraries in postgresql.conf and "
-            "restart the server.");
+        throw SqlError(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                       "popularity is not in shared_preload_libraries",
+                       strprintf("%s needs the background workers and shared memory that only "
+                                 "a preloaded library has.",
+                                 feature),
+                       "Add 'popularity' to shared_preload_libraries in postgresql.conf and "
+                       "restart the server.");
     }
 }
 

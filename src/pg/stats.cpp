@@ -17,7 +17,6 @@
 #include "metric_jsonb.hpp"
 #include "owner_context.hpp"
 #include "score_trigger.hpp"
-#include "shared_state.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -267,7 +266,6 @@ POPULARITY_FUNCTION(popularity_stats_trigger) {
                            "type as its argument",
                            {}, "Register the table with popularity.register_media_type().");
     }
-    pg::require_shared_state("the popularity counts trigger");
     const char *media_type = trigger_data->tg_trigger->tgargs[0];
     Relation rel = trigger_data->tg_relation;
     TupleDesc desc = RelationGetDescr(rel);

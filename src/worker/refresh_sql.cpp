@@ -5,6 +5,7 @@
 #include "../pg/shared_state.hpp"
 
 extern "C" {
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
@@ -19,8 +20,23 @@ using namespace popularity;
 
 // popularity._wake_scheduler(): wake (or start) this database's scheduler at commit.
 POPULARITY_FUNCTION(popularity_wake_scheduler) {
-    pg::require_shared_state("the popularity refresh");
+    pg::require_shared_state("The popularity refresh");
     pg::wake_scheduler_at_commit();
+    PG_RETURN_VOID();
+}
+
+// popularity._in_transaction_block(): whether the current transaction is an explicit block
+// (BEGIN ... or a procedure called inside one), where a procedure that commits cannot run. Unlike
+// comparing transaction and statement timestamps, a CALL from a DO block after another procedure
+// committed (a new transaction, the same statement) is not mistaken for one.
+POPULARITY_FUNCTION(popularity_in_transaction_block) {
+    PG_RETURN_BOOL(IsTransactionBlock());
+}
+
+// popularity._require_preload(): raises 55000 with a hint unless the library was preloaded, for
+// the procedures that need the background workers (refresh_popularity), before they do anything.
+POPULARITY_FUNCTION(popularity_require_preload) {
+    pg::require_shared_state("The popularity refresh");
     PG_RETURN_VOID();
 }
 

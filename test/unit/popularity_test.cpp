@@ -136,6 +136,36 @@ TEST(Constant, RejectsBadInput) {
     }
 }
 
+TEST(Constant, RejectsResultsThatCannotScore) {
+    // Overflow to infinity and underflow to 0: 22023 naming the inputs, never a constant that
+    // standardized_popularity would then reject for every row.
+    const double denormal_min = std::numeric_limits<double>::denorm_min(); // 5e-324
+    const double big = 1e308;
+    const std::vector<std::pair<double, double>> cases{
+        {big, 0.01},
+        {std::numeric_limits<double>::max(), 0.5 - 1e-9},
+        {denormal_min, 0.99},
+        {denormal_min, 0.85},
+        {denormal_min, 0.7}};
+    for (const auto &[v, p] : cases) {
+        try {
+            const double c = popularity_constant(v, p);
+            ADD_FAILURE() << "no error for v = " << v << ", p = " << p << ": " << c;
+        } catch (const Error &e) {
+            EXPECT_EQ(e.code(), ErrorCode::invalid_parameter);
+            EXPECT_EQ(std::string(e.what()), "popularity constant is out of range");
+            EXPECT_NE(e.detail().find(format_double(v)), std::string::npos) << e.detail();
+            EXPECT_FALSE(e.hint().empty());
+        }
+    }
+    // The edges that still give a usable constant are unchanged.
+    EXPECT_EQ(popularity_constant(big, 0.5), big);
+    EXPECT_EQ(popularity_constant(denormal_min, 0.5), denormal_min);
+    EXPECT_EQ(popularity_constant(std::numeric_limits<double>::max(), 0.5),
+              std::numeric_limits<double>::max());
+    EXPECT_GT(popularity_constant(1e-300, 0.99), 0.0);
+}
+
 TEST(MetricText, AcceptsDecimalNumbers) {
     EXPECT_EQ(parse_metric_text("150").value, 150.0);
     EXPECT_EQ(parse_metric_text(" 150\t\n").value, 150.0);

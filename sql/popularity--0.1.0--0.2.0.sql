@@ -1078,6 +1078,15 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION popularity._in_transaction_block() IS
     'Whether the current transaction is an explicit transaction block, where a procedure that commits cannot run';
 
+-- Accuracies stored as JSON strings are read as Python's float() reads them (issue 13, item 7).
+COMMENT ON COLUMN popularity.tag_rules.min_accuracy IS
+    'Minimum confidence: a tag whose accuracy is strictly below it is dropped (a JSON number is '
+    'compared exactly; a JSON string is read as Python''s float() reads it and compared with the '
+    'nearest double, as Openverse does)';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_malformed IS
+    'Tags dropped because they are not objects, their name is not a string, or their accuracy is '
+    'neither a number nor a string Python''s float() accepts';
+
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
 

@@ -3,6 +3,14 @@
 -- filter_tags through a real table in many small batches against the same reference.
 -- Lower-casing in SQL uses the ICU root collation, which maps case as the C++ engine does.
 
+-- Python's float() of each string accuracy generated below (NULL: float() raises ValueError).
+CREATE TABLE python_floats (text text PRIMARY KEY, value float8);
+INSERT INTO python_floats VALUES
+    ('0.95', 0.95), ('0.5', 0.5), (' 0.9 ', 0.9), ('0.8999999999999999999', 0.9),
+    ('0.89999999999999991', 0.89999999999999991), ('NaN', 'NaN'), ('-inf', '-Infinity'),
+    ('1e999', 'Infinity'), ('9_5e-2', 0.95), (U&'\0660.\0669\0669', 0.99), ('', NULL),
+    ('high', NULL), ('1__0', NULL), (U&'\001C0.95', NULL);
+
 CREATE FUNCTION tags_reference(tags jsonb, record_provider text, mt text) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN jsonb_typeof(tags) IS DISTINCT FROM 'array' THEN tags ELSE
@@ -21,7 +29,12 @@ LANGUAGE sql STABLE AS $$
             WHERE low.name IS NOT NULL
               AND (NOT x.e ? 'accuracy'
                    OR (jsonb_typeof(x.e -> 'accuracy') = 'number'
-                       AND (x.e ->> 'accuracy')::numeric >= r.min_accuracy))
+                       AND (x.e ->> 'accuracy')::numeric >= r.min_accuracy)
+                   -- a string: Python's float() of it (NULL where it raises), compared as Python
+                   -- compares floats (float8 NaN < x is false too)
+                   OR (jsonb_typeof(x.e -> 'accuracy') = 'string'
+                       AND (SELECT p.value < r.min_accuracy::float8
+                            FROM python_floats p WHERE p.text = x.e ->> 'accuracy') IS FALSE))
               AND (low.provider IS NULL OR low.provider <> ALL (
                        SELECT lower(p COLLATE "und-x-icu") FROM unnest(r.filtered_providers) p))
               AND low.name <> ALL (SELECT lower(d COLLATE "und-x-icu") FROM unnest(r.exact_denylist) d)
@@ -55,13 +68,15 @@ CREATE FUNCTION random_tag() RETURNS jsonb LANGUAGE sql VOLATILE AS $$
                         'provider1', 'FLİCKR']))
                     WHEN 1 THEN pick(ARRAY['{"provider": 5}', '{"provider": null}'])::jsonb
                     ELSE '{}' END
-             || CASE floor(random() * 4)::int
+             || CASE floor(random() * 5)::int
                     WHEN 0 THEN jsonb_build_object('accuracy',
                         round(random()::numeric, 1 + floor(random() * 4)::int))
                     WHEN 1 THEN pick(ARRAY['{"accuracy": 0.9}', '{"accuracy": 0.90}',
                         '{"accuracy": 0.89999999999999999999}', '{"accuracy": 0.90000000000000000001}',
                         '{"accuracy": "0.95"}', '{"accuracy": null}', '{"accuracy": true}',
                         '{"accuracy": 1}', '{"accuracy": -1}', '{"accuracy": 1e-3}'])::jsonb
+                    WHEN 2 THEN jsonb_build_object('accuracy', (SELECT p.text FROM python_floats p
+                        ORDER BY p.text COLLATE "C" OFFSET floor(random() * 14)::int LIMIT 1))
                     ELSE '{}' END
              || CASE WHEN random() < 0.1 THEN '{"extra": {"nested": [1, 2]}}'::jsonb ELSE '{}' END
     END
@@ -152,3 +167,4 @@ FROM popularity.tag_filter_runs r WHERE r.media_type = 'image' AND NOT r.dry_run
 DROP TABLE image, expected;
 DELETE FROM popularity.media_types;
 DROP FUNCTION tags_reference(jsonb, text, text), random_tags(), random_tag(), pick(text[]);
+DROP TABLE python_floats;

@@ -27,7 +27,9 @@ COMMENT ON TABLE popularity.tag_rules IS
 COMMENT ON COLUMN popularity.tag_rules.media_type IS
     'A registered media type, or NULL for the global rules';
 COMMENT ON COLUMN popularity.tag_rules.min_accuracy IS
-    'Minimum confidence: a tag whose accuracy is strictly below it is dropped (compared exactly)';
+    'Minimum confidence: a tag whose accuracy is strictly below it is dropped (a JSON number is '
+    'compared exactly; a JSON string is read as Python''s float() reads it and compared with the '
+    'nearest double, as Openverse does)';
 COMMENT ON COLUMN popularity.tag_rules.filtered_providers IS
     'Tags whose provider is one of these are dropped';
 COMMENT ON COLUMN popularity.tag_rules.exact_denylist IS
@@ -156,7 +158,8 @@ COMMENT ON COLUMN popularity.tag_filter_runs.rows_malformed IS
 COMMENT ON COLUMN popularity.tag_filter_runs.lock_skips IS
     'Times a row was skipped because another transaction held it';
 COMMENT ON COLUMN popularity.tag_filter_runs.dropped_malformed IS
-    'Tags dropped because they are not objects, their name is not a string, or their accuracy is not a number';
+    'Tags dropped because they are not objects, their name is not a string, or their accuracy is '
+    'neither a number nor a string Python''s float() accepts';
 COMMENT ON COLUMN popularity.tag_filter_runs.dropped_low_accuracy IS 'Tags dropped for low accuracy';
 COMMENT ON COLUMN popularity.tag_filter_runs.dropped_filtered_provider IS
     'Tags dropped because of their provider';

@@ -1,5 +1,7 @@
 #include "tag_rules.hpp"
 
+#include "error.hpp"
+
 #include <algorithm>
 
 namespace popularity::core {
@@ -26,6 +28,16 @@ bool sorted_contains(const std::vector<std::string> &list, std::string_view valu
     return it != list.end() && *it == value;
 }
 
+double min_accuracy_as_double(const std::string &text) {
+    // Decimal::parse accepted the text, and Python's float() accepts every such decimal.
+    const std::optional<double> value = python_float(text);
+    if (!value) {
+        throw Error(ErrorCode::invalid_text, "invalid decimal \"" + text + "\"",
+                    "A decimal is written as digits with an optional sign and decimal point.");
+    }
+    return *value;
+}
+
 } // namespace
 
 const char *tag_verdict_name(TagVerdict verdict) {
@@ -50,6 +62,7 @@ const char *tag_verdict_name(TagVerdict verdict) {
 
 TagRules::TagRules(const TagRuleConfig &config)
     : min_accuracy_(Decimal::parse(config.min_accuracy)),
+      min_accuracy_double_(min_accuracy_as_double(config.min_accuracy)),
       filtered_providers_(lowered_list(config.filtered_providers, true)),
       exact_denylist_(lowered_list(config.exact_denylist, true)),
       substring_denylist_(lowered_list(config.substring_denylist, false)),
@@ -93,9 +106,29 @@ TagVerdict TagClassifier::classify(const TagView &tag) {
     if (!tag.is_object || !tag.name || tag.accuracy == TagView::Accuracy::not_number) {
         return TagVerdict::malformed;
     }
+    // Openverse drops a tag when `float(tag["accuracy"]) < 0.90`, in double precision.
+    // - A JSON number is compared exactly with the minimum (a numeric). Python would compare the
+    //   double nearest to it: the results differ only for a number that is not the minimum but
+    //   rounds to the same double, i.e. has 17 or more significant digits and lies within half a
+    //   unit in the last place of it (0.8999999999999999999 is dropped here, kept by Openverse).
+    // - A JSON string is read as float() reads it and compared in double precision with the double
+    //   nearest to the minimum, as Python does: NaN is never below it (kept), "1e999" is infinity
+    //   (kept), "-1e999" minus infinity (dropped). A string float() rejects makes Openverse fail
+    //   the whole batch; here that one tag is dropped as malformed.
+    // - Anything else is malformed (TagView::Accuracy::not_number). Openverse fails on null, arrays
+    //   and objects too, but reads true as 1.0 and false as 0.0: left as a known deviation.
     if (tag.accuracy == TagView::Accuracy::number &&
         compare_decimal(tag.accuracy_value, rules_->min_accuracy()) < 0) {
         return TagVerdict::low_accuracy;
+    }
+    if (tag.accuracy == TagView::Accuracy::text) {
+        const std::optional<double> accuracy = float_parser_.parse(tag.accuracy_text);
+        if (!accuracy) {
+            return TagVerdict::malformed;
+        }
+        if (*accuracy < rules_->min_accuracy_double()) {
+            return TagVerdict::low_accuracy;
+        }
     }
     bool machine_generated = false;
     if (tag.provider) {

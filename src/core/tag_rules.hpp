@@ -6,6 +6,7 @@
 #include "no_postgres.hpp"
 
 #include "decimal.hpp"
+#include "python_float.hpp"
 #include "unicode_case.hpp"
 
 #include <array>
@@ -20,7 +21,8 @@ namespace popularity::core {
 // Why a tag is dropped, in the order the rules are checked (the first that applies is reported).
 enum class TagVerdict {
     keep = 0,
-    malformed,          // not an object, name not a string, or accuracy present but not a number
+    malformed,          // not an object, name not a string, or accuracy present but neither a
+                        // number nor a string that Python's float() accepts
     low_accuracy,       // accuracy strictly below the minimum confidence
     filtered_provider,  // provider in the filtered provider list (e.g. rekognition)
     exact_denylist,     // lower(name) equals a denylisted name
@@ -48,13 +50,16 @@ struct TagRuleConfig {
 
 // One tag as read from the document, without copies. Strings are UTF-8.
 struct TagView {
-    enum class Accuracy { absent, not_number, number };
+    // number: a JSON number; text: a JSON string (read as Python's float() reads it); not_number:
+    // anything else (null, a boolean, an array, an object).
+    enum class Accuracy { absent, not_number, number, text };
 
     bool is_object = false;
     std::optional<std::string_view> name;     // nullopt: missing or not a string
     std::optional<std::string_view> provider; // nullopt: missing or not a string
     Accuracy accuracy = Accuracy::absent;
-    DecimalView accuracy_value; // when accuracy == number
+    DecimalView accuracy_value;     // when accuracy == number
+    std::string_view accuracy_text; // when accuracy == text (UTF-8)
 };
 
 // Compiled rules: every list lower-cased once, exact lists sorted for binary search.
@@ -64,6 +69,8 @@ class TagRules {
     explicit TagRules(const TagRuleConfig &config);
 
     DecimalView min_accuracy() const { return min_accuracy_.view(); }
+    // The minimum as the double nearest to it (Python's float of it: 0.90 for the default).
+    double min_accuracy_double() const { return min_accuracy_double_; }
     bool is_filtered_provider(std::string_view lower_provider) const;
     bool is_exact_denylisted(std::string_view lower_name) const;
     bool has_denylisted_substring(std::string_view lower_name) const;
@@ -71,6 +78,7 @@ class TagRules {
 
   private:
     Decimal min_accuracy_;
+    double min_accuracy_double_;
     std::vector<std::string> filtered_providers_;
     std::vector<std::string> exact_denylist_;
     std::vector<std::string> substring_denylist_;
@@ -94,6 +102,7 @@ class TagClassifier {
     std::string record_provider_; // lower case
     Lowercaser record_lowercaser_;
     Lowercaser lowercaser_;
+    PythonFloatParser float_parser_;
 };
 
 // Counts per verdict (index = TagVerdict), for reports.

@@ -54,6 +54,11 @@ core::TagView read_tag(JsonbContainer *object) {
     } else if (accuracy->type == jbvNumeric &&
                numeric_view(accuracy->val.numeric, tag.accuracy_value)) {
         tag.accuracy = core::TagView::Accuracy::number;
+    } else if (accuracy->type == jbvString) {
+        // Openverse reads it with Python's float(): the core parses it the same way.
+        tag.accuracy = core::TagView::Accuracy::text;
+        tag.accuracy_text = server_text_as_utf8(accuracy->val.string.val,
+                                                static_cast<std::size_t>(accuracy->val.string.len));
     } else {
         tag.accuracy = core::TagView::Accuracy::not_number;
     }

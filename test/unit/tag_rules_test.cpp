@@ -35,6 +35,20 @@ class Tags {
         views_.push_back(view);
         return *this;
     }
+    // A tag whose accuracy is a JSON string.
+    Tags &text_tag(std::string name, std::string accuracy,
+                   std::optional<std::string> provider = std::nullopt) {
+        TagView view;
+        view.is_object = true;
+        view.name = keep(std::move(name));
+        if (provider) {
+            view.provider = keep(std::move(*provider));
+        }
+        view.accuracy = TagView::Accuracy::text;
+        view.accuracy_text = keep(std::move(accuracy));
+        views_.push_back(view);
+        return *this;
+    }
     Tags &raw(TagView view) {
         views_.push_back(view);
         return *this;
@@ -129,6 +143,66 @@ TEST(TagRulesEach, ConfigurableMinimum) {
     EXPECT_EQ(kept(tags, config), (Kept{0}));
     config.min_accuracy = "0";
     EXPECT_EQ(kept(tags, config), (Kept{0, 1}));
+}
+
+// Accuracies stored as JSON strings, read as Openverse reads them: float(accuracy) < 0.90.
+TEST(TagRulesEach, StringAccuracyAsPythonFloat) {
+    Tags tags;
+    tags.text_tag("a", "0.98224", "clarifai")       // 0: Openverse's real data
+        .text_tag("b", "0.5")                       // 1: low
+        .text_tag("c", "0.90")                      // 2: the minimum itself
+        .text_tag("d", " 9e-1\n")                   // 3
+        .text_tag("e", "0.8999999999999999999")     // 4: float() rounds it to 0.9: kept
+        .text_tag("f", "0.89999999999999991")       // 5: the double below 0.9: low
+        .text_tag("g", "NaN")                       // 6: never below: kept
+        .text_tag("h", "-inf")                      // 7: low
+        .text_tag("i", "1e999")                     // 8: inf: kept
+        .text_tag("j", "-1e999")                    // 9: -inf: low
+        .text_tag("k", "1_0")                       // 10: 10.0
+        .text_tag("l", "\xd9\xa0.\xd9\xa9\xd9\xa9") // 11: Arabic-Indic 0.99
+        .text_tag("m", "ninety")                    // 12: float() raises: malformed
+        .text_tag("n", "")                          // 13: malformed
+        .text_tag("o", "1__0")                      // 14: malformed
+        .text_tag("p", "0x1p0")                     // 15: malformed
+        .text_tag("q", "\x1c"
+                       "0.95"); // 16: malformed (not white space to float())
+    TagVerdictCounts counts{};
+    EXPECT_EQ(filter_tag_list(TagRules(TagRuleConfig{}), std::nullopt, tags.views(), &counts),
+              (Kept{0, 2, 3, 4, 6, 8, 10, 11}));
+    EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::low_accuracy)], 4);
+    EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::malformed)], 5);
+    // A malformed accuracy is reported before any other reason.
+    Tags more;
+    more.text_tag("cc0", "high", "rekognition").text_tag("cc0", "0.1", "rekognition");
+    EXPECT_EQ(verdict_of(more.views()[0]), TagVerdict::malformed);
+    EXPECT_EQ(verdict_of(more.views()[1]), TagVerdict::low_accuracy);
+}
+
+// A string is compared in double precision with the double nearest to the configured minimum (as
+// Python compares float(accuracy) with a float); a JSON number exactly with the minimum.
+TEST(TagRulesEach, StringAccuracyAgainstConfiguredMinimum) {
+    TagRuleConfig config;
+    config.min_accuracy = "0.7"; // the double nearest to 0.7 lies below 0.7
+    Tags tags;
+    tags.text_tag("a", "0.7")
+        .text_tag("b", "0.69999999999999999999") // the same double: not below
+        .text_tag("c", "0.6999999999999999")     // a smaller double
+        .tag("d", "0.7")
+        .tag("e", "0.69999999999999999999"); // exact: below (documented deviation)
+    EXPECT_EQ(kept(tags, config), (Kept{0, 1, 3}));
+    config.min_accuracy = "0";
+    Tags zeros;
+    zeros.text_tag("a", "0")
+        .text_tag("b", "-0.0")
+        .text_tag("c", "-1e-999")
+        .text_tag("d", "-1e-300");
+    EXPECT_EQ(kept(zeros, config), (Kept{0, 1, 2}));
+    config.min_accuracy = "1";
+    Tags ones;
+    ones.text_tag("a", "1")
+        .text_tag("b", "0.99999999999999999")
+        .text_tag("c", "0.9999999999999999");
+    EXPECT_EQ(kept(ones, config), (Kept{0, 1}));
 }
 
 TEST(TagRulesEach, ExactDenylistEveryDefault) {

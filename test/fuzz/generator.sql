@@ -48,7 +48,7 @@ UNION ALL
 SELECT 'text[]'::regtype, e, e = 'ARRAY[''flickr'']' FROM unnest(ARRAY[
     'NULL::text[]', 'ARRAY[''flickr'']', '''{}''::text[]', '''{NULL}''::text[]',
     'ARRAY[''flickr'', ''wikimedia'', NULL]', 'ARRAY[''views'']', 'ARRAY[''views'', ''global_usage_count'']',
-    'ARRAY[''flickr'', ''flickr'']', 'ARRAY['''']', 'ARRAY[repeat(''x'', 100000)]',
+    'ARRAY[''flickr'', ''flickr'']', 'ARRAY['''']', 'ARRAY[''jamendo'', ''freesound'']', 'ARRAY[repeat(''x'', 100000)]',
     '(SELECT array_agg(''p'' || g) FROM generate_series(1, 100000) AS g)',
     '(SELECT array_agg(NULL::text) FROM generate_series(1, 100000) AS g)',
     '''{{flickr,wikimedia},{views,views}}''::text[]', '''[0:1]={flickr,wikimedia}''::text[]',

@@ -108,7 +108,7 @@ fuzz_run_file() { # db role file label
     done
     n_err=$(grep -cE '^line [0-9]+: ERROR:' "$err" || true)
     fuzz_note "$label: $total statements as $role, $n_err errors, $crashes connections lost"
-    grep -oE '^line [0-9]+: ERROR:  [0-9A-Z]{5}' "$err" | awk '{print $3}' | sort | uniq -c | sort -rn |
+    grep -oE '^line [0-9]+: ERROR:  [0-9A-Z]{5}' "$err" | awk '{print $4}' | sort | uniq -c | sort -rn |
         head -20 | tr '\n' ' ' | sed 's/^/    SQLSTATEs: /'
     echo
 }

@@ -109,5 +109,10 @@ if ! make -C "$src" installcheck PG_CONFIG="$PG_CONFIG" >"$tmp/installcheck.log"
     fail "make installcheck against the installed package"
 fi
 grep -E '\.\.\. |tests passed' "$tmp/installcheck.log"
+# Another build's `make install` into the same tree during the suite would have replaced the
+# scripts CREATE EXTENSION read (the server keeps the library it preloaded): then the result is
+# not the package's. (dpkg --verify prints one line per changed file; its status stays 0.)
+verify=$(dpkg --verify "$PACKAGE" 2>&1) || true
+[ -z "$verify" ] || fail "the package's files were replaced while the suite ran (a concurrent make install?): $verify"
 [ ! -e "$src/popularity.so" ] || fail "installcheck built a library: the test would not be of the package"
 echo "ok: $PACKAGE $version built, installed (left installed) and passing installcheck in $SECONDS s"

@@ -93,6 +93,17 @@ verify=$(dpkg --verify "$PACKAGE" 2>&1) || true
 [ -z "$verify" ] || fail "installed files differ from the package: $verify"
 echo "installed $PACKAGE $version; dpkg --verify: files match the package"
 
+# Another build's `make install` into the same tree during the suite replaces the scripts
+# CREATE EXTENSION reads (the server keeps the library it preloaded): the result is then not the
+# package's, pass or fail. dpkg --verify prints one line per changed file (its status stays 0).
+replaced_files() {
+    local changed
+    changed=$(dpkg --verify "$PACKAGE" 2>&1) || true
+    [ -z "$changed" ] || fail "the package's files were replaced while the suite ran" \
+        "(a concurrent make install into $($SYSTEM_PG_CONFIG --pkglibdir)?), so this run did not" \
+        "test the package: $changed"
+}
+
 # 5. The suites against a fresh server of the system PostgreSQL, started now, with the packaged
 # library preloaded; make installcheck only runs pg_regress here (it builds nothing).
 export PG_CONFIG=$SYSTEM_PG_CONFIG
@@ -106,13 +117,10 @@ if ! make -C "$src" installcheck PG_CONFIG="$PG_CONFIG" >"$tmp/installcheck.log"
     cat "$tmp/installcheck.log"
     [ -f "$src/regression.diffs" ] && head -200 "$src/regression.diffs"
     [ -f "$src/output_iso/regression.diffs" ] && head -200 "$src/output_iso/regression.diffs"
+    replaced_files
     fail "make installcheck against the installed package"
 fi
 grep -E '\.\.\. |tests passed' "$tmp/installcheck.log"
-# Another build's `make install` into the same tree during the suite would have replaced the
-# scripts CREATE EXTENSION read (the server keeps the library it preloaded): then the result is
-# not the package's. (dpkg --verify prints one line per changed file; its status stays 0.)
-verify=$(dpkg --verify "$PACKAGE" 2>&1) || true
-[ -z "$verify" ] || fail "the package's files were replaced while the suite ran (a concurrent make install?): $verify"
+replaced_files
 [ ! -e "$src/popularity.so" ] || fail "installcheck built a library: the test would not be of the package"
 echo "ok: $PACKAGE $version built, installed (left installed) and passing installcheck in $SECONDS s"

@@ -25,7 +25,7 @@ WHERE refclassid = 'pg_extension'::regclass
   AND deptype = 'e'
   AND obj_description(objid, (SELECT relname FROM pg_class WHERE oid = classid)) IS NULL;
 
--- Reference vectors (shared/reference/openverse-semantics.md, section 6), printed exactly.
+-- Reference vectors (docs/semantics.md, "Reference values"), printed exactly.
 SELECT popularity_constant(50, 0.5) AS views_median_constant;
 SELECT popularity_constant(50, 0.8) AS comments80_constant;                 -- 12.499999999999996
 SELECT popularity_constant(0, 0.8) AS zero_becomes_one;                     -- 0.24999999999999994

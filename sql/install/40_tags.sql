@@ -1,5 +1,5 @@
 -- Tag filter: rules, the per-row functions, and the batch procedure filter_tags.
--- Semantics: shared/reference/openverse-semantics.md, section 5.
+-- Semantics: docs/semantics.md, "Tag filter".
 
 -- Rules ----------------------------------------------------------------------------------------------
 

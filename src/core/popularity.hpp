@@ -1,5 +1,5 @@
 // Standardized popularity: the score formula, the per-provider constant, and how a raw metric value
-// is read. Exact semantics: shared/reference/openverse-semantics.md, sections 2 and 3.
+// is read. Exact semantics: docs/semantics.md.
 #pragma once
 #include "no_postgres.hpp"
 

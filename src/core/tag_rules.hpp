@@ -1,5 +1,5 @@
 // The tag rules engine: decides, tag by tag, whether a tag is kept or why it is dropped. Exact
-// semantics: shared/reference/openverse-semantics.md, section 5, plus the machine-generated label
+// semantics: docs/semantics.md ("Tag filter"), plus the machine-generated label
 // exclusions. The PostgreSQL layer (src/pg/tag_filter.cpp) reads jsonb into TagView values without
 // copying; this file knows nothing about jsonb.
 #pragma once

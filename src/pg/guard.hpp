@@ -1,6 +1,6 @@
 // The boundary between C++ exceptions and PostgreSQL's longjmp-based errors.
 //
-// Rules (see shared/DESIGN.md):
+// Rules (README, "The C++ / PostgreSQL error boundary"):
 //  * Every SQL-callable function, trigger, hook and worker entry is declared with
 //    POPULARITY_FUNCTION (or runs its body through invoke_guarded): the C++ body runs inside a try
 //    block; any exception is copied into plain storage, the try scope closes (every destructor

@@ -1,5 +1,5 @@
 // Unit tests of the score, the constant and metric parsing, with the reference page's bit-exact
-// vectors (shared/reference/openverse-semantics.md, section 6).
+// vectors (docs/semantics.md, "Reference values").
 #include "error.hpp"
 #include "format.hpp"
 #include "percentile.hpp"

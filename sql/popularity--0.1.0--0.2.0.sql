@@ -565,8 +565,6 @@ DECLARE
     nblocks bigint;
     segments integer;
     per_segment bigint;
-    run_state pg_catalog.text;
-    run_error pg_catalog.text;
     failed_count bigint;
     failed_detail pg_catalog.text;
 BEGIN
@@ -675,24 +673,8 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 3. Wait, committing between looks so no snapshot is held while the workers run.
-    LOOP
-        SELECT r.state, r.error INTO run_state, run_error FROM popularity.refresh_runs AS r WHERE r.run_id = new_run;
-        EXIT WHEN run_state IN ('succeeded', 'failed', 'cancelled');
-        COMMIT;
-        caller_path := pg_catalog.current_setting('search_path');
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        PERFORM pg_catalog.pg_sleep(0.1);
-    END LOOP;
-    IF run_state = 'failed' THEN
-        RAISE EXCEPTION 'refresh run % failed: %', new_run, run_error
-            USING ERRCODE = 'external_routine_exception',
-                  HINT = 'Fix the cause, then resume it with popularity.resume_refresh(' || new_run || ').';
-    ELSIF run_state = 'cancelled' THEN
-        RAISE EXCEPTION 'refresh run % was cancelled', new_run
-            USING ERRCODE = 'query_canceled',
-                  HINT = 'Resume it with popularity.resume_refresh(' || new_run || ') or start a new one.';
-    END IF;
+    -- 3. Wait: progress NOTICEs, and a cancel of this CALL (Ctrl-C) cancels the run.
+    CALL popularity._wait_refresh(new_run);
     PERFORM pg_catalog.set_config('search_path', caller_path, true);
 END $$;
 
@@ -939,8 +921,6 @@ DECLARE
     nblocks bigint;
     segments integer;
     per_segment bigint;
-    run_state pg_catalog.text;
-    run_error pg_catalog.text;
     failed_count bigint;
     failed_detail pg_catalog.text;
 BEGIN
@@ -1049,24 +1029,8 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 3. Wait, committing between looks so no snapshot is held while the workers run.
-    LOOP
-        SELECT r.state, r.error INTO run_state, run_error FROM popularity.refresh_runs AS r WHERE r.run_id = new_run;
-        EXIT WHEN run_state IN ('succeeded', 'failed', 'cancelled');
-        COMMIT;
-        caller_path := pg_catalog.current_setting('search_path');
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        PERFORM pg_catalog.pg_sleep(0.1);
-    END LOOP;
-    IF run_state = 'failed' THEN
-        RAISE EXCEPTION 'refresh run % failed: %', new_run, run_error
-            USING ERRCODE = 'external_routine_exception',
-                  HINT = 'Fix the cause, then resume it with popularity.resume_refresh(' || new_run || ').';
-    ELSIF run_state = 'cancelled' THEN
-        RAISE EXCEPTION 'refresh run % was cancelled', new_run
-            USING ERRCODE = 'query_canceled',
-                  HINT = 'Resume it with popularity.resume_refresh(' || new_run || ') or start a new one.';
-    END IF;
+    -- 3. Wait: progress NOTICEs, and a cancel of this CALL (Ctrl-C) cancels the run.
+    CALL popularity._wait_refresh(new_run);
     PERFORM pg_catalog.set_config('search_path', caller_path, true);
 END $$;
 
@@ -1086,6 +1050,100 @@ COMMENT ON COLUMN popularity.tag_rules.min_accuracy IS
 COMMENT ON COLUMN popularity.tag_filter_runs.dropped_malformed IS
     'Tags dropped because they are not objects, their name is not a string, or their accuracy is '
     'neither a number nor a string Python''s float() accepts';
+
+-- progress: a CALL that waits for a refresh reports its progress, and cancelling it cancels the run;
+-- resume_refresh can wait.
+CREATE PROCEDURE popularity._wait_refresh(run_id bigint)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_run CONSTANT bigint := _wait_refresh.run_id;
+    run_state pg_catalog.text;
+    run_error pg_catalog.text;
+    every pg_catalog.interval;
+    last_report pg_catalog.timestamptz;
+    interrupted boolean := false;
+    done numeric;
+    total numeric;
+    scanned numeric;
+    elapsed double precision;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    last_report := clock_timestamp();
+    LOOP
+        SELECT r.state, r.error INTO run_state, run_error FROM popularity.refresh_runs AS r WHERE r.run_id = v_run;
+        EXIT WHEN run_state IS NULL OR run_state IN ('succeeded', 'failed', 'cancelled');
+        every := current_setting('popularity.progress_interval')::interval;
+        IF every > interval '0' AND clock_timestamp() - last_report >= every THEN
+            SELECT sum(t.next_block - t.first_block), sum(t.end_block - t.first_block)
+            INTO done, total FROM popularity.refresh_tasks AS t WHERE t.run_id = v_run;
+            SELECT coalesce(sum(x.rows_scanned), 0) INTO scanned
+            FROM popularity.refresh_progress AS x JOIN popularity.refresh_tasks AS t USING (task_id)
+            WHERE t.run_id = v_run;
+            elapsed := greatest(extract(epoch FROM clock_timestamp()
+                                        - (SELECT r.started_at FROM popularity.refresh_runs AS r WHERE r.run_id = v_run)), 0.001);
+            RAISE NOTICE '%', format('refresh run %s: %s%% of %s blocks, %s rows scanned (%s rows/s), %s',
+                v_run, CASE WHEN total > 0 THEN round(100 * done / total, 1) ELSE 0 END, total, scanned,
+                round(scanned / elapsed),
+                CASE WHEN done IS NULL OR done = 0 THEN 'starting'
+                     WHEN done >= total THEN 'revisiting rows other transactions held'
+                     ELSE format('about %s s left', ceil(elapsed * (total - done) / done)) END);
+            last_report := clock_timestamp();
+        END IF;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        BEGIN
+            PERFORM pg_sleep(0.1);
+        EXCEPTION WHEN query_canceled THEN
+            interrupted := true;
+        END;
+        IF interrupted THEN
+            PERFORM popularity.cancel_refresh(v_run);
+            COMMIT;
+            RAISE EXCEPTION 'refresh run % cancelled: the statement waiting for it was cancelled', v_run
+                USING ERRCODE = 'query_canceled',
+                      HINT = 'Resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true); '
+                             'a run started with wait => false goes on without the session.';
+        END IF;
+    END LOOP;
+    IF run_state = 'failed' THEN
+        RAISE EXCEPTION 'refresh run % failed: %', v_run, run_error
+            USING ERRCODE = 'external_routine_exception',
+                  HINT = 'Fix the cause, then resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true).';
+    ELSIF run_state = 'cancelled' THEN
+        RAISE EXCEPTION 'refresh run % was cancelled', v_run
+            USING ERRCODE = 'query_canceled',
+                  HINT = 'Resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true) or start a new one.';
+    END IF;
+END $$;
+COMMENT ON PROCEDURE popularity._wait_refresh(bigint) IS
+    'Waits for a refresh run: progress NOTICEs every popularity.progress_interval; a cancel of the '
+    'wait cancels the run; raises if the run failed or was cancelled';
+CREATE PROCEDURE popularity.resume_refresh(run_id bigint, wait boolean)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_run CONSTANT bigint := resume_refresh.run_id;
+    caller_path pg_catalog.text;
+BEGIN
+    caller_path := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF wait AND popularity._in_transaction_block() THEN
+        RAISE EXCEPTION 'resume_refresh(..., wait => true) cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'Call it on its own, or use SELECT popularity.resume_refresh(run_id) without waiting.';
+    END IF;
+    PERFORM popularity.resume_refresh(v_run);
+    IF NOT wait THEN
+        PERFORM pg_catalog.set_config('search_path', caller_path, true);
+        RETURN;
+    END IF;
+    COMMIT;
+    CALL popularity._wait_refresh(v_run);
+END $$;
+COMMENT ON PROCEDURE popularity.resume_refresh(bigint, boolean) IS
+    'Continues a failed or cancelled run from its last committed batch; with wait, returns when it '
+    'has finished and raises if it failed or was cancelled';
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
@@ -1254,7 +1312,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc AS p
              WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p')
              ORDER BY 1 LOOP
-        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
     END LOOP;
 END $$;
 
@@ -1279,7 +1337,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
              WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p')
                AND p.proname NOT LIKE '\_guard\_%' LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', f, role);
+        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %s', f, role);
     END LOOP;
     FOR t IN SELECT c.oid::regclass FROM pg_class AS c
              WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP
@@ -1313,7 +1371,7 @@ BEGIN
     END IF;
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
              WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p') LOOP
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %s', f, role);
+        EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM %s', f, role);
     END LOOP;
     FOR t IN SELECT c.oid::regclass FROM pg_class AS c
              WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP

@@ -178,7 +178,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc AS p
              WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p')
              ORDER BY 1 LOOP
-        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
     END LOOP;
 END $$;
 
@@ -203,7 +203,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
              WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p')
                AND p.proname NOT LIKE '\_guard\_%' LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', f, role);
+        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %s', f, role);
     END LOOP;
     FOR t IN SELECT c.oid::regclass FROM pg_class AS c
              WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP
@@ -237,7 +237,7 @@ BEGIN
     END IF;
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
              WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p') LOOP
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %s', f, role);
+        EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM %s', f, role);
     END LOOP;
     FOR t IN SELECT c.oid::regclass FROM pg_class AS c
              WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP

@@ -14,6 +14,7 @@ double score_tolerance = 0.0;
 bool refresh_touch_updated_on = true;
 bool refresh_reclaim_space = true;
 int launcher_naptime = 1000;
+int progress_interval = 5000;
 int percentile_compact_threshold = 16 * 1024 * 1024;
 double constants_single_pass_rows = 50e6;
 
@@ -86,6 +87,12 @@ void define_settings() {
         "In one pass every provider's values are held in memory at once (8 bytes a value); above "
         "this estimated row count it reads the table once per provider instead.",
         &constants_single_pass_rows, 50e6, 0, 1e15, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("popularity.progress_interval",
+                            "How often a CALL that waits for a refresh reports its progress.",
+                            "A NOTICE with the share of blocks done, rows per second and the "
+                            "estimated time left (0 = never; client_min_messages hides them too).",
+                            &progress_interval, 5000, 0, 3600000, PGC_USERSET, GUC_UNIT_MS, nullptr,
+                            nullptr, nullptr);
     DefineCustomIntVariable("popularity.naptime",
                             "How often the refresh launcher looks for work it was not woken for.",
                             nullptr, &launcher_naptime, 1000, 10, 3600000, PGC_SIGHUP, GUC_UNIT_MS,

@@ -23,6 +23,7 @@ extern bool refresh_touch_updated_on;
 extern bool refresh_reclaim_space;
 // popularity.naptime: the launcher's poll interval (ms); it is also woken when work is queued.
 extern int launcher_naptime;
+extern int progress_interval;
 
 // popularity.percentile_compact_threshold (developer option): partial states of
 // popularity_percentile with more values than this travel between parallel workers as sorted

@@ -341,7 +341,9 @@ BEGIN
             (SELECT r.run_id FROM popularity.refresh_runs AS r
              WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running'))
             USING ERRCODE = 'object_in_use',
-                  HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
+                  HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh(). '
+                         'A run interrupted by a restart resumes when its database is in popularity.database '
+                         '(reloadable); otherwise cancel it and CALL popularity.resume_refresh(run_id, wait => true).';
     END IF;
 
     -- It commits between its steps, so it must be called on its own (like VACUUM); checked after

@@ -29,15 +29,15 @@ void define_settings() {
     // PostgreSQL allows a PGC_POSTMASTER variable only while preloading (defining one later is
     // FATAL). Loaded on demand (CREATE EXTENSION, a trigger) there is no launcher to read it, so it
     // is defined at a level that may be defined then; a value left in postgresql.conf is kept.
+    // Reloadable (SIGHUP): the launcher reads it again on every reload and every minute, so a
+    // database added to the list has its interrupted runs resumed without a restart.
     DefineCustomStringVariable("popularity.database",
                                "Databases (comma-separated) whose interrupted refresh runs are "
-                               "resumed at server start.",
+                               "resumed at server start and on every reload.",
                                "A refresh runs in the database it was requested in; this list "
                                "only tells the launcher where to look after a crash or restart.",
-                               &refresh_database, "postgres",
-                               process_shared_preload_libraries_in_progress ? PGC_POSTMASTER
-                                                                            : PGC_SIGHUP,
-                               0, nullptr, nullptr, nullptr);
+                               &refresh_database, "postgres", PGC_SIGHUP, 0, nullptr, nullptr,
+                               nullptr);
     DefineCustomIntVariable("popularity.max_workers",
                             "Refresh workers that may run at the same time (over all runs).",
                             "Each uses a max_worker_processes slot.", &max_workers, 2, 1, 64,

@@ -40,3 +40,23 @@ SET ROLE popularity_guard_user;
 SELECT popularity._guard_selftest('none');
 RESET ROLE;
 DROP ROLE popularity_guard_user;
+
+-- A PostgreSQL error raised inside the C-style table scan (here: a statement timeout, raised by
+-- CHECK_FOR_INTERRUPTS in the scan loop, serial and with parallel workers) unwinds cleanly: the
+-- scan runs no pg_call and nothing in it throws, so the longjmp skips no C++ object; the backend
+-- goes on and the same scan then succeeds.
+CREATE TABLE guard_scan AS
+SELECT CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END AS provider, jsonb_build_object('m', g % 1000) AS meta_data
+FROM generate_series(1, 400000) AS g;
+ANALYZE guard_scan;
+SET max_parallel_workers_per_gather = 0;
+SET statement_timeout = '10ms';
+SELECT popularity._metric_percentiles('guard_scan', ARRAY['a', 'b'], ARRAY['m', 'm'], ARRAY[0.5, 0.9]);
+RESET statement_timeout;
+RESET max_parallel_workers_per_gather;
+SET statement_timeout = '10ms';
+SELECT popularity._metric_percentiles('guard_scan', ARRAY['a', 'b'], ARRAY['m', 'm'], ARRAY[0.5, 0.9]);
+RESET statement_timeout;
+SELECT popularity._guard_live_objects() AS live_objects;
+SELECT popularity._metric_percentiles('guard_scan', ARRAY['a', 'b'], ARRAY['m', 'm'], ARRAY[0.5, 0.9]) AS vals;
+DROP TABLE guard_scan;

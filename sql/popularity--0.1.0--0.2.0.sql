@@ -296,6 +296,7 @@ DECLARE
     v_relkind pg_catalog."char";
     v_run popularity.tag_filter_runs;
     v_run_id bigint;
+    v_record_run bigint;
     v_lo bigint;
     v_hi bigint;
     v_lock_wait CONSTANT pg_catalog.text := '1s';
@@ -386,18 +387,28 @@ BEGIN
     -- Fail early on rules that cannot be loaded.
     PERFORM popularity.filtered_tags('[]'::jsonb, NULL, v_media_type);
 
-    -- Resume the unfinished run of this media type, or start one.
+    -- The records of removed tags of this media type's old runs go first.
+    IF NOT v_dry_run THEN
+        PERFORM popularity.purge_filter_undo(v_media_type);
+    END IF;
+
+    -- Resume the unfinished run of this media type, or start one. Whether a run records what it
+    -- removes (popularity.tag_filter_undo) is decided when it starts.
     UPDATE popularity.tag_filter_runs r SET state = 'abandoned', updated_at = pg_catalog.now()
     WHERE r.media_type = v_media_type AND r.dry_run = v_dry_run AND r.state = 'running'
       AND r.media_table <> v_table;
-    INSERT INTO popularity.tag_filter_runs (media_type, media_table, dry_run, total_blocks)
+    INSERT INTO popularity.tag_filter_runs (media_type, media_table, dry_run, total_blocks,
+                                            records_removed)
     VALUES (v_media_type, v_table, v_dry_run,
             pg_catalog.pg_relation_size(v_table)
-                / pg_catalog.current_setting('block_size')::bigint)
+                / pg_catalog.current_setting('block_size')::bigint,
+            NOT v_dry_run
+                AND coalesce(pg_catalog.current_setting('popularity.tag_filter_undo', true), 'on')::boolean)
     ON CONFLICT (media_type, dry_run) WHERE state = 'running' DO NOTHING
-    RETURNING run_id INTO v_run_id;
+    RETURNING run_id, CASE WHEN records_removed THEN run_id ELSE 0 END INTO v_run_id, v_record_run;
     IF v_run_id IS NULL THEN
-        SELECT r.run_id, r.next_block, r.total_blocks INTO v_run_id, v_lo, v_hi
+        SELECT r.run_id, r.next_block, r.total_blocks, CASE WHEN r.records_removed THEN r.run_id ELSE 0 END
+        INTO v_run_id, v_lo, v_hi, v_record_run
         FROM popularity.tag_filter_runs r
         WHERE r.media_type = v_media_type AND r.dry_run = v_dry_run AND r.state = 'running';
         RAISE NOTICE 'resuming % run % of media type "%" at block % of %',
@@ -417,14 +428,20 @@ BEGIN
         -- _tag_drop_counts again (8 calls a row instead of 1).
         'FROM (SELECT t.identifier, popularity._tag_drop_counts(t.tags, t.provider, $3) AS c '
         '      FROM %s t WHERE t.ctid >= $1 AND t.ctid < $2 OFFSET 0) s', v_table);
+    -- With $3 <> 0, what it removes from each row is recorded for run $3 in the same statement.
     v_lock_sql := pg_catalog.format(
         'WITH locked AS ('
-        '    SELECT t.identifier, popularity._tag_drop_counts(t.tags, t.provider, $2) AS c'
+        '    SELECT t.identifier, t.tags, popularity._tag_drop_counts(t.tags, t.provider, $2) AS c'
         '    FROM %1$s t WHERE t.identifier = ANY ($1) FOR UPDATE OF t SKIP LOCKED'
         '), changed AS ('
         '    UPDATE %1$s t SET tags = popularity.filtered_tags(t.tags, t.provider, $2)'
         '    FROM locked l WHERE t.identifier = l.identifier AND l.c[1] = 0'
-        '    RETURNING t.identifier'
+        '    RETURNING t.identifier, t.tags, t.provider, l.tags AS old_tags'
+        '), recorded AS ('
+        '    INSERT INTO popularity.tag_filter_removed (run_id, identifier, removed, tags_hash)'
+        '    SELECT $3, c.identifier, popularity._removed_tags(c.old_tags, c.provider, $2),'
+        '           popularity._tags_hash(c.tags)'
+        '    FROM changed c WHERE $3 <> 0'
         ') '
         'SELECT coalesce(pg_catalog.array_agg(l.identifier), ''{}''), (SELECT pg_catalog.count(*) FROM changed), '
         '       ARRAY[coalesce(pg_catalog.sum(l.c[2]), 0), coalesce(pg_catalog.sum(l.c[3]), 0), '
@@ -475,7 +492,8 @@ BEGIN
             -- not lock.
             SELECT f.rows_scanned, f.rows_malformed, f.rows_changed, f.drops, f.unlocked
             INTO v_scanned, v_malformed_rows, v_direct_changed, v_direct_drops, v_unlocked
-            FROM popularity._filter_tags_range(v_table, v_media_type, v_lo, v_hi, v_dry_run) f;
+            FROM popularity._filter_tags_range(v_table, v_media_type, v_lo, v_hi, v_dry_run,
+                                               v_record_run) f;
         ELSIF v_lo < v_hi THEN
             EXECUTE v_scan_sql INTO v_scanned, v_malformed_rows, v_candidates, v_drops
                 USING pg_catalog.format('(%s,0)', v_lo)::tid, pg_catalog.format('(%s,0)', v_hi)::tid,
@@ -502,7 +520,8 @@ BEGIN
                 END;
             END IF;
             IF pg_catalog.cardinality(v_candidates) > 0 THEN
-                EXECUTE v_lock_sql INTO v_locked, v_changed, v_drops USING v_candidates, v_media_type;
+                EXECUTE v_lock_sql INTO v_locked, v_changed, v_drops
+                    USING v_candidates, v_media_type, v_record_run;
             END IF;
             -- Rows not locked (here or by the C++ batch): those that still exist and still need
             -- filtering stay pending.
@@ -1149,6 +1168,251 @@ COMMENT ON PROCEDURE popularity.resume_refresh(bigint, boolean) IS
     'Continues a failed or cancelled run from its last committed batch; with wait, returns when it '
     'has finished and raises if it failed or was cancelled';
 
+-- undo: a run of filter_tags records what it removes from each row (popularity.tag_filter_removed,
+-- in the batch's transaction), popularity.undo_filter_tags puts it back on the rows not changed
+-- since, popularity.purge_filter_undo forgets old records (issue 13, item 8).
+ALTER TABLE popularity.tag_filter_runs
+    DROP CONSTRAINT tag_filter_run_state,
+    ADD CONSTRAINT tag_filter_run_state CHECK (state IN ('running', 'finished', 'abandoned', 'undone')),
+    ADD COLUMN records_removed boolean NOT NULL DEFAULT false,
+    ADD COLUMN undone_at timestamptz,
+    ADD COLUMN records_purged_at timestamptz;
+COMMENT ON COLUMN popularity.tag_filter_runs.state IS
+    'running (or interrupted: the next call resumes it), finished, abandoned (its media type was '
+    're-registered with another table), or undone (popularity.undo_filter_tags)';
+COMMENT ON COLUMN popularity.tag_filter_runs.records_removed IS
+    'The run records what it removes from each row in popularity.tag_filter_removed, so that '
+    'popularity.undo_filter_tags can restore it (popularity.tag_filter_undo when the run started)';
+COMMENT ON COLUMN popularity.tag_filter_runs.undone_at IS 'When popularity.undo_filter_tags undid the run';
+COMMENT ON COLUMN popularity.tag_filter_runs.records_purged_at IS
+    'When popularity.purge_filter_undo deleted the run''s record of removed tags (the run can no '
+    'longer be undone)';
+COMMENT ON COLUMN popularity.tag_filter_runs.total_blocks IS
+    'Size of the media table in blocks when the run started: the walk covers blocks [0, total_blocks)';
+COMMENT ON COLUMN popularity.tag_filter_runs.next_block IS
+    'First block of the next batch: blocks below it are done';
+COMMENT ON COLUMN popularity.tag_filter_runs.pending IS
+    'Identifiers of rows that need filtering but were locked by another transaction: revisited by '
+    'the next batches and after the walk until none is left';
+COMMENT ON COLUMN popularity.tag_filter_runs.rows_scanned IS 'Rows read by the walk';
+COMMENT ON COLUMN popularity.tag_filter_runs.rows_changed IS
+    'Rows whose tags were rewritten (dry run: would be)';
+COMMENT ON COLUMN popularity.tag_filter_runs.rows_malformed IS
+    'Rows whose tags are not an array (left as they are)';
+COMMENT ON COLUMN popularity.tag_filter_runs.lock_skips IS
+    'Times a row was skipped because another transaction held it';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_malformed IS
+    'Tags dropped because they are not objects, their name is not a string, or their accuracy is '
+    'neither a number nor a string Python''s float() accepts';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_low_accuracy IS 'Tags dropped for low accuracy';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_filtered_provider IS
+    'Tags dropped because of their provider';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_exact_denylist IS
+    'Tags dropped by the exact denylist';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_substring_denylist IS
+    'Tags dropped by the substring denylist';
+COMMENT ON COLUMN popularity.tag_filter_runs.dropped_machine_label IS
+    'Tags dropped as excluded machine-generated labels';
+
+-- What each run removed, per changed row: written in the transaction of the batch that rewrote
+-- the row, read by undo_filter_tags, deleted by purge_filter_undo after
+-- popularity.tag_filter_undo_retention.
+CREATE TABLE popularity.tag_filter_removed (
+    run_id bigint NOT NULL REFERENCES popularity.tag_filter_runs (run_id) ON DELETE CASCADE,
+    identifier uuid NOT NULL,
+    removed jsonb NOT NULL,
+    tags_hash bigint NOT NULL
+);
+CREATE INDEX tag_filter_removed_run ON popularity.tag_filter_removed (run_id);
+COMMENT ON TABLE popularity.tag_filter_removed IS
+    'The tags each run of filter_tags removed, per changed row (written in the batch''s '
+    'transaction), so that popularity.undo_filter_tags can put them back; kept for '
+    'popularity.tag_filter_undo_retention after the run (popularity.purge_filter_undo)';
+COMMENT ON COLUMN popularity.tag_filter_removed.identifier IS 'The row (its identifier)';
+COMMENT ON COLUMN popularity.tag_filter_removed.removed IS
+    'The removed tags as [[position, tag], ...]: positions in the array before the run, increasing';
+COMMENT ON COLUMN popularity.tag_filter_removed.tags_hash IS
+    'popularity._tags_hash of the tags the run wrote (a 64-bit hash of the binary value): undo '
+    'restores only a row whose tags still hash to it';
+GRANT SELECT ON popularity.tag_filter_removed TO PUBLIC;
+
+CREATE FUNCTION popularity._removed_tags(tags jsonb, record_provider text, media_type text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'popularity_removed_tags'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION popularity._removed_tags(jsonb, text, text) IS
+    'The tags the rules remove, as [[position, tag], ...] (positions in tags); NULL when tags is '
+    'an array that loses nothing or not an array (internal)';
+
+CREATE FUNCTION popularity._tags_hash(tags jsonb)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'popularity_tags_hash'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION popularity._tags_hash(jsonb) IS
+    'A 64-bit hash of the binary jsonb value: what a filter run wrote, compared by undo (internal)';
+
+CREATE FUNCTION popularity._restored_tags(tags jsonb, removed jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'popularity_restored_tags'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION popularity._restored_tags(jsonb, jsonb) IS
+    'tags with the removed tags [[position, tag], ...] put back at their positions; raises 22023 '
+    'when they do not fit (internal)';
+
+-- Deletes the records of finished (abandoned, undone) runs older than the retention; schedulable
+-- with pg_cron. Runs with the caller's rights: the policies limit it to the runs the caller may
+-- write.
+CREATE FUNCTION popularity.purge_filter_undo(media_type text DEFAULT NULL,
+                                            older_than interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $function$
+#variable_conflict use_column
+DECLARE
+    v_older_than interval := purge_filter_undo.older_than;
+    v_runs bigint[];
+    v_deleted bigint;
+BEGIN
+    IF v_older_than IS NULL THEN
+        -- The setting in minutes; 30 days when the library is not loaded in this session.
+        SELECT s.setting::bigint * interval '1 minute' INTO v_older_than
+        FROM pg_catalog.pg_settings s WHERE s.name = 'popularity.tag_filter_undo_retention';
+        v_older_than := coalesce(v_older_than, interval '30 days');
+    END IF;
+    WITH purged AS (
+        UPDATE popularity.tag_filter_runs r
+        SET records_purged_at = pg_catalog.clock_timestamp()
+        WHERE r.records_removed AND r.records_purged_at IS NULL AND r.state <> 'running'
+          AND (purge_filter_undo.media_type IS NULL OR r.media_type = purge_filter_undo.media_type)
+          AND coalesce(r.undone_at, r.finished_at, r.updated_at)
+              < pg_catalog.now() - v_older_than
+        RETURNING r.run_id)
+    SELECT coalesce(pg_catalog.array_agg(p.run_id), '{}') INTO v_runs FROM purged p;
+    DELETE FROM popularity.tag_filter_removed d WHERE d.run_id = ANY (v_runs);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END;
+$function$;
+COMMENT ON FUNCTION popularity.purge_filter_undo(text, interval) IS
+    'Deletes the records of removed tags (popularity.tag_filter_removed) of the runs that ended '
+    'more than older_than ago (default: popularity.tag_filter_undo_retention), of one media type or '
+    'all; such runs can no longer be undone. Returns the number of rows deleted. CALL filter_tags '
+    'runs it for its media type as it starts';
+
+-- Puts back what a run removed, on the rows whose tags are still what the run wrote.
+CREATE FUNCTION popularity.undo_filter_tags(run_id bigint, OUT rows_restored bigint,
+                                           OUT rows_not_restored bigint,
+                                           OUT not_restored uuid[])
+RETURNS record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $function$
+#variable_conflict use_column
+DECLARE
+    v_run_id CONSTANT bigint := undo_filter_tags.run_id;
+    v_run popularity.tag_filter_runs;
+    v_ingestion boolean;
+BEGIN
+    IF v_run_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'run_id must not be null',
+            HINT = 'Pass a run_id of popularity.tag_filter_runs.';
+    END IF;
+    SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('unknown tag filter run %s', v_run_id),
+            HINT = 'popularity.tag_filter_runs lists the runs of filter_tags (those of media tables you may read).';
+    END IF;
+    IF NOT (has_table_privilege(v_run.media_table, 'SELECT')
+            AND has_table_privilege(v_run.media_table, 'UPDATE')) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('permission denied to undo tag filter run %s of %s', v_run_id, v_run.media_table),
+            HINT = 'Undoing a run needs SELECT and UPDATE on the media table (and popularity.grant_operator).';
+    END IF;
+    IF v_run.dry_run THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('tag filter run %s is a dry run: it changed nothing', v_run_id),
+            HINT = 'Pass the run_id of a run made without dry_run.';
+    END IF;
+    -- Waits for a batch of the run in progress; once undone, the run stops at its next batch.
+    SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id FOR UPDATE;
+    IF v_run.state = 'undone' THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('tag filter run %s was undone already', v_run_id),
+            HINT = 'The rows it could not restore are left in popularity.tag_filter_removed.';
+    END IF;
+    IF NOT v_run.records_removed THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('tag filter run %s kept no record of what it removed', v_run_id),
+            HINT = 'popularity.tag_filter_undo was off when the run started.';
+    END IF;
+    IF v_run.records_purged_at IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('the record of tag filter run %s was purged', v_run_id),
+            HINT = 'Records are kept for popularity.tag_filter_undo_retention after a run.';
+    END IF;
+    SELECT m.filter_tags_at_ingestion INTO v_ingestion
+    FROM popularity.media_types m WHERE m.media_table = v_run.media_table;
+    IF v_ingestion THEN
+        RAISE WARNING 'media type "%" filters tags at ingestion: its trigger applies the rules again to the rows this undo rewrites', v_run.media_type
+            USING HINT = 'Fix the rules (popularity.tag_rules) before undoing, or turn filter_tags_at_ingestion off for the undo.';
+    END IF;
+    -- One statement: restores the rows whose tags still hash to what the run wrote and forgets
+    -- their records. The records left are the rows not restored (changed or deleted since).
+    EXECUTE format(
+        'WITH restored AS ('
+        '    UPDATE %s t SET tags = popularity._restored_tags(t.tags, d.removed)'
+        '    FROM popularity.tag_filter_removed d'
+        '    WHERE d.run_id = $1 AND t.identifier = d.identifier'
+        '      AND popularity._tags_hash(t.tags) OPERATOR(pg_catalog.=) d.tags_hash'
+        '      AND pg_catalog.jsonb_typeof(t.tags) OPERATOR(pg_catalog.=) ''array'''
+        '    RETURNING t.identifier'
+        '), forgotten AS ('
+        '    DELETE FROM popularity.tag_filter_removed d USING restored r'
+        '    WHERE d.run_id = $1 AND d.identifier = r.identifier'
+        ') '
+        'SELECT pg_catalog.count(*) FROM restored', v_run.media_table)
+    INTO rows_restored USING v_run_id;
+    SELECT pg_catalog.count(*), coalesce(pg_catalog.array_agg(d.identifier ORDER BY d.identifier), '{}')
+    INTO rows_not_restored, not_restored
+    FROM popularity.tag_filter_removed d WHERE d.run_id = v_run_id;
+    UPDATE popularity.tag_filter_runs r
+    SET state = 'undone', undone_at = pg_catalog.clock_timestamp(),
+        updated_at = pg_catalog.clock_timestamp()
+    WHERE r.run_id = v_run_id;
+    RAISE NOTICE 'tag filter run % of media type "%" undone: % rows restored, % not restored (changed or deleted since the run)',
+        v_run_id, v_run.media_type, rows_restored, rows_not_restored;
+END;
+$function$;
+COMMENT ON FUNCTION popularity.undo_filter_tags(bigint) IS
+    'Puts back the tags a run of filter_tags removed, on the rows whose tags are still exactly what '
+    'the run wrote, in one transaction, and marks the run undone. Returns how many rows it '
+    'restored and the identifiers of the rows it could not restore (changed or deleted since: '
+    'their records stay in popularity.tag_filter_removed). Needs SELECT and UPDATE on the media '
+    'table; refuses dry runs and runs without a record';
+
+-- _filter_tags_range takes the run that records (a new argument).
+DROP FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean);
+-- One main-pass batch in C++ (src/pg/tag_filter_batch.cpp).
+CREATE FUNCTION popularity._filter_tags_range(media_table regclass, media_type text,
+                                              from_block bigint, to_block bigint, dry_run boolean,
+                                              record_run bigint, OUT rows_scanned bigint, OUT rows_malformed bigint,
+                                              OUT rows_changed bigint, OUT drops bigint[],
+                                              OUT unlocked uuid[])
+RETURNS record
+AS 'MODULE_PATHNAME', 'popularity_filter_tags_range'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean, bigint) IS
+    'One batch of filter_tags over blocks [from_block, to_block): scans them with the caller''s '
+    'snapshot, runs the rules once per row, locks the rows that change (skipping rows other '
+    'transactions hold) and rewrites them with one UPDATE (dry run: only counts). Returns the '
+    'counts, the tags dropped per reason in the changed rows and the identifiers of the rows it '
+    'could not lock. With record_run <> 0 it records what it removed from each row in '
+    'popularity.tag_filter_removed (run record_run) in the same statement. Needs SELECT and UPDATE on the table and refuses tables where row-level '
+    'security applies (internal)';
+
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
 
@@ -1223,6 +1487,19 @@ CREATE POLICY writers ON popularity.tag_filter_runs FOR ALL
            AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')))
     WITH CHECK (pg_catalog.has_table_privilege(media_table, 'SELECT')
                 AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')));
+
+-- The records of removed tags follow their run: readable with SELECT on the run's table, written
+-- (by filter_tags, undo_filter_tags, purge_filter_undo) with SELECT and UPDATE on it.
+ALTER TABLE popularity.tag_filter_removed ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.tag_filter_removed FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id));
+CREATE POLICY writers ON popularity.tag_filter_removed FOR ALL
+    USING (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id
+                   AND pg_catalog.has_table_privilege(r.media_table, 'SELECT')
+                   AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id
+                        AND pg_catalog.has_table_privilege(r.media_table, 'SELECT')
+                        AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
 
 ALTER TABLE popularity.refresh_runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_runs FOR SELECT

@@ -50,7 +50,7 @@ DECLARE
 BEGIN
     FOREACH rel IN ARRAY ARRAY['rc_view', 'rc_parted', 'rc_foreign', 'pg_stat_activity', 'rc_index'] LOOP
         BEGIN
-            PERFORM popularity._filter_tags_range(rel::regclass, 'rc_image', 0, 1, false);
+            PERFORM popularity._filter_tags_range(rel::regclass, 'rc_image', 0, 1, false, 0);
             RAISE NOTICE '%: no error', rel;
         EXCEPTION WHEN OTHERS THEN
             RAISE NOTICE '%: % %', rel, SQLSTATE, SQLERRM;
@@ -73,18 +73,18 @@ SELECT popularity.unregister_media_type('rc_parted');
 -- Rights: a role that may not read the table is refused before anything is opened or locked.
 CREATE ROLE rc_stranger;
 GRANT EXECUTE ON FUNCTION popularity._metric_percentiles(regclass, text[], text[], double precision[]) TO rc_stranger;
-GRANT EXECUTE ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean) TO rc_stranger;
+GRANT EXECUTE ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean, bigint) TO rc_stranger;
 SET ROLE rc_stranger;
 SELECT popularity._metric_percentiles('rc_image', ARRAY['flickr'], ARRAY['views'], ARRAY[0.5]);
 SELECT popularity._metric_percentiles('pg_stat_activity', ARRAY['x'], ARRAY['y'], ARRAY[0.5]);
-SELECT popularity._filter_tags_range('rc_image', 'rc_image', 0, 1, true);
+SELECT popularity._filter_tags_range('rc_image', 'rc_image', 0, 1, true, 0);
 RESET ROLE;
 GRANT SELECT ON rc_image TO rc_stranger;
 SET ROLE rc_stranger;
 SELECT popularity._metric_percentiles('rc_image', ARRAY['flickr'], ARRAY['views'], ARRAY[0.5]) AS vals;
-SELECT rows_scanned FROM popularity._filter_tags_range('rc_image', 'rc_image', 0, 1, true);
+SELECT rows_scanned FROM popularity._filter_tags_range('rc_image', 'rc_image', 0, 1, true, 0);
 -- Reading is not updating.
-SELECT popularity._filter_tags_range('rc_image', 'rc_image', 0, 1, false);
+SELECT popularity._filter_tags_range('rc_image', 'rc_image', 0, 1, false, 0);
 RESET ROLE;
 
 -- The ingestion trigger follows the table's definition within one transaction: after meta_data and
@@ -114,5 +114,5 @@ DROP FOREIGN TABLE rc_foreign;
 DROP SERVER rc_server;
 DROP FOREIGN DATA WRAPPER rc_fdw;
 REVOKE ALL ON FUNCTION popularity._metric_percentiles(regclass, text[], text[], double precision[]) FROM rc_stranger;
-REVOKE ALL ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean) FROM rc_stranger;
+REVOKE ALL ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean, bigint) FROM rc_stranger;
 DROP ROLE rc_stranger;

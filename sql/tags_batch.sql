@@ -60,7 +60,7 @@ CALL filter_tags('image', batch_blocks => 3);
 CALL filter_tags('image_sql', batch_blocks => 3);
 RESET client_min_messages;
 -- The direct batch refuses a table where row-level security applies.
-SELECT * FROM popularity._filter_tags_range('image_sql', 'image_sql', 0, 1, true);
+SELECT * FROM popularity._filter_tags_range('image_sql', 'image_sql', 0, 1, true, 0);
 RESET ROLE;
 
 -- The same counters (rows_scanned aside: rows rewritten into blocks the walk has not reached yet
@@ -89,33 +89,33 @@ FROM image;
 UPDATE image SET tags = '[{"name": "cc0"}, {"name": "kept"}]'
 WHERE identifier IN (md5('1')::uuid, md5('2')::uuid);
 SELECT rows_scanned > 0 AS scanned, rows_malformed > 0 AS malformed, rows_changed, drops, unlocked
-FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, true);
+FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, true, 0);
 SELECT rows_changed, drops, unlocked
-FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, false);
+FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, false, 0);
 SELECT tags FROM image WHERE identifier IN (md5('1')::uuid, md5('2')::uuid);
-SELECT rows_scanned, rows_changed FROM popularity._filter_tags_range('image', 'image', 5, 5, false);
+SELECT rows_scanned, rows_changed FROM popularity._filter_tags_range('image', 'image', 5, 5, false, 0);
 -- A BEFORE UPDATE trigger that skips rows: they are not counted as changed (as in the SQL scan).
 CREATE FUNCTION skip_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
 UPDATE image SET tags = '[{"name": "cc0"}]' WHERE identifier = md5('3')::uuid;
 CREATE TRIGGER skip_update BEFORE UPDATE ON image FOR EACH ROW EXECUTE FUNCTION skip_update();
 SELECT rows_changed, drops
-FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, false);
+FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, false, 0);
 DROP TRIGGER skip_update ON image;
 DROP FUNCTION skip_update();
 
 -- Refusals.
-SELECT * FROM popularity._filter_tags_range('image', 'image', 3, 2, true);
-SELECT * FROM popularity._filter_tags_range('image', 'video', 0, 1, true);
-SELECT * FROM popularity._filter_tags_range('run_counts', 'image', 0, 1, true);
+SELECT * FROM popularity._filter_tags_range('image', 'image', 3, 2, true, 0);
+SELECT * FROM popularity._filter_tags_range('image', 'video', 0, 1, true, 0);
+SELECT * FROM popularity._filter_tags_range('run_counts', 'image', 0, 1, true, 0);
 CREATE ROLE tags_batch_reader;
 GRANT SELECT ON image TO tags_batch_reader;
-GRANT EXECUTE ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean) TO tags_batch_reader;
+GRANT EXECUTE ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean, bigint) TO tags_batch_reader;
 SET ROLE tags_batch_reader;
-SELECT rows_changed FROM popularity._filter_tags_range('image', 'image', 0, 1, true);
-SELECT * FROM popularity._filter_tags_range('image', 'image', 0, 1, false);
+SELECT rows_changed FROM popularity._filter_tags_range('image', 'image', 0, 1, true, 0);
+SELECT * FROM popularity._filter_tags_range('image', 'image', 0, 1, false, 0);
 RESET ROLE;
 REVOKE ALL ON image FROM tags_batch_reader;
-REVOKE ALL ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean) FROM tags_batch_reader;
+REVOKE ALL ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean, bigint) FROM tags_batch_reader;
 DROP ROLE tags_batch_reader;
 SELECT popularity.revoke_operator('tags_batch_user');
 

@@ -86,6 +86,19 @@ CREATE POLICY writers ON popularity.tag_filter_runs FOR ALL
     WITH CHECK (pg_catalog.has_table_privilege(media_table, 'SELECT')
                 AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')));
 
+-- The records of removed tags follow their run: readable with SELECT on the run's table, written
+-- (by filter_tags, undo_filter_tags, purge_filter_undo) with SELECT and UPDATE on it.
+ALTER TABLE popularity.tag_filter_removed ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.tag_filter_removed FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id));
+CREATE POLICY writers ON popularity.tag_filter_removed FOR ALL
+    USING (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id
+                   AND pg_catalog.has_table_privilege(r.media_table, 'SELECT')
+                   AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id
+                        AND pg_catalog.has_table_privilege(r.media_table, 'SELECT')
+                        AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+
 ALTER TABLE popularity.refresh_runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_runs FOR SELECT
     USING (pg_catalog.has_table_privilege(media_table, 'SELECT'));

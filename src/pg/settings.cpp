@@ -17,6 +17,8 @@ int launcher_naptime = 1000;
 int progress_interval = 5000;
 int percentile_compact_threshold = 16 * 1024 * 1024;
 double constants_single_pass_rows = 50e6;
+bool tag_filter_undo = true;
+int tag_filter_undo_retention = 30 * 24 * 60;
 
 void define_settings() {
     DefineCustomBoolVariable(
@@ -93,6 +95,20 @@ void define_settings() {
                             "estimated time left (0 = never; client_min_messages hides them too).",
                             &progress_interval, 5000, 0, 3600000, PGC_USERSET, GUC_UNIT_MS, nullptr,
                             nullptr, nullptr);
+    DefineCustomBoolVariable(
+        "popularity.tag_filter_undo",
+        "CALL filter_tags records what it removes from each row, so that "
+        "popularity.undo_filter_tags can put it back.",
+        "Off: a run writes only the media rows (faster, and nothing to store), and cannot be "
+        "undone. Read when a run starts or resumes.",
+        &tag_filter_undo, true, PGC_USERSET, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable(
+        "popularity.tag_filter_undo_retention",
+        "How long the records of a tag filter run are kept (from the end of the run).",
+        "popularity.purge_filter_undo() deletes older records (CALL filter_tags calls it for its "
+        "media type as it starts); a run whose record is gone cannot be undone.",
+        &tag_filter_undo_retention, 30 * 24 * 60, 0, INT_MAX, PGC_USERSET, GUC_UNIT_MIN, nullptr,
+        nullptr, nullptr);
     DefineCustomIntVariable("popularity.naptime",
                             "How often the refresh launcher looks for work it was not woken for.",
                             nullptr, &launcher_naptime, 1000, 10, 3600000, PGC_SIGHUP, GUC_UNIT_MS,

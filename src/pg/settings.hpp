@@ -34,6 +34,12 @@ extern int percentile_compact_threshold;
 // providers up to this many rows (estimated), and once per provider above it.
 extern double constants_single_pass_rows;
 
+// popularity.tag_filter_undo: CALL filter_tags records what it removes (read by the procedure).
+extern bool tag_filter_undo;
+// popularity.tag_filter_undo_retention (minutes): how long popularity.purge_filter_undo() keeps
+// the records of a finished run.
+extern int tag_filter_undo_retention;
+
 void define_settings();
 
 } // namespace popularity::pg

@@ -1,4 +1,5 @@
 #include "../core/tag_rules.hpp"
+#include "../core/tag_undo.hpp"
 
 #include "tag_filter.hpp"
 #include "numeric_view.hpp"
@@ -10,6 +11,7 @@
 extern "C" {
 #include "catalog/pg_type_d.h"
 #include "commands/trigger.h"
+#include "common/hashfn.h"
 #include "utils/array.h"
 #include "utils/inval.h"
 #include "utils/numeric.h"
@@ -74,6 +76,7 @@ struct KeptElement {
 // Reused per backend, so that examining a document allocates nothing after warm-up.
 core::TagClassifier classifier;
 std::vector<KeptElement> kept_elements;
+std::vector<uint32> dropped_positions; // of the last examine(), in the original array
 
 } // namespace
 
@@ -82,6 +85,7 @@ Examination examine(Jsonb *tags, const core::TagRules &rules,
                     std::optional<std::string_view> record_provider) {
     Examination result;
     kept_elements.clear();
+    dropped_positions.clear();
     JsonbContainer *array = &tags->root;
     if (!JsonContainerIsArray(array) || JsonContainerIsScalar(array)) {
         result.not_array = true;
@@ -110,6 +114,7 @@ Examination examine(Jsonb *tags, const core::TagRules &rules,
             kept_elements.push_back({object, offset - start - padding});
         } else {
             ++result.dropped;
+            dropped_positions.push_back(i);
         }
     }
     return result;
@@ -128,6 +133,27 @@ Jsonb *build_kept_array() {
             value.val.binary.data = items[i].object;
             value.val.binary.len = static_cast<int>(items[i].length);
             pushJsonbValue(&state, WJB_ELEM, &value);
+        }
+        return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_ARRAY, nullptr));
+    });
+}
+
+// [[position, element], ...] of the elements the last examine() dropped from `tags`.
+Jsonb *build_removed_array(Jsonb *tags) {
+    const uint32 *positions = dropped_positions.data();
+    const std::size_t n = dropped_positions.size();
+    JsonbContainer *array = &tags->root;
+    return pg_call([positions, n, array] {
+        JsonbParseState *state = nullptr;
+        pushJsonbValue(&state, WJB_BEGIN_ARRAY, nullptr);
+        for (std::size_t i = 0; i < n; ++i) {
+            pushJsonbValue(&state, WJB_BEGIN_ARRAY, nullptr);
+            JsonbValue position;
+            position.type = jbvNumeric;
+            position.val.numeric = int64_to_numeric(positions[i]);
+            pushJsonbValue(&state, WJB_ELEM, &position);
+            pushJsonbValue(&state, WJB_ELEM, getIthJsonbValueFromContainer(array, positions[i]));
+            pushJsonbValue(&state, WJB_END_ARRAY, nullptr);
         }
         return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_ARRAY, nullptr));
     });
@@ -217,6 +243,110 @@ POPULARITY_FUNCTION(popularity_tag_drop_counts) {
                                sizeof(int32), true, TYPALIGN_INT);
     });
     PG_RETURN_ARRAYTYPE_P(array);
+}
+
+// popularity._removed_tags(tags jsonb, record_provider text, media_type text) -> jsonb: what the
+// rules remove from tags, as [[position, element], ...] (positions in tags, increasing); NULL when
+// nothing is removed or tags is not an array. The record a filter run keeps for undo.
+POPULARITY_FUNCTION(popularity_removed_tags) {
+    if (PG_ARGISNULL(0)) {
+        PG_RETURN_NULL();
+    }
+    Jsonb *tags = nullptr;
+    const pg::Examination examination = examine_arguments(fcinfo, &tags);
+    if (examination.not_array || examination.dropped == 0) {
+        PG_RETURN_NULL();
+    }
+    PG_RETURN_JSONB_P(pg::build_removed_array(tags));
+}
+
+namespace {
+bool is_array(JsonbContainer *container) {
+    return JsonContainerIsArray(container) && !JsonContainerIsScalar(container);
+}
+
+// Reads a record [[position, element], ...] into palloc'd arrays; false when it has another shape.
+bool read_removed(JsonbContainer *list, uint32 n, int32 *positions, JsonbValue **elements) {
+    for (uint32 i = 0; i < n; ++i) {
+        JsonbValue *pair = getIthJsonbValueFromContainer(list, i);
+        if (pair == nullptr || pair->type != jbvBinary || !is_array(pair->val.binary.data) ||
+            JsonContainerSize(pair->val.binary.data) != 2) {
+            return false;
+        }
+        JsonbValue *position = getIthJsonbValueFromContainer(pair->val.binary.data, 0);
+        if (position == nullptr || position->type != jbvNumeric) {
+            return false;
+        }
+        bool error = false;
+        positions[i] = numeric_int4_opt_error(position->val.numeric, &error);
+        if (error) {
+            return false;
+        }
+        elements[i] = getIthJsonbValueFromContainer(pair->val.binary.data, 1);
+    }
+    return true;
+}
+} // namespace
+
+// popularity._restored_tags(tags jsonb, removed jsonb) -> jsonb: tags with the elements of a
+// record [[position, element], ...] (popularity._removed_tags) put back at their positions. Raises
+// 22023 when the record does not fit tags (not arrays, positions beyond the restored array).
+POPULARITY_FUNCTION(popularity_restored_tags) {
+    Jsonb *tags = pg::pg_call([fcinfo] { return PG_GETARG_JSONB_P(0); });
+    Jsonb *removed = pg::pg_call([fcinfo] { return PG_GETARG_JSONB_P(1); });
+    JsonbContainer *current = &tags->root;
+    JsonbContainer *list = &removed->root;
+    if (!is_array(current) || !is_array(list)) {
+        throw pg::SqlError(ERRCODE_INVALID_PARAMETER_VALUE,
+                           "the tags and the record of removed tags must be arrays", "",
+                           "The record is a popularity.tag_filter_removed.removed value.");
+    }
+    const uint32 n = JsonContainerSize(list);
+    auto *positions =
+        static_cast<int32 *>(pg::pg_call([n] { return palloc(sizeof(int32) * Max(n, 1U)); }));
+    auto *elements = static_cast<JsonbValue **>(
+        pg::pg_call([n] { return palloc(sizeof(JsonbValue *) * Max(n, 1U)); }));
+    const bool well_formed = pg::pg_call(
+        [list, n, positions, elements] { return read_removed(list, n, positions, elements); });
+    std::optional<std::vector<core::RestoreSlot>> plan;
+    if (well_formed) {
+        plan = core::restore_plan(JsonContainerSize(current),
+                                  std::vector<std::int64_t>(positions, positions + n));
+    }
+    if (!plan) {
+        throw pg::SqlError(ERRCODE_INVALID_PARAMETER_VALUE,
+                           "the record of removed tags does not fit the tags",
+                           "A record is [[position, element], ...] with increasing positions "
+                           "inside the restored array.",
+                           "");
+    }
+    const core::RestoreSlot *slots = plan->data();
+    const std::size_t total = plan->size();
+    Jsonb *restored = pg::pg_call([slots, total, current, elements] {
+        JsonbParseState *state = nullptr;
+        pushJsonbValue(&state, WJB_BEGIN_ARRAY, nullptr);
+        for (std::size_t i = 0; i < total; ++i) {
+            JsonbValue *value =
+                slots[i].removed
+                    ? elements[slots[i].index]
+                    : getIthJsonbValueFromContainer(current, static_cast<uint32>(slots[i].index));
+            pushJsonbValue(&state, WJB_ELEM, value);
+        }
+        return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_ARRAY, nullptr));
+    });
+    PG_RETURN_JSONB_P(restored);
+}
+
+// popularity._tags_hash(tags jsonb) -> bigint: a 64-bit hash of the binary value, which a filter
+// run records for the tags it wrote and undo compares with the tags a row has now.
+// (jsonb_hash_extended ignores the nesting: '[]' and '{}', or [{"a": 1}] and {"a": 1}, hash alike.)
+// Equal binary values are equal jsonb; equal jsonb values with different binary forms (1.0 and
+// 1.00) count as changed, which only keeps undo away from such a row.
+POPULARITY_FUNCTION(popularity_tags_hash) {
+    Jsonb *tags = pg::pg_call([fcinfo] { return PG_GETARG_JSONB_P(0); });
+    const uint64 hash = hash_bytes_extended(reinterpret_cast<const unsigned char *>(VARDATA(tags)),
+                                            static_cast<int>(VARSIZE(tags) - VARHDRSZ), 0);
+    PG_RETURN_INT64(static_cast<int64>(hash));
 }
 
 // Statement trigger on popularity.tag_rules: every backend reloads its cached rules once the change

@@ -45,4 +45,9 @@ Examination examine(Jsonb *tags, const core::TagRules &rules,
 // (call it only when something was dropped, while `tags` is still allocated). Throws PgError.
 Jsonb *build_kept_array();
 
+// The dropped elements of the last examine() as [[position, element], ...] (positions in `tags`,
+// increasing), palloc'd in the current memory context: the record a filter run keeps so that it
+// can be undone. Same conditions as build_kept_array(). Throws PgError.
+Jsonb *build_removed_array(Jsonb *tags);
+
 } // namespace popularity::pg

@@ -50,6 +50,7 @@ struct TagCandidate {
     bool locked;
     bool changes; // false when the version locked no longer loses a tag
     Jsonb *tags;  // the new tags (not built in a dry run)
+    Jsonb *removed; // [[position, tag], ...] the run records (only when it records)
     int64 drops[kReasons];
 };
 
@@ -60,6 +61,7 @@ struct RangeBatch {
     AttrNumber provider_att;
     const core::TagRules *rules;
     bool dry_run;
+    int64 record_run; // the run that records what it removes in tag_filter_removed; 0: none
     MemoryContext batch_context; // candidates and new tags
     MemoryContext row_context;   // reset after every row
     TagCandidate *candidates;
@@ -112,9 +114,13 @@ bool examine_row(RangeBatch &batch, TupleTableSlot *slot, TagCandidate &c, bool 
             c.drops[i] = examination.counts[static_cast<std::size_t>(i) + 1];
         }
         c.tags = nullptr;
+        c.removed = nullptr;
         if (!batch.dry_run) {
             MemoryContextSwitchTo(batch.batch_context);
             c.tags = pg::build_kept_array(); // refers to `document`: built before the reset
+            if (batch.record_run != 0) {
+                c.removed = pg::build_removed_array(document);
+            }
         }
         bool identifier_null = false;
         const Datum identifier = slot_getattr(slot, batch.identifier_att, &identifier_null);
@@ -203,40 +209,57 @@ int lock_candidates(RangeBatch &batch) {
     return changing;
 }
 
-// Rewrites the locked rows that change with one UPDATE, through the executor. Returns how many
-// rows it wrote.
+// Rewrites the locked rows that change with one UPDATE, through the executor, and (when the run
+// records) writes what it removed from each row into popularity.tag_filter_removed in the same
+// statement, with a hash of the tags the row got (undo restores only rows that still have them).
+// Returns how many rows it wrote.
 int update_locked(RangeBatch &batch, int changing) {
     if (changing == 0) {
         return 0;
     }
     Datum *tids = static_cast<Datum *>(palloc(sizeof(Datum) * changing));
     Datum *tags = static_cast<Datum *>(palloc(sizeof(Datum) * changing));
+    Datum *removed = static_cast<Datum *>(palloc(sizeof(Datum) * changing));
     int n = 0;
     for (int i = 0; i < batch.candidate_count; i++) {
         TagCandidate &c = batch.candidates[i];
         if (c.locked && c.changes) {
             tids[n] = PointerGetDatum(&c.tid);
             tags[n] = JsonbPGetDatum(c.tags);
+            removed[n] = JsonbPGetDatum(c.removed);
             n++;
         }
     }
-    Oid types[2] = {TIDARRAYOID, JSONBARRAYOID};
-    Datum values[2] = {
+    const bool record = batch.record_run != 0;
+    Oid types[4] = {TIDARRAYOID, JSONBARRAYOID, JSONBARRAYOID, INT8OID};
+    Datum values[4] = {
         PointerGetDatum(
             construct_array(tids, n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT)),
-        PointerGetDatum(construct_array(tags, n, JSONBOID, -1, false, TYPALIGN_INT))};
+        PointerGetDatum(construct_array(tags, n, JSONBOID, -1, false, TYPALIGN_INT)),
+        record ? PointerGetDatum(construct_array(removed, n, JSONBOID, -1, false, TYPALIGN_INT))
+               : PointerGetDatum(nullptr),
+        Int64GetDatum(batch.record_run)};
     const char *table = quote_qualified_identifier(
         get_namespace_name(RelationGetNamespace(batch.rel)), RelationGetRelationName(batch.rel));
     const char *sql =
-        psprintf("UPDATE %s AS t SET tags = u.tags FROM ROWS FROM (pg_catalog.unnest($1),"
-                 " pg_catalog.unnest($2)) AS u(tid, tags)"
-                 " WHERE t.ctid OPERATOR(pg_catalog.=) u.tid",
-                 table);
+        record ? psprintf("WITH w AS (UPDATE %s AS t SET tags = u.tags FROM ROWS FROM"
+                          " (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
+                          " AS u(tid, tags, removed) WHERE t.ctid OPERATOR(pg_catalog.=) u.tid"
+                          " RETURNING t.identifier, t.tags, u.removed)"
+                          " INSERT INTO popularity.tag_filter_removed"
+                          " (run_id, identifier, removed, tags_hash)"
+                          " SELECT $4, w.identifier, w.removed,"
+                          " popularity._tags_hash(w.tags) FROM w",
+                          table)
+               : psprintf("UPDATE %s AS t SET tags = u.tags FROM ROWS FROM (pg_catalog.unnest($1),"
+                          " pg_catalog.unnest($2)) AS u(tid, tags)"
+                          " WHERE t.ctid OPERATOR(pg_catalog.=) u.tid",
+                          table);
     if (SPI_connect() != SPI_OK_CONNECT) {
         elog(ERROR, "popularity._filter_tags_range: SPI_connect failed");
     }
-    const int rc = SPI_execute_with_args(sql, 2, types, values, nullptr, false, 0);
-    if (rc != SPI_OK_UPDATE) {
+    const int rc = SPI_execute_with_args(sql, record ? 4 : 2, types, values, nullptr, false, 0);
+    if (rc != (record ? SPI_OK_INSERT : SPI_OK_UPDATE)) {
         elog(ERROR, "popularity._filter_tags_range: updating the batch failed: %s",
              SPI_result_code_string(rc));
     }
@@ -250,18 +273,21 @@ int update_locked(RangeBatch &batch, int changing) {
 } // namespace
 
 // popularity._filter_tags_range(media_table regclass, media_type text, from_block bigint,
-//   to_block bigint, dry_run boolean, OUT rows_scanned bigint, OUT rows_malformed bigint,
-//   OUT rows_changed bigint, OUT drops bigint[], OUT unlocked uuid[])
+//   to_block bigint, dry_run boolean, record_run bigint, OUT rows_scanned bigint, OUT
+//   rows_malformed bigint, OUT rows_changed bigint, OUT drops bigint[], OUT unlocked uuid[])
 // One main-pass batch of CALL filter_tags over the blocks [from_block, to_block). drops: tags
 // dropped in the changed rows (dry run: in the rows that would change) per reason {malformed,
 // low_accuracy, filtered_provider, exact_denylist, substring_denylist, machine_label}; unlocked:
 // the identifiers of rows that change but were held by another transaction (never in a dry run).
+// record_run: the run whose record of removed tags (popularity.tag_filter_removed) the batch
+// writes, or 0 for none.
 POPULARITY_FUNCTION(popularity_filter_tags_range) {
     const Oid relid = PG_GETARG_OID(0);
     text *media_type = PG_GETARG_TEXT_PP(1);
     const int64 from = PG_GETARG_INT64(2);
     const int64 to = PG_GETARG_INT64(3);
     const bool dry_run = PG_GETARG_BOOL(4);
+    const int64 record_run = dry_run ? 0 : PG_GETARG_INT64(5);
     if (from < 0 || to < from || to > static_cast<int64>(MaxBlockNumber) + 1) {
         throw pg::SqlError(ERRCODE_INVALID_PARAMETER_VALUE,
                            pg::strprintf("invalid block range [%lld, %lld)",
@@ -285,6 +311,7 @@ POPULARITY_FUNCTION(popularity_filter_tags_range) {
     batch.provider_att = pg::media_column(batch.rel, "provider", TEXTOID, VARCHAROID);
     batch.rules = rules;
     batch.dry_run = dry_run;
+    batch.record_run = record_run;
     MemoryContext caller_context = CurrentMemoryContext;
     batch.batch_context = AllocSetContextCreate(caller_context, "popularity tag filter batch",
                                                 ALLOCSET_DEFAULT_SIZES);

@@ -16,7 +16,7 @@
 \pset footer off
 
 \echo
-\echo '=== 0. Roles: who owns and operates the catalog ============================================='
+\echo '=== 0. Roles: who owns and operates the catalog ================================================'
 \echo 'The catalog lives in database "catalog", owned by role catalog_owner (LOGIN: refresh workers and'
 \echo 'pg_cron jobs run as it). A superuser creates the extension and grants it the operator rights;'
 \echo 'everything after this runs as catalog_owner, with no superuser rights.'
@@ -33,7 +33,7 @@ SELECT current_database(), current_user;
 
 \set ECHO none
 \echo
-\echo '=== 1. A sample catalog ======================================================================'
+\echo '=== 1. A sample catalog ========================================================================'
 \echo 'test/bench/gen_catalog.sql creates table "image" shaped like Openverse''s, with' :rows 'rows: 7 providers,'
 \echo 'skewed view/download counts in meta_data (some missing or null), and tags of which ~85% of rows'
 \echo 'carry one the tag rules drop. (Its SQL is long and not echoed; it also makes a "metrics" table'
@@ -46,7 +46,7 @@ RESET max_parallel_workers_per_gather;
 \set ECHO queries
 
 \echo
-\echo '=== 2. Register the table ===================================================================='
+\echo '=== 2. Register the table ======================================================================'
 \echo 'register_media_type checks the table''s columns (provider, meta_data, updated_on), adds the column'
 \echo 'standardized_popularity, installs the C++ triggers (scoring at ingestion, per-provider counts) and,'
 \echo 'for "image" and "audio", the Openverse default metrics: which meta_data key each provider is scored'
@@ -62,7 +62,7 @@ CALL popularity.reconcile_stats('image');
 RESET client_min_messages;
 
 \echo
-\echo '=== 3. Ingest: one upsert batch =============================================================='
+\echo '=== 3. Ingest: one upsert batch ================================================================'
 \echo 'A crawler delivers 20000 flickr records: 10000 it delivered before (10 more views each, merged'
 \echo 'into the stored meta_data on conflict) and 10000 new ones. The row trigger scores each row as stored,'
 \echo 'with the provider''s current constant. There is none yet, so these rows stay unscored (NULL) until'
@@ -87,7 +87,7 @@ SELECT count(*) AS upserted, count(*) FILTER (WHERE inserted) AS inserted,
 FROM upserted;
 
 \echo
-\echo '=== 4. Refresh, with live progress ==========================================================='
+\echo '=== 4. Refresh, with live progress ============================================================='
 \echo 'CALL refresh_popularity computes every provider''s constant exactly (its percentile of the metric,'
 \echo 'one pass over the table) and commits them; background workers then rescore the rows of every'
 \echo 'provider whose constant changed, in block-range batches of one committed transaction each. The'
@@ -108,7 +108,7 @@ DO UPDATE SET meta_data = old.meta_data || excluded.meta_data, updated_on = now(
 RETURNING provider, foreign_identifier, meta_data, standardized_popularity;
 
 \echo
-\echo '=== 5. Cancel and resume ====================================================================='
+\echo '=== 5. Cancel and resume ======================================================================='
 \echo 'An operator changes flickr''s percentile from 0.85 to 0.80: flickr''s constant changes, so its rows'
 \echo 'must be rescored. This time the CALL does not wait (wait => false): the run goes on in the'
 \echo 'background whatever happens to this session, and popularity.refresh_status follows it.'
@@ -156,7 +156,7 @@ SELECT run_id, provider, state, blocks_done, blocks_total, rows_scanned, rows_up
 FROM popularity.refresh_status WHERE run_id = :run;
 
 \echo
-\echo '=== 6. Filter tags ==========================================================================='
+\echo '=== 6. Filter tags ============================================================================='
 \echo 'The tag rules (Openverse''s: minimum accuracy 0.90, exact and substring denylists, filtered tag'
 \echo 'providers, machine labels) drop tags from the "tags" column. A dry run counts what they would'
 \echo 'drop, per reason, without writing:'
@@ -170,7 +170,7 @@ SELECT run_id, dry_run, rows_scanned, rows_changed, batches
 FROM popularity.tag_filter_runs ORDER BY run_id;
 
 \echo
-\echo '=== 7. Counts and freshness =================================================================='
+\echo '=== 7. Counts and freshness ===================================================================='
 \echo 'Per-provider counts are kept by statement triggers that append deltas to a journal; fold_stats'
 \echo '(pg_cron runs it every minute, step 8) folds the journal into the counts. Reading them never'
 \echo 'scans the table; the second query is the scan they spare, for comparison:'
@@ -192,7 +192,7 @@ SELECT provider, rows_examined, rows_stale, round(stale_lower::numeric, 4) AS st
 FROM popularity.freshness('image', seed => 0.5) WHERE provider IN ('nappy', 'flickr') ORDER BY provider;
 
 \echo
-\echo '=== 8. Schedule with pg_cron ================================================================='
+\echo '=== 8. Schedule with pg_cron ==================================================================='
 \echo 'pg_cron keeps its jobs in one database (cron.database_name = ''postgres'' on this server) and runs'
 \echo 'each in the database it names, as the role it names. So, as the README says, a superuser'
 \echo 'schedules them from that database with cron.schedule_in_database. These are the README''s lines'
@@ -206,7 +206,7 @@ SELECT jobid, jobname, schedule, database, username, command FROM cron.job ORDER
 \echo '(test/demo looks at the first run of popularity-fold in cron.job_run_details at the end)'
 
 \echo
-\echo '=== 9. LISTEN for notifications ============================================================='
+\echo '=== 9. LISTEN for notifications ================================================================'
 \echo 'The extension sends NOTIFY popularity with a JSON payload when constants change and when a run'
 \echo 'ends. psql prints a notification after the command during which it arrived. This session'
 \echo 'listens, puts nappy''s percentile back to 0.85 and refreshes: one constants_changed, then one'

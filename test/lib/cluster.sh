@@ -8,8 +8,11 @@
 PG_CONFIG=${PG_CONFIG:-pg_config}
 PG_BIN=${PG_BIN:-$("$PG_CONFIG" --bindir)}
 
+# Runs a command as postgres from `/`: a command inherits the working directory, and the repository
+# may live where postgres cannot enter (e.g. /root/...), which made initdb and pg_ctl warn "could
+# not change directory to ...: Permission denied". Every path given to them is absolute.
 _as_postgres() {
-    if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+    if [ "$(id -un)" = postgres ]; then (cd / && "$@"); else (cd / && runuser -u postgres -- "$@"); fi
 }
 
 _free_port() {

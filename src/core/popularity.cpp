@@ -2,6 +2,7 @@
 
 #include "error.hpp"
 #include "format.hpp"
+#include "text_scan.hpp"
 
 #include <charconv>
 #include <cmath>
@@ -18,24 +19,9 @@ MetricValue classify_metric(double value) noexcept {
     return {MetricStatus::ok, value + 0.0};
 }
 
-namespace {
-bool is_ascii_space(char c) {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-} // namespace
-
 MetricValue parse_metric_text(std::string_view text) noexcept {
-    while (!text.empty() && is_ascii_space(text.front())) {
-        text.remove_prefix(1);
-    }
-    while (!text.empty() && is_ascii_space(text.back())) {
-        text.remove_suffix(1);
-    }
-    bool negative = false;
-    if (!text.empty() && (text.front() == '+' || text.front() == '-')) {
-        negative = text.front() == '-';
-        text.remove_prefix(1);
-    }
+    text = trim_ascii_space(text);
+    const bool negative = take_sign(text);
     // from_chars would accept "inf", "infinity" and "nan"; a metric value must be a decimal
     // literal.
     if (text.empty() ||

@@ -1,5 +1,7 @@
 #include "python_float.hpp"
 
+#include "text_scan.hpp"
+
 #include <unicode/uchar.h>
 #include <unicode/utf8.h>
 
@@ -17,10 +19,7 @@ bool is_digit(char c) {
     return c >= '0' && c <= '9';
 }
 
-// Py_ISSPACE: the ASCII white space float_from_string_inner strips.
-bool is_ascii_space(char c) {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
-}
+// Py_ISSPACE, the ASCII white space float_from_string_inner strips, is core::is_ascii_space.
 
 // Py_UNICODE_ISSPACE for code points >= 127 (general category Zs, or bidirectional class WS, B
 // or S): unchanged since Unicode 6.3, which took U+180E out of Zs.
@@ -112,20 +111,10 @@ std::optional<double> PythonFloatParser::parse(std::string_view utf8) {
     }
 
     // 3. Strip ASCII white space.
-    std::string_view text(ascii_);
-    while (!text.empty() && is_ascii_space(text.front())) {
-        text.remove_prefix(1);
-    }
-    while (!text.empty() && is_ascii_space(text.back())) {
-        text.remove_suffix(1);
-    }
+    std::string_view text = trim_ascii_space(ascii_);
 
     // 4. Sign, then a special name or a decimal number.
-    bool negative = false;
-    if (!text.empty() && (text.front() == '+' || text.front() == '-')) {
-        negative = text.front() == '-';
-        text.remove_prefix(1);
-    }
+    const bool negative = take_sign(text);
     if (equals_ignoring_ascii_case(text, "inf") || equals_ignoring_ascii_case(text, "infinity")) {
         return negative ? -std::numeric_limits<double>::infinity()
                         : std::numeric_limits<double>::infinity();

@@ -1581,6 +1581,65 @@ ALTER VIEW popularity.refresh_status SET (security_invoker = true);
 ALTER VIEW popularity.provider_stats SET (security_invoker = true);
 ALTER VIEW popularity.effective_tag_rules SET (security_invoker = true);
 
+-- Operator rights -----------------------------------------------------------------------------------
+
+-- Gives (or takes back) EXECUTE on the internal routines and DML on the state tables (the policies
+-- narrow them to the role's own media types) and their sequences. The extension's owner only.
+CREATE FUNCTION popularity._operator_rights(role regrole, give boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f regprocedure;
+    t regclass;
+BEGIN
+    IF role IS NULL OR give IS NULL THEN
+        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT pg_has_role((SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'popularity'), 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of the popularity extension may grant or revoke operator rights'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Ask a superuser to run it.';
+    END IF;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
+             WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p')
+               AND p.proname NOT LIKE '\_guard\_%' AND p.proname <> '_operator_rights' LOOP
+        EXECUTE format(CASE WHEN give THEN 'GRANT EXECUTE ON ROUTINE %s TO %s' ELSE 'REVOKE EXECUTE ON ROUTINE %s FROM %s' END,
+                       f, role);
+    END LOOP;
+    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
+             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP
+        EXECUTE format(CASE WHEN give THEN 'GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s' ELSE 'REVOKE ALL ON %s FROM %s' END,
+                       t, role);
+    END LOOP;
+    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
+             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'S' LOOP
+        EXECUTE format(CASE WHEN give THEN 'GRANT USAGE, SELECT ON SEQUENCE %s TO %s' ELSE 'REVOKE ALL ON SEQUENCE %s FROM %s' END,
+                       t, role);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION popularity._operator_rights(regrole, boolean) IS
+    'Gives or takes back the operator rights (EXECUTE on the internal routines, DML on the state tables)';
+
+CREATE FUNCTION popularity.grant_operator(role regrole)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT popularity._operator_rights(role, true) $$;
+COMMENT ON FUNCTION popularity.grant_operator(regrole) IS
+    'Lets a role use the extension beyond reading (register, configure, refresh, filter tags, counts): '
+    'what it may do with each media type still follows from its rights on the media table';
+REVOKE ALL ON FUNCTION popularity.grant_operator(regrole) FROM PUBLIC;
+
+CREATE FUNCTION popularity.revoke_operator(role regrole)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT popularity._operator_rights(role, false) $$;
+COMMENT ON FUNCTION popularity.revoke_operator(regrole) IS
+    'Takes back what popularity.grant_operator gave (reading stays open to every role)';
+REVOKE ALL ON FUNCTION popularity.revoke_operator(regrole) FROM PUBLIC;
+
 -- Internal functions ----------------------------------------------------------------------------
 
 -- Internal (_-prefixed) functions, trigger functions included, are not for PUBLIC: the operator
@@ -1596,73 +1655,3 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
     END LOOP;
 END $$;
-
--- Operator rights -----------------------------------------------------------------------------------
-
-CREATE FUNCTION popularity.grant_operator(role regrole)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    f regprocedure;
-    t regclass;
-BEGIN
-    IF role IS NULL THEN
-        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF NOT pg_has_role((SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'popularity'), 'USAGE') THEN
-        RAISE EXCEPTION 'only the owner of the popularity extension may grant operator rights'
-            USING ERRCODE = 'insufficient_privilege', HINT = 'Ask a superuser to run it.';
-    END IF;
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
-             WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p')
-               AND p.proname NOT LIKE '\_guard\_%' LOOP
-        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %s', f, role);
-    END LOOP;
-    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
-             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s', t, role);
-    END LOOP;
-    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
-             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'S' LOOP
-        EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO %s', t, role);
-    END LOOP;
-END $$;
-COMMENT ON FUNCTION popularity.grant_operator(regrole) IS
-    'Lets a role use the extension beyond reading (register, configure, refresh, filter tags, counts): '
-    'what it may do with each media type still follows from its rights on the media table';
-REVOKE ALL ON FUNCTION popularity.grant_operator(regrole) FROM PUBLIC;
-
-CREATE FUNCTION popularity.revoke_operator(role regrole)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    f regprocedure;
-    t regclass;
-BEGIN
-    IF role IS NULL THEN
-        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF NOT pg_has_role((SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'popularity'), 'USAGE') THEN
-        RAISE EXCEPTION 'only the owner of the popularity extension may revoke operator rights'
-            USING ERRCODE = 'insufficient_privilege', HINT = 'Ask a superuser to run it.';
-    END IF;
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
-             WHERE p.pronamespace = 'popularity'::regnamespace AND p.proname LIKE '\_%' AND p.prokind IN ('f', 'p') LOOP
-        EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM %s', f, role);
-    END LOOP;
-    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
-             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'r' AND c.relrowsecurity LOOP
-        EXECUTE format('REVOKE ALL ON %s FROM %s', t, role);
-    END LOOP;
-    FOR t IN SELECT c.oid::regclass FROM pg_class AS c
-             WHERE c.relnamespace = 'popularity'::regnamespace AND c.relkind = 'S' LOOP
-        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %s', t, role);
-    END LOOP;
-END $$;
-COMMENT ON FUNCTION popularity.revoke_operator(regrole) IS
-    'Takes back what popularity.grant_operator gave (reading stays open to every role)';
-REVOKE ALL ON FUNCTION popularity.revoke_operator(regrole) FROM PUBLIC;

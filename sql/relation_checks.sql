@@ -86,6 +86,14 @@ SELECT rows_scanned FROM popularity._filter_tags_range('rc_image', 'rc_image', 0
 -- Reading is not updating.
 SELECT popularity._filter_tags_range('rc_image', 'rc_image', 0, 1, false, 0);
 RESET ROLE;
+-- A direct scan cannot apply row-level security: where a policy applies to the role, it refuses.
+ALTER TABLE rc_image ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_row ON rc_image USING (true);
+SET ROLE rc_stranger;
+SELECT popularity._metric_percentiles('rc_image', ARRAY['flickr'], ARRAY['views'], ARRAY[0.5]);
+RESET ROLE;
+DROP POLICY every_row ON rc_image;
+ALTER TABLE rc_image DISABLE ROW LEVEL SECURITY;
 
 -- The ingestion trigger follows the table's definition within one transaction: after meta_data and
 -- another jsonb column swap names (same number of columns, so the same descriptor shape), the next

@@ -34,6 +34,9 @@ template <Frame frame> core::MetricValue numeric_metric_via_text(Numeric num) {
     return core::parse_metric_text(std::string_view(numeric_text<frame>(num)));
 }
 
+// Converts a numeric to the double `numeric::text::float8` would give, bit for bit. Integers and
+// decimals whose digits fit in 53 bits are converted exactly without text; other values go through
+// numeric_out and a correctly rounded parse (same result as float8in).
 template <Frame frame> core::MetricValue numeric_metric_as(Numeric num) {
     core::DecimalView view;
     if (!numeric_view(num, view)) {
@@ -102,10 +105,6 @@ core::MetricValue jsonb_metric_as(Jsonb *document, const char *key, std::size_t 
 }
 
 } // namespace
-
-core::MetricValue numeric_metric(Numeric num) {
-    return numeric_metric_as<Frame::cxx>(num);
-}
 
 core::MetricValue jsonb_metric(Jsonb *document, const char *key, std::size_t key_length) {
     return jsonb_metric_as<Frame::cxx>(document, key, key_length);

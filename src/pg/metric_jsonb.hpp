@@ -14,11 +14,6 @@ extern "C" {
 
 namespace popularity::pg {
 
-// Converts a numeric to the double `numeric::text::float8` would give, bit for bit. Integers and
-// decimals whose digits fit in 53 bits are converted exactly without text; other values go through
-// numeric_out and a correctly rounded parse (same result as float8in).
-core::MetricValue numeric_metric(Numeric num);
-
 // meta_data->>key read as double precision, never raising on data (see core::MetricStatus).
 // For C++ frames: a PostgreSQL error on the way (only numeric_out's, out of memory) is rethrown as
 // PgError.

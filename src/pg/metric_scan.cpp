@@ -36,7 +36,6 @@ extern "C" {
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
-#include "utils/rls.h"
 #include "utils/snapmgr.h"
 }
 
@@ -327,13 +326,9 @@ void worker_scan(dsm_segment *seg, shm_toc *toc) {
 // Opens the table with the caller's rights (an ordinary table, SELECT; no row-level security
 // applying) and scans it.
 void read_table(Oid relid, ProviderValues *providers, int count) {
-    Relation rel = pg::open_media_table(relid, AccessShareLock, ACL_SELECT, "refresh_constants");
-    if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED) {
-        ereport(ERROR,
-                (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                 errmsg("row-level security applies to table %s", RelationGetRelationName(rel)),
-                 errhint("refresh_constants then reads the table with one query per provider.")));
-    }
+    Relation rel =
+        pg::open_media_table(relid, AccessShareLock, ACL_SELECT, "refresh_constants",
+                             "refresh_constants reads such a table through the executor instead.");
     const int workers = choose_workers(rel);
     if (workers == 0 || !parallel_scan(rel, providers, count, workers)) {
         TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, nullptr);

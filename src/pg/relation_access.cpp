@@ -5,6 +5,7 @@ extern "C" {
 #include "catalog/pg_class.h"
 #include "utils/acl.h"
 #include "utils/lsyscache.h"
+#include "utils/rls.h"
 }
 
 namespace popularity::pg {
@@ -35,11 +36,17 @@ const char *relkind_name(char relkind) {
     }
 }
 
-void check_privilege(Oid relid, AclMode privileges, AclMode one, const char *name,
-                     const char *purpose) {
+// The relation's schema-qualified, quoted name, for messages (built only when one is raised).
+const char *display_name(Oid relid) {
+    return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+                                      get_rel_name(relid));
+}
+
+void check_privilege(Oid relid, AclMode privileges, AclMode one, const char *purpose) {
     if ((privileges & one) == 0 || pg_class_aclcheck(relid, GetUserId(), one) == ACLCHECK_OK) {
         return;
     }
+    const char *name = display_name(relid);
     ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
                     errmsg("permission denied for table %s", name),
                     errdetail("%s needs %s on the media table.", purpose,
@@ -50,7 +57,8 @@ void check_privilege(Oid relid, AclMode privileges, AclMode one, const char *nam
 
 } // namespace
 
-Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose) {
+Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose,
+                          const char *rls_hint) {
     const char relkind = get_rel_relkind(relid);
     if (relkind == '\0') {
         ereport(ERROR,
@@ -58,25 +66,34 @@ Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, cons
                  errmsg("relation with OID %u does not exist", relid),
                  errhint("%s takes a media table; popularity.media_types lists them.", purpose)));
     }
-    const char *name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-                                                  get_rel_name(relid));
     if (relkind != RELKIND_RELATION) {
+        ereport(ERROR,
+                (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+                 errmsg("%s is not an ordinary table", display_name(relid)),
+                 errdetail("It is %s.", relkind_name(relkind)),
+                 relkind == RELKIND_PARTITIONED_TABLE
+                     ? errhint("%s reads ordinary tables; partitioned media tables are not "
+                               "supported yet: register each leaf partition as a media type of "
+                               "its own.",
+                               purpose)
+                     : errhint("%s reads the rows of an ordinary media table.", purpose)));
+    }
+    check_privilege(relid, privileges, ACL_SELECT, purpose);
+    check_privilege(relid, privileges, ACL_UPDATE, purpose);
+    if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED) {
         ereport(
             ERROR,
-            (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("%s is not an ordinary table", name),
-             errdetail("It is %s.", relkind_name(relkind)),
-             relkind == RELKIND_PARTITIONED_TABLE
-                 ? errhint("%s reads ordinary tables; partitioned media tables are not supported "
-                           "yet: register each leaf partition as a media type of its own.",
-                           purpose)
-                 : errhint("%s reads the rows of an ordinary media table.", purpose)));
+            (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+             errmsg("row-level security applies to %s for role %s", display_name(relid),
+                    GetUserNameFromId(GetUserId(), false)),
+             errdetail("%s reads the table directly, so it could not apply the policies.", purpose),
+             errhint("%s", rls_hint)));
     }
-    check_privilege(relid, privileges, ACL_SELECT, name, purpose);
-    check_privilege(relid, privileges, ACL_UPDATE, name, purpose);
     Relation rel = try_relation_open(relid, lockmode);
     if (rel == nullptr) {
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
-                        errmsg("table %s was dropped while %s was starting", name, purpose)));
+                        errmsg("table %s was dropped while %s was starting", get_rel_name(relid),
+                               purpose)));
     }
     return rel;
 }

@@ -16,10 +16,13 @@ extern "C" {
 
 namespace popularity::pg {
 
-// Checks kind and privileges (each of ACL_SELECT / ACL_UPDATE asked for, separately) before taking
-// any lock, so a role without rights cannot queue locks on a table it may not read, then opens the
+// For the C++ scans that read a media table directly: checks kind, privileges (each of ACL_SELECT /
+// ACL_UPDATE asked for, separately) and that no row-level security policy applies to the current
+// role (a direct scan could not apply it; `rls_hint` says what to do instead), all before taking
+// any lock, so a role without rights cannot queue locks on a table it may not read; then opens the
 // relation with `lockmode`. `purpose` names the operation in messages ("refresh_constants").
-Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose);
+Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose,
+                          const char *rls_hint);
 
 // The attribute number of column `name` of an open media table, whose type must be `type` or
 // `other_type` (pass the same twice for one type); raises 42703 or 42804 naming the column.

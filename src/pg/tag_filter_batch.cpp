@@ -28,7 +28,6 @@ extern "C" {
 #include "utils/array.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
-#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/uuid.h"
 }
@@ -70,20 +69,6 @@ struct RangeBatch {
     int64 scanned;
     int64 malformed;
 };
-
-// The batch reads the table directly with the caller's snapshot: no row-level security policy may
-// apply (the scan would not apply it; CALL filter_tags uses its SQL scan instead). Kind and
-// privileges are checked by pg::open_media_table.
-void check_no_row_security(Oid relid) {
-    if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED) {
-        const char *name = get_rel_name(relid);
-        throw pg::SqlError(ERRCODE_FEATURE_NOT_SUPPORTED,
-                           pg::strprintf("row-level security applies to %s for the current role",
-                                         name != nullptr ? name : "the media table"),
-                           "",
-                           "Use CALL filter_tags, which filters such a table with its SQL scan.");
-    }
-}
 
 // Runs the rules on the tags of the row in `slot`. Returns true when they lose a tag; the new
 // tags (unless dry_run) and the drop counts are then stored in `c`. Counts the row as malformed
@@ -304,8 +289,8 @@ POPULARITY_FUNCTION(popularity_filter_tags_range) {
     // C-style checks (they raise with ereport): only plain data is alive in this frame.
     RangeBatch batch{};
     batch.rel = pg::open_media_table(relid, dry_run ? AccessShareLock : RowExclusiveLock,
-                                     dry_run ? ACL_SELECT : ACL_SELECT | ACL_UPDATE, "filter_tags");
-    check_no_row_security(relid);
+                                     dry_run ? ACL_SELECT : ACL_SELECT | ACL_UPDATE, "filter_tags",
+                                     "CALL filter_tags filters such a table with its SQL scan.");
     batch.identifier_att = pg::media_column(batch.rel, "identifier", UUIDOID, UUIDOID);
     batch.tags_att = pg::media_column(batch.rel, "tags", JSONBOID, JSONBOID);
     batch.provider_att = pg::media_column(batch.rel, "provider", TEXTOID, VARCHAROID);

@@ -26,7 +26,6 @@ extern "C" {
 #include "access/xact.h"
 #include "executor/tuptable.h"
 #include "utils/acl.h"
-#include "utils/rls.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "pgstat.h"
@@ -224,11 +223,15 @@ char *revisit_sql(const Task &task) {
         task.table, touch);
 }
 
-// Opens the media table for a batch (an ordinary table, SELECT and UPDATE still granted: rights
-// revoked during a run stop it) and resolves the columns the batch reads, under the batch's lock.
+// Opens the media table for a batch and resolves the columns the batch reads, under the batch's
+// lock. The batch reads the table directly with the role's snapshot, so the role must still be
+// allowed to read and update it (rights revoked during a run stop it at its next batch) and no
+// row-level security policy may apply to it (the UPDATE would apply the policy, the scan would
+// not).
 Relation open_batch_table(Task &task) {
     Relation rel = pg::open_media_table(task.relid, RowExclusiveLock, ACL_SELECT | ACL_UPDATE,
-                                        "refresh_popularity");
+                                        "refresh_popularity",
+                                        "Refresh as the table owner or a role with BYPASSRLS.");
     if (task.relfilenode != InvalidOid && rel->rd_node.relNode != task.relfilenode) {
         ereport(
             ERROR,
@@ -266,27 +269,6 @@ constexpr const char *kCountsSql =
 
 constexpr const char *kSkipSql = "INSERT INTO popularity.refresh_skipped (task_id, row_key)"
                                  " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING";
-
-// Main-pass batches read the media table directly (with the role's snapshot): the role must be
-// allowed to read and update it, and no row-level security policy may apply to it (the UPDATE
-// would apply the policy, the scan would not).
-void check_table_access(const Task &task) {
-    // pg_class_aclcheck is satisfied by any one of the modes asked: ask for each.
-    if (pg_class_aclcheck(task.relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK ||
-        pg_class_aclcheck(task.relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK) {
-        ereport(ERROR,
-                (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-                 errmsg("permission denied to refresh %s", task.table),
-                 errhint("The role that calls refresh_popularity needs SELECT and UPDATE on the "
-                         "media table.")));
-    }
-    if (check_enable_rls(task.relid, InvalidOid, true) == RLS_ENABLED) {
-        ereport(ERROR,
-                (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                 errmsg("row-level security applies to %s for the refreshing role", task.table),
-                 errhint("Refresh as the table owner or a role with BYPASSRLS.")));
-    }
-}
 
 // Reads the task and its run; false when there is nothing (more) to do.
 bool load_task(Task &task) {
@@ -914,7 +896,6 @@ void worker_main(Datum) {
             proc_exit(0); // another worker has it, or there is nothing left to do
         }
     }
-    check_table_access(task);
     Oid update_types[2] = {TIDARRAYOID, FLOAT8ARRAYOID};
     task.update_plan = prepare_kept(update_sql(task), 2, update_types);
     Oid counts_types[5] = {INT8OID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};

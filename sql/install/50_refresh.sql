@@ -1,9 +1,12 @@
--- Popularity refresh: runs queued by refresh_popularity(), executed by background workers in
--- committed block-range batches (src/worker/). All state lives in these tables, so a crash or
--- restart resumes from the last committed batch.
+-- Runs of the two jobs of the batch engine: the popularity refresh (queued by refresh_popularity)
+-- and the tag filter (queued by filter_tags), executed by background workers in committed
+-- block-range batches (src/worker/). All state lives in these tables, so a crash or restart resumes
+-- from the last committed batch.
 
 CREATE TABLE popularity.refresh_runs (
     run_id bigserial PRIMARY KEY,
+    -- refresh: rescore the rows of `providers`; filter_tags: apply the tag rules to every row.
+    job text NOT NULL DEFAULT 'refresh' CONSTRAINT job_known CHECK (job IN ('refresh', 'filter_tags')),
     media_type text NOT NULL,
     media_table regclass NOT NULL,
     key_column name NOT NULL,
@@ -15,21 +18,41 @@ CREATE TABLE popularity.refresh_runs (
     -- Transactions in progress when the run was queued (after its constants committed), as
     -- virtual transaction ids: rows they insert may carry the old constants and become visible
     -- only when they commit, so the run is not finished before they end (see refresh_tasks.rewalk).
-    writers text[] NOT NULL DEFAULT '{}',
+    -- NULL while filter_tags has committed a run but not yet recorded them: not started before.
+    writers text[] DEFAULT '{}',
     requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     started_at timestamptz,
     finished_at timestamptz,
     error text,
     -- The media table's file when the run was queued: a rewrite (VACUUM FULL, CLUSTER, ALTER TABLE
     -- ... TYPE) moves rows across the block ranges, so workers fail a run whose table was rewritten.
-    relfilenode oid
+    relfilenode oid,
+    -- filter_tags: count what would change and write nothing (needs only SELECT on the table).
+    dry_run boolean NOT NULL DEFAULT false,
+    -- filter_tags: each batch records what it removes (popularity.tag_filter_removed), so that
+    -- popularity.undo_filter_tags can put it back; decided when the run is queued.
+    records_removed boolean NOT NULL DEFAULT false,
+    -- Blocks per batch; NULL: popularity.batch_blocks.
+    batch_blocks integer CONSTRAINT batch_blocks_positive CHECK (batch_blocks > 0),
+    undone_at timestamptz,
+    records_purged_at timestamptz,
+    CONSTRAINT refresh_options CHECK (job = 'filter_tags' OR NOT (dry_run OR records_removed)),
+    CONSTRAINT dry_runs_record_nothing CHECK (NOT (dry_run AND records_removed))
 );
--- At most one active run per media type.
-CREATE UNIQUE INDEX refresh_runs_one_active ON popularity.refresh_runs (media_type)
+-- At most one active run per media type and job.
+CREATE UNIQUE INDEX refresh_runs_one_active ON popularity.refresh_runs (media_type, job)
     WHERE state IN ('queued', 'running');
 COMMENT ON SEQUENCE popularity.refresh_runs_run_id_seq IS 'Run identifiers of popularity.refresh_runs';
 COMMENT ON TABLE popularity.refresh_runs IS
-    'Popularity refresh runs (history is kept): what was requested, by whom, its state and error';
+    'Runs of the batch engine (history is kept): the job (refresh or filter_tags), what was '
+    'requested, by whom, its state and error';
+COMMENT ON COLUMN popularity.refresh_runs.records_removed IS
+    'The run records what it removes from each row in popularity.tag_filter_removed, so that '
+    'popularity.undo_filter_tags can restore it (popularity.tag_filter_undo when it was queued)';
+COMMENT ON COLUMN popularity.refresh_runs.undone_at IS 'When popularity.undo_filter_tags undid the run';
+COMMENT ON COLUMN popularity.refresh_runs.records_purged_at IS
+    'When popularity.purge_filter_undo deleted the run''s record of removed tags (the run can no '
+    'longer be undone)';
 
 CREATE TABLE popularity.refresh_tasks (
     task_id bigserial PRIMARY KEY,
@@ -78,10 +101,21 @@ CREATE TABLE popularity.refresh_skipped (
     row_key text NOT NULL,
     PRIMARY KEY (task_id, row_key)
 );
+CREATE TABLE popularity.refresh_counters (
+    task_id bigint NOT NULL REFERENCES popularity.refresh_tasks ON DELETE CASCADE,
+    counter text NOT NULL,
+    value bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_id, counter)
+);
+COMMENT ON TABLE popularity.refresh_counters IS
+    'A job''s own counters per task, by name, written with each batch: for filter_tags the tags '
+    'dropped per verdict (malformed, low_accuracy, ...) and rows_not_an_array';
+
 COMMENT ON TABLE popularity.refresh_skipped IS
     'Rows a batch could not lock (another transaction held them), by primary key, to revisit until none is left';
 
-GRANT SELECT ON popularity.refresh_runs, popularity.refresh_tasks, popularity.refresh_progress TO PUBLIC;
+GRANT SELECT ON popularity.refresh_runs, popularity.refresh_tasks, popularity.refresh_progress,
+    popularity.refresh_counters TO PUBLIC;
 
 -- Workers act on a run with the rights of the role that queued it, so the queue cannot be trusted
 -- for who and what: whatever an INSERT says, a run is requested by the inserting role, for the
@@ -106,17 +140,19 @@ BEGIN
                 USING ERRCODE = 'undefined_object',
                       HINT = 'Register it with popularity.register_media_type().';
         END IF;
-        IF NOT (has_table_privilege(NEW.media_table, 'SELECT') AND has_table_privilege(NEW.media_table, 'UPDATE')) THEN
-            RAISE EXCEPTION 'permission denied to refresh %', NEW.media_table
+        IF NOT (has_table_privilege(NEW.media_table, 'SELECT')
+                AND (NEW.dry_run OR has_table_privilege(NEW.media_table, 'UPDATE'))) THEN
+            RAISE EXCEPTION 'permission denied to run % on %', NEW.job, NEW.media_table
                 USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'A refresh runs with the rights of the role that calls it: it needs SELECT and UPDATE on the media table.';
+                      HINT = 'A run has the rights of the role that queues it: it needs SELECT and UPDATE on the media table (a dry run: SELECT).';
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
-    ELSIF (NEW.run_id, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers, NEW.requested_by,
-           NEW.relfilenode)
-          IS DISTINCT FROM (OLD.run_id, OLD.media_type, OLD.media_table, OLD.key_column, OLD.providers,
-                            OLD.requested_by, OLD.relfilenode) THEN
-        RAISE EXCEPTION 'what a refresh run is (its media type, table, key, providers and requesting role) cannot be changed'
+    ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers,
+           NEW.requested_by, NEW.relfilenode, NEW.dry_run, NEW.records_removed, NEW.batch_blocks)
+          IS DISTINCT FROM (OLD.run_id, OLD.job, OLD.media_type, OLD.media_table, OLD.key_column,
+                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.dry_run,
+                            OLD.records_removed, OLD.batch_blocks) THEN
+        RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, options and requesting role) cannot be changed'
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Cancel the run with popularity.cancel_refresh() and start another.';
     END IF;
@@ -124,12 +160,16 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION popularity._refresh_run_guard() IS
     'Trigger on popularity.refresh_runs: a run is requested by the inserting role, for the registered '
-    'table of its media type, which that role may read and update; its identity never changes';
+    'table of its media type, which that role may read and update (a dry run: read); its identity never changes';
 CREATE TRIGGER refresh_run_guard BEFORE INSERT OR UPDATE ON popularity.refresh_runs
     FOR EACH ROW EXECUTE FUNCTION popularity._refresh_run_guard();
+-- A tag filter run starting or ending changes which media types the ingestion trigger filters:
+-- every backend reloads its configuration, as after a change of popularity.media_types.
+CREATE TRIGGER refresh_runs_changed AFTER INSERT OR UPDATE OF state OR DELETE ON popularity.refresh_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
 
 CREATE VIEW popularity.refresh_status AS
-SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,
+SELECT r.run_id, r.job, r.media_type, nullif(p.provider, '') AS provider, r.state, r.forced, r.dry_run,
        blocks.done AS blocks_done, blocks.total AS blocks_total,
        coalesce(c.rows_scanned, 0) AS rows_scanned, coalesce(c.rows_updated, 0) AS rows_updated,
        coalesce(c.rows_skipped_locked, 0) AS rows_skipped_locked,
@@ -138,15 +178,23 @@ SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,
        round((coalesce(c.rows_scanned, 0)
               / greatest(extract(epoch FROM coalesce(r.finished_at, clock_timestamp()) - r.started_at), 0.001))::numeric)
            AS rows_per_second,
+       CASE WHEN r.job = 'filter_tags' THEN coalesce(k.counters, '{}') END AS counters,
        r.requested_at, r.started_at, r.finished_at, r.error
 FROM popularity.refresh_runs AS r
-CROSS JOIN LATERAL unnest(r.providers) AS p(provider)
+-- A refresh counts per provider; a filter run has one group, every row ('').
+CROSS JOIN LATERAL unnest(CASE WHEN r.job = 'filter_tags' THEN ARRAY[''] ELSE r.providers END) AS p(provider)
 LEFT JOIN LATERAL (
     SELECT sum(x.rows_scanned) AS rows_scanned, sum(x.rows_updated) AS rows_updated,
            sum(x.rows_skipped_locked) AS rows_skipped_locked
     FROM popularity.refresh_progress AS x JOIN popularity.refresh_tasks AS t USING (task_id)
     WHERE t.run_id = r.run_id AND x.provider = p.provider
 ) AS c ON true
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(y.counter, y.total ORDER BY y.counter) AS counters
+    FROM (SELECT x.counter, sum(x.value) AS total
+          FROM popularity.refresh_counters AS x JOIN popularity.refresh_tasks AS t USING (task_id)
+          WHERE t.run_id = r.run_id GROUP BY x.counter) AS y
+) AS k ON true
 LEFT JOIN LATERAL (
     SELECT sum(t.next_block - t.first_block) AS done, sum(t.end_block - t.first_block) AS total,
            sum(t.batches) AS batches, round(max(t.longest_batch_ms)::numeric, 1) AS longest_batch_ms,
@@ -155,8 +203,10 @@ LEFT JOIN LATERAL (
     FROM popularity.refresh_tasks AS t WHERE t.run_id = r.run_id
 ) AS blocks ON true;
 COMMENT ON VIEW popularity.refresh_status IS
-    'Per refresh run and provider: state, blocks done/total, rows scanned, updated and skipped while '
-    'locked, batches, the longest batch that wrote rows (ms), rate, times and error (history included)';
+    'Per run of either job and provider (a filter run: one row, provider NULL): state, blocks '
+    'done/total, rows scanned, updated (a dry run: would be) and skipped while locked, batches, the '
+    'longest batch that wrote rows (ms), rate, the filter''s counters (tags dropped per verdict), '
+    'times and error (history included)';
 GRANT SELECT ON popularity.refresh_status TO PUBLIC;
 
 CREATE FUNCTION popularity._wake_scheduler()
@@ -222,7 +272,34 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION popularity._key_column(regclass) IS 'The single-column primary key of a media table';
 
--- Waits for a refresh run, committing between looks (no snapshot is held while the workers run).
+-- The block-range tasks of a new run: up to 4 per allowed worker, of at least 64 blocks each, over
+-- the table's size now (rows added later are covered by the last task's tail walk).
+CREATE FUNCTION popularity._create_tasks(run_id bigint)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    nblocks bigint;
+    segments integer;
+    per_segment bigint;
+    created integer;
+BEGIN
+    SELECT pg_relation_size(r.media_table) / current_setting('block_size')::bigint INTO nblocks
+    FROM popularity.refresh_runs AS r WHERE r.run_id = _create_tasks.run_id;
+    segments := greatest(1, least(current_setting('popularity.max_workers')::integer * 4, (nblocks + 63) / 64));
+    per_segment := greatest(1, (nblocks + segments - 1) / segments);
+    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
+    SELECT _create_tasks.run_id, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
+    FROM generate_series(0, segments - 1) AS s
+    WHERE s * per_segment < nblocks OR s = 0;
+    GET DIAGNOSTICS created = ROW_COUNT;
+    RETURN created;
+END $$;
+COMMENT ON FUNCTION popularity._create_tasks(bigint) IS
+    'Creates the block-range tasks of a new run (of either job) over the media table''s size now';
+
+-- Waits for a run (of either job), committing between looks (no snapshot is held while the workers run).
 -- Every popularity.progress_interval it reports progress (NOTICE); a cancel of the waiting statement
 -- (Ctrl-C, statement_timeout) cancels the run too, since whoever waited has given up on it (start
 -- it with wait => false to let it run on without the session); a failed or cancelled run raises.
@@ -234,6 +311,7 @@ DECLARE
     v_run CONSTANT bigint := _wait_refresh.run_id;
     run_state pg_catalog.text;
     run_error pg_catalog.text;
+    run_job pg_catalog.text;
     every pg_catalog.interval;
     last_report pg_catalog.timestamptz;
     interrupted boolean := false;
@@ -245,7 +323,8 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     last_report := clock_timestamp();
     LOOP
-        SELECT r.state, r.error INTO run_state, run_error FROM popularity.refresh_runs AS r WHERE r.run_id = v_run;
+        SELECT r.state, r.error, r.job INTO run_state, run_error, run_job
+        FROM popularity.refresh_runs AS r WHERE r.run_id = v_run;
         EXIT WHEN run_state IS NULL OR run_state IN ('succeeded', 'failed', 'cancelled');
         every := current_setting('popularity.progress_interval')::interval;
         IF every > interval '0' AND clock_timestamp() - last_report >= every THEN
@@ -256,8 +335,8 @@ BEGIN
             WHERE t.run_id = v_run;
             elapsed := greatest(extract(epoch FROM clock_timestamp()
                                         - (SELECT r.started_at FROM popularity.refresh_runs AS r WHERE r.run_id = v_run)), 0.001);
-            RAISE NOTICE '%', format('refresh run %s: %s%% of %s blocks, %s rows scanned (%s rows/s), %s',
-                v_run, CASE WHEN total > 0 THEN round(100 * done / total, 1) ELSE 0 END, total, scanned,
+            RAISE NOTICE '%', format('%s run %s: %s%% of %s blocks, %s rows scanned (%s rows/s), %s',
+                run_job, v_run, CASE WHEN total > 0 THEN round(100 * done / total, 1) ELSE 0 END, total, scanned,
                 round(scanned / elapsed),
                 CASE WHEN done IS NULL OR done = 0 THEN 'starting'
                      WHEN done >= total THEN 'revisiting rows other transactions held'
@@ -274,24 +353,24 @@ BEGIN
         IF interrupted THEN
             PERFORM popularity.cancel_refresh(v_run);
             COMMIT;
-            RAISE EXCEPTION 'refresh run % cancelled: the statement waiting for it was cancelled', v_run
+            RAISE EXCEPTION '% run % cancelled: the statement waiting for it was cancelled', run_job, v_run
                 USING ERRCODE = 'query_canceled',
                       HINT = 'Resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true); '
                              'a run started with wait => false goes on without the session.';
         END IF;
     END LOOP;
     IF run_state = 'failed' THEN
-        RAISE EXCEPTION 'refresh run % failed: %', v_run, run_error
+        RAISE EXCEPTION '% run % failed: %', run_job, v_run, run_error
             USING ERRCODE = 'external_routine_exception',
                   HINT = 'Fix the cause, then resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true).';
     ELSIF run_state = 'cancelled' THEN
-        RAISE EXCEPTION 'refresh run % was cancelled', v_run
+        RAISE EXCEPTION '% run % was cancelled', run_job, v_run
             USING ERRCODE = 'query_canceled',
                   HINT = 'Resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true) or start a new one.';
     END IF;
 END $$;
 COMMENT ON PROCEDURE popularity._wait_refresh(bigint) IS
-    'Waits for a refresh run: progress NOTICEs every popularity.progress_interval; a cancel of the '
+    'Waits for a run of either job: progress NOTICEs every popularity.progress_interval; a cancel of the '
     'wait cancels the run; raises if the run failed or was cancelled';
 
 -- search_path: a procedure with a SET clause cannot COMMIT, so every transaction segment pins it
@@ -311,9 +390,6 @@ DECLARE
     key_column pg_catalog.name;
     changed_providers pg_catalog.text[];
     new_run bigint;
-    nblocks bigint;
-    segments integer;
-    per_segment bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
 BEGIN
@@ -336,10 +412,12 @@ BEGIN
                   HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
     IF EXISTS (SELECT FROM popularity.refresh_runs AS r
-               WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running')) THEN
+               WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
+                 AND r.state IN ('queued', 'running')) THEN
         RAISE EXCEPTION 'a refresh of media type "%" is already in progress (run %)', media_type,
             (SELECT r.run_id FROM popularity.refresh_runs AS r
-             WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running'))
+             WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
+               AND r.state IN ('queued', 'running'))
             USING ERRCODE = 'object_in_use',
                   HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh(). '
                          'A run interrupted by a restart resumes when its database is in popularity.database '
@@ -379,10 +457,6 @@ BEGIN
     END IF;
 
     -- 2. The run and its block-range tasks.
-    nblocks := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;
-    segments := greatest(1, least(pg_catalog.current_setting('popularity.max_workers')::integer * 4,
-                                  (nblocks + 63) / 64));
-    per_segment := greatest(1, (nblocks + segments - 1) / segments);
     BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
@@ -404,10 +478,7 @@ BEGIN
         COMMIT;
         RETURN;
     END IF;
-    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
-    SELECT new_run, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
-    FROM generate_series(0, segments - 1) AS s
-    WHERE s * per_segment < nblocks OR s = 0;
+    PERFORM popularity._create_tasks(new_run);
     PERFORM popularity._wake_scheduler();
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');

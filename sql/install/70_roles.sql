@@ -76,62 +76,62 @@ CREATE POLICY owners ON popularity.tag_rules FOR ALL
     WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = tag_rules.media_type
                         AND pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = m.media_table), 'USAGE')));
 
-ALTER TABLE popularity.tag_filter_runs ENABLE ROW LEVEL SECURITY;
-CREATE POLICY readers ON popularity.tag_filter_runs FOR SELECT
-    USING (pg_catalog.has_table_privilege(media_table, 'SELECT'));
--- A dry run only reads the table.
-CREATE POLICY writers ON popularity.tag_filter_runs FOR ALL
-    USING (pg_catalog.has_table_privilege(media_table, 'SELECT')
-           AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')))
-    WITH CHECK (pg_catalog.has_table_privilege(media_table, 'SELECT')
-                AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')));
-
 -- The records of removed tags follow their run: readable with SELECT on the run's table, written
 -- (by filter_tags, undo_filter_tags, purge_filter_undo) with SELECT and UPDATE on it.
 ALTER TABLE popularity.tag_filter_removed ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.tag_filter_removed FOR SELECT
-    USING (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id));
+    USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = tag_filter_removed.run_id));
 CREATE POLICY writers ON popularity.tag_filter_removed FOR ALL
-    USING (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id
+    USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = tag_filter_removed.run_id
                    AND pg_catalog.has_table_privilege(r.media_table, 'SELECT')
-                   AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
-    WITH CHECK (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id
+                   AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
+    WITH CHECK (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = tag_filter_removed.run_id
                         AND pg_catalog.has_table_privilege(r.media_table, 'SELECT')
-                        AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+                        AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
 
 ALTER TABLE popularity.refresh_runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_runs FOR SELECT
     USING (pg_catalog.has_table_privilege(media_table, 'SELECT'));
+-- A dry run of filter_tags only reads the table, so SELECT on it is enough to run one.
 CREATE POLICY writers ON popularity.refresh_runs FOR ALL
-    USING (pg_catalog.has_table_privilege(media_table, 'UPDATE'))
-    WITH CHECK (pg_catalog.has_table_privilege(media_table, 'UPDATE'));
+    USING (pg_catalog.has_table_privilege(media_table, CASE WHEN dry_run THEN 'SELECT' ELSE 'UPDATE' END))
+    WITH CHECK (pg_catalog.has_table_privilege(media_table, CASE WHEN dry_run THEN 'SELECT' ELSE 'UPDATE' END));
 
 ALTER TABLE popularity.refresh_tasks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_tasks FOR SELECT
     USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id));
 CREATE POLICY writers ON popularity.refresh_tasks FOR ALL
     USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id
-                   AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+                   AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
     WITH CHECK (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id
-                        AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+                        AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
 
 ALTER TABLE popularity.refresh_progress ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_progress FOR SELECT
     USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t WHERE t.task_id = refresh_progress.task_id));
 CREATE POLICY writers ON popularity.refresh_progress FOR ALL
     USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
-                   WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+                   WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
     WITH CHECK (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
-                        WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+                        WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
+
+ALTER TABLE popularity.refresh_counters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.refresh_counters FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t WHERE t.task_id = refresh_counters.task_id));
+CREATE POLICY writers ON popularity.refresh_counters FOR ALL
+    USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                   WHERE t.task_id = refresh_counters.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
+    WITH CHECK (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                        WHERE t.task_id = refresh_counters.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
 
 ALTER TABLE popularity.refresh_skipped ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_skipped FOR SELECT
     USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t WHERE t.task_id = refresh_skipped.task_id));
 CREATE POLICY writers ON popularity.refresh_skipped FOR ALL
     USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
-                   WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+                   WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
     WITH CHECK (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
-                        WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+                        WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
 GRANT SELECT ON popularity.refresh_skipped TO PUBLIC;
 
 ALTER TABLE popularity.stats_counts ENABLE ROW LEVEL SECURITY;

@@ -48,12 +48,14 @@ core::ConstantsTable constants; // this backend's copy of popularity.metrics
 // Plain data only: the callback must not allocate, raise or call out.
 Oid metrics_relid = InvalidOid;
 Oid media_types_relid = InvalidOid;
+Oid runs_relid = InvalidOid; // a tag filter run starting or ending changes what is filtered
 std::uint64_t invalidations = 0;
 std::uint64_t loaded_invalidations = 0;
 bool callback_registered = false;
 
 void constants_relcache_callback(Datum, Oid relid) {
-    if (relid == InvalidOid || relid == metrics_relid || relid == media_types_relid) {
+    if (relid == InvalidOid || relid == metrics_relid || relid == media_types_relid ||
+        relid == runs_relid) {
         ++invalidations;
     }
 }
@@ -65,6 +67,7 @@ void find_configuration_relids() {
     metrics_relid = schema == InvalidOid ? InvalidOid : get_relname_relid("metrics", schema);
     media_types_relid =
         schema == InvalidOid ? InvalidOid : get_relname_relid("media_types", schema);
+    runs_relid = schema == InvalidOid ? InvalidOid : get_relname_relid("refresh_runs", schema);
 }
 
 // The (sub)transaction that last queued the relcache invalidation, so that a statement trigger
@@ -89,8 +92,15 @@ int fetch_constant_rows(MemoryContext context, ConstantRow **rows_out) {
     }
     SPIPlanPtr plan =
         SPI_prepare("SELECT media_type, provider, metric, constant FROM popularity.metrics"
-                    " UNION ALL SELECT media_type, NULL, NULL, NULL FROM popularity.media_types"
-                    " WHERE filter_tags_at_ingestion",
+                    " UNION ALL SELECT m.media_type, NULL, NULL, NULL FROM popularity.media_types AS m"
+                    " WHERE m.filter_tags_at_ingestion"
+                    // ... or while a tag filter run (not a dry run) is active: a row that ingestion
+                    // moves behind the run's walk is then filtered by the trigger. Read through
+                    // to_jsonb: a 0.1.0 schema has no job column.
+                    "    OR EXISTS (SELECT FROM popularity.refresh_runs AS r"
+                    "               WHERE r.media_type = m.media_type"
+                    "                 AND r.state IN ('queued', 'running')"
+                    "                 AND to_jsonb(r) @> '{\"job\": \"filter_tags\", \"dry_run\": false}')",
                     0, nullptr);
     if (plan == nullptr) {
         elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -336,13 +346,16 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
                            "popularity._score_trigger() needs the media type as its argument", {},
                            "Register the table with popularity.register_media_type().");
     }
-    if (pg::scoring_trigger_bypassed) {
-        return PointerGetDatum(TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple
-                                                              : trigger_data->tg_newtuple);
-    }
     // First, as it may process invalidations (relcache entries are rebuilt in place).
     refresh_constants_cache();
     const std::string_view media_type(trigger_data->tg_trigger->tgargs[0]);
+    // A refresh worker writes the scores itself: the trigger leaves them alone, but still filters
+    // the tags of a media type that filters them now (a tag filter run may be walking the table).
+    const bool score_bypassed = pg::scoring_trigger_bypassed;
+    if (score_bypassed && !constants.filters_tags(media_type)) {
+        return PointerGetDatum(TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple
+                                                              : trigger_data->tg_newtuple);
+    }
     HeapTuple tuple =
         TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple : trigger_data->tg_newtuple;
     // The executor's slot holding that tuple: its columns are deformed once, as far as needed,
@@ -374,7 +387,7 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     }
 
     std::optional<double> score;
-    if (!provider_null && !meta_null) {
+    if (!score_bypassed && !provider_null && !meta_null) {
         const std::string_view provider = text_view(provider_datum);
         const core::ProviderMetric *metric = constants.find(media_type, provider);
         if (metric != nullptr && metric->constant) {
@@ -405,8 +418,10 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     Datum values[2];
     bool nulls[2];
     int changes = 0;
-    bool score_right = false;
-    if (!score) {
+    bool score_right = score_bypassed;
+    if (score_bypassed) {
+        // left as the refresh wrote it
+    } else if (!score) {
         score_right = old_score_null;
     } else if (!old_score_null) {
         score_right = std::memcmp(&old_value, &*score, sizeof(double)) == 0;

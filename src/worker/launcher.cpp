@@ -161,7 +161,8 @@ bool tick() {
             "                                       WHERE t.run_id = r.run_id AND t.state = "
             "'failed')"
             " RETURNING json_build_object('event', 'refresh_finished', 'run_id', r.run_id,"
-            "                             'media_type', r.media_type, 'state', r.state)::text");
+            "                             'media_type', r.media_type, 'state', r.state,"
+            "                             'job', coalesce(to_jsonb(r) ->> 'job', 'refresh'))::text");
         notify_finished(
             "UPDATE popularity.refresh_runs AS r SET state = 'succeeded', finished_at = "
             "clock_timestamp()"
@@ -169,10 +170,12 @@ bool tick() {
             "                                           WHERE t.run_id = r.run_id AND t.state <> "
             "'done')"
             " RETURNING json_build_object('event', 'refresh_finished', 'run_id', r.run_id,"
-            "                             'media_type', r.media_type, 'state', r.state)::text");
+            "                             'media_type', r.media_type, 'state', r.state,"
+            "                             'job', coalesce(to_jsonb(r) ->> 'job', 'refresh'))::text");
         rc = SPI_execute("UPDATE popularity.refresh_runs SET state = 'running',"
                          " started_at = coalesce(started_at, clock_timestamp())"
-                         " WHERE state = 'queued'",
+                         // writers NULL: filter_tags has not recorded them yet.
+                         " WHERE state = 'queued' AND writers IS NOT NULL",
                          false, 0);
         if (rc != SPI_OK_UPDATE) {
             elog(ERROR, "popularity launcher: starting runs failed");

@@ -2,6 +2,8 @@
 -- through a real media table (reference vectors: openverse-semantics.md, section 5).
 \set VERBOSITY default
 \set SHOW_CONTEXT never
+-- Run numbers that do not depend on the tests before this one.
+ALTER SEQUENCE popularity.refresh_runs_run_id_seq RESTART WITH 2001;
 
 -- A media table and its registration (registration routines belong to the catalog feature).
 CREATE TABLE image (
@@ -64,11 +66,16 @@ ORDER BY 1;
 -- updated_on is left alone.
 SELECT count(*) AS updated_on_changed FROM image i JOIN image_before b USING (identifier)
 WHERE i.updated_on <> b.updated_on;
-SELECT media_type, dry_run, state, next_block = total_blocks AS walked, pending, batches > 0 AS batched,
-       rows_scanned, rows_changed, rows_malformed, lock_skips, dropped_malformed,
-       dropped_low_accuracy, dropped_filtered_provider, dropped_exact_denylist,
-       dropped_substring_denylist, dropped_machine_label, finished_at IS NOT NULL AS finished
-FROM popularity.tag_filter_runs ORDER BY run_id;
+-- Both runs in the engine's status: rows scanned, changed (a dry run: would change), and the tags
+-- dropped per verdict by name.
+SELECT job, media_type, provider, dry_run, state, blocks_done = blocks_total AS walked,
+       rows_pending_revisit, batches > 0 AS batched, rows_scanned, rows_updated,
+       rows_skipped_locked, counters, finished_at IS NOT NULL AS finished
+FROM popularity.refresh_status WHERE job = 'filter_tags' ORDER BY run_id;
+-- The dry run recorded nothing; the real run recorded what each changed row lost.
+SELECT r.dry_run, count(d.*) AS rows_recorded
+FROM popularity.refresh_runs r LEFT JOIN popularity.tag_filter_removed d USING (run_id)
+WHERE r.job = 'filter_tags' GROUP BY r.run_id, r.dry_run ORDER BY r.run_id;
 
 -- A second run finds nothing to do and writes nothing.
 CREATE TABLE image_after AS SELECT identifier, xmin::text::bigint AS x FROM image;
@@ -145,4 +152,4 @@ RESET force_parallel_mode;
 
 DROP TABLE image, image_before, image_after, audio, bad_media CASCADE;
 DELETE FROM popularity.media_types;
-SELECT count(*) AS runs_left FROM popularity.tag_filter_runs;
+SELECT count(*) AS runs_active FROM popularity.refresh_runs WHERE state IN ('queued', 'running');

@@ -70,11 +70,9 @@ CALL filter_tags('image', dry_run => true);
 CALL filter_tags('image');
 RESET client_min_messages;
 SELECT right(identifier::text, 2) AS id, tags FROM image ORDER BY identifier;
-SELECT dry_run, state, rows_scanned, rows_changed, dropped_malformed, dropped_low_accuracy,
-       dropped_filtered_provider, dropped_exact_denylist, dropped_substring_denylist,
-       dropped_machine_label
-FROM popularity.tag_filter_runs WHERE media_type = 'image' ORDER BY run_id;
+SELECT dry_run, state, rows_scanned, rows_updated, counters
+FROM popularity.refresh_status WHERE job = 'filter_tags' AND media_type = 'image'
+ORDER BY run_id DESC LIMIT 2;
 
 DROP TABLE image;
-DELETE FROM popularity.tag_filter_runs;
 DELETE FROM popularity.media_types;

@@ -1,8 +1,10 @@
--- filter_tags' main-pass batch in C++ (popularity._filter_tags_range) against its SQL scan, on
--- generated data: the same table contents and the same counters. The SQL scan runs where
--- row-level security applies: image_sql has a policy that shows every row, and the runs are made
--- by a role that is not a superuser and does not own the tables.
+-- filter_tags, the tag filter job of the batch engine, on generated data, as a role that is not a
+-- superuser and does not own the table: the result equals the rules applied in SQL
+-- (popularity.filtered_tags on a copy), the counters equal a recount per verdict, and the refusals
+-- (row-level security, missing rights, a trigger that skips rows) are clear.
 SELECT setseed(0.25);
+-- Run numbers that do not depend on the tests before this one.
+ALTER SEQUENCE popularity.refresh_runs_run_id_seq RESTART WITH 3001;
 CREATE FUNCTION pick(options text[]) RETURNS text LANGUAGE sql VOLATILE
 AS $$ SELECT options[1 + floor(random() * cardinality(options))::int] $$;
 CREATE FUNCTION random_tags() RETURNS jsonb LANGUAGE sql VOLATILE AS $$
@@ -31,97 +33,82 @@ INSERT INTO image (identifier, provider, tags)
 SELECT md5(i::text)::uuid, pick(ARRAY['flickr', 'wikimedia', 'clarifai', NULL]),
        CASE WHEN i % 50 = 0 THEN NULL ELSE random_tags() END
 FROM generate_series(1, 3000) AS i;
-CREATE TABLE image_sql (LIKE image INCLUDING ALL);
-INSERT INTO image_sql SELECT * FROM image;
-CREATE TABLE image_before AS SELECT identifier, tags FROM image;
-ALTER TABLE image_sql ENABLE ROW LEVEL SECURITY;
-CREATE POLICY every_row ON image_sql USING (true);
-CREATE ROLE tags_batch_user;
-GRANT SELECT, UPDATE ON image, image_sql TO tags_batch_user;
-SELECT popularity.grant_operator('tags_batch_user');
+CREATE TABLE image_before AS SELECT identifier, provider, tags FROM image;
+CREATE TABLE image_rls (LIKE image INCLUDING ALL);
+INSERT INTO image_rls SELECT * FROM image WHERE identifier < md5('100')::uuid;
+ALTER TABLE image_rls ENABLE ROW LEVEL SECURITY;
+CREATE POLICY every_row ON image_rls USING (true);
+CREATE ROLE tags_batch_user LOGIN;
+CREATE ROLE tags_batch_reader LOGIN;
+GRANT SELECT, UPDATE ON image, image_rls TO tags_batch_user;
+GRANT SELECT ON image TO tags_batch_reader;
+SELECT popularity.grant_operator('tags_batch_user'), popularity.grant_operator('tags_batch_reader');
 INSERT INTO popularity.media_types (media_type, media_table)
-VALUES ('image', 'image'), ('image_sql', 'image_sql');
+VALUES ('image', 'image'), ('image_rls', 'image_rls');
 -- Machine-generated labels too (they depend on the record's provider).
 INSERT INTO popularity.tag_rules (media_type, machine_labels) VALUES (NULL, ARRAY['woman', 'man']);
-CREATE VIEW run_counts AS
-SELECT media_type, dry_run, state, pending, rows_changed, rows_malformed, lock_skips,
-       dropped_malformed, dropped_low_accuracy, dropped_filtered_provider, dropped_exact_denylist,
-       dropped_substring_denylist, dropped_machine_label
-FROM popularity.tag_filter_runs;
+-- What the rules drop, recounted in SQL per verdict from the removed tags of each row.
+CREATE VIEW expected_counts AS
+SELECT count(*) FILTER (WHERE b.tags IS DISTINCT FROM popularity.filtered_tags(b.tags, b.provider, 'image')) AS rows_changing,
+       count(*) FILTER (WHERE jsonb_typeof(b.tags) <> 'array') AS rows_not_an_array,
+       sum(jsonb_array_length(b.tags) - jsonb_array_length(popularity.filtered_tags(b.tags, b.provider, 'image')))
+           FILTER (WHERE jsonb_typeof(b.tags) = 'array') AS tags_dropped
+FROM image_before b;
 
 SET ROLE tags_batch_user;
-SELECT pg_relation_size('image') / current_setting('block_size')::int > 20 AS several_batches,
-       row_security_active('image') AS rls_image, row_security_active('image_sql') AS rls_image_sql;
-
+SELECT pg_relation_size('image') / current_setting('block_size')::int > 20 AS several_batches;
 SET client_min_messages = warning;
 CALL filter_tags('image', dry_run => true, batch_blocks => 3);
-CALL filter_tags('image_sql', dry_run => true, batch_blocks => 3);
 CALL filter_tags('image', batch_blocks => 3);
-CALL filter_tags('image_sql', batch_blocks => 3);
 RESET client_min_messages;
--- The direct batch refuses a table where row-level security applies.
-SELECT * FROM popularity._filter_tags_range('image_sql', 'image_sql', 0, 1, true, 0);
+-- A table where row-level security applies is refused, with the reason (the workers read the table
+-- directly: a policy would apply to their UPDATE but not to their scan).
+CALL filter_tags('image_rls', batch_blocks => 3);
 RESET ROLE;
 
--- The same counters (rows_scanned aside: rows rewritten into blocks the walk has not reached yet
--- are read again, and the two UPDATEs may place new versions differently) ...
-SELECT dry_run, count(DISTINCT (rows_changed, rows_malformed, lock_skips, dropped_malformed,
-                                dropped_low_accuracy, dropped_filtered_provider,
-                                dropped_exact_denylist, dropped_substring_denylist,
-                                dropped_machine_label)) AS distinct_counts,
-       bool_and(state = 'finished' AND pending = '{}') AS finished,
-       min(rows_changed) > 1000 AS many_changed, min(dropped_machine_label) > 0 AS machine_labels
-FROM run_counts GROUP BY dry_run ORDER BY dry_run;
-SELECT bool_and(rows_scanned >= 3000) AS scanned_all FROM popularity.tag_filter_runs;
--- ... the rows that changed ...
-SELECT (SELECT rows_changed FROM run_counts WHERE media_type = 'image' AND NOT dry_run)
-       = (SELECT count(*) FROM image i JOIN image_before b USING (identifier)
-          WHERE i.tags IS DISTINCT FROM b.tags) AS changed_ok;
--- ... and the same tags.
-SELECT count(*) AS rows_differing
-FROM image i FULL JOIN image_sql s USING (identifier)
-WHERE i.tags IS DISTINCT FROM s.tags OR i.identifier IS NULL OR s.identifier IS NULL;
-SELECT count(*) FILTER (WHERE tags IS DISTINCT FROM popularity.filtered_tags(tags, provider, 'image'))
-           AS rows_left_to_filter
-FROM image;
+-- The counters of both runs equal the recount; the dry run changed nothing, the run everything.
+SELECT s.dry_run, s.state, s.rows_scanned >= 3000 AS scanned_all,
+       s.rows_updated = e.rows_changing AS changed_ok,
+       (s.counters ->> 'rows_not_an_array')::bigint = e.rows_not_an_array AS not_array_ok,
+       (SELECT sum(v::bigint) FROM jsonb_each_text(s.counters - 'rows_not_an_array') AS x(k, v)) = e.tags_dropped
+           AS dropped_ok,
+       (s.counters ->> 'machine_label')::bigint > 0 AS machine_labels,
+       e.rows_changing > 1000 AS many_changed
+FROM popularity.refresh_status s, expected_counts e
+WHERE s.job = 'filter_tags' AND s.media_type = 'image' AND s.run_id >= 3001 ORDER BY s.run_id;
+-- The rows that changed are those the rules change, and they now hold exactly the rules' result.
+SELECT count(*) FILTER (WHERE i.tags IS DISTINCT FROM b.tags) AS rows_changed,
+       count(*) FILTER (WHERE i.tags IS DISTINCT FROM popularity.filtered_tags(b.tags, b.provider, 'image'))
+           AS rows_differing_from_rules
+FROM image i JOIN image_before b USING (identifier);
 
--- Called directly: one range, counts and the rows it could not lock.
-UPDATE image SET tags = '[{"name": "cc0"}, {"name": "kept"}]'
-WHERE identifier IN (md5('1')::uuid, md5('2')::uuid);
-SELECT rows_scanned > 0 AS scanned, rows_malformed > 0 AS malformed, rows_changed, drops, unlocked
-FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, true, 0);
-SELECT rows_changed, drops, unlocked
-FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, false, 0);
-SELECT tags FROM image WHERE identifier IN (md5('1')::uuid, md5('2')::uuid);
-SELECT rows_scanned, rows_changed FROM popularity._filter_tags_range('image', 'image', 5, 5, false, 0);
--- A BEFORE UPDATE trigger that skips rows: they are not counted as changed (as in the SQL scan).
+-- A dry run needs only SELECT; a real run needs UPDATE too, said before anything runs.
+SET ROLE tags_batch_reader;
+SET client_min_messages = warning;
+CALL filter_tags('image', dry_run => true);
+RESET client_min_messages;
+CALL filter_tags('image');
+RESET ROLE;
+SELECT dry_run, state, rows_updated FROM popularity.refresh_status
+WHERE job = 'filter_tags' AND media_type = 'image' ORDER BY run_id DESC LIMIT 1;
+
+-- A BEFORE UPDATE trigger that skips rows stops the run with an error that says so.
 CREATE FUNCTION skip_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
 UPDATE image SET tags = '[{"name": "cc0"}]' WHERE identifier = md5('3')::uuid;
 CREATE TRIGGER skip_update BEFORE UPDATE ON image FOR EACH ROW EXECUTE FUNCTION skip_update();
-SELECT rows_changed, drops
-FROM popularity._filter_tags_range('image', 'image', 0, pg_relation_size('image') / current_setting('block_size')::int, false, 0);
+SET ROLE tags_batch_user;
+CALL filter_tags('image');
+RESET ROLE;
 DROP TRIGGER skip_update ON image;
 DROP FUNCTION skip_update();
+SELECT count(*) AS runs_still_active FROM popularity.cancel_refresh(media_type => 'image');
 
--- Refusals.
-SELECT * FROM popularity._filter_tags_range('image', 'image', 3, 2, true, 0);
-SELECT * FROM popularity._filter_tags_range('image', 'video', 0, 1, true, 0);
-SELECT * FROM popularity._filter_tags_range('run_counts', 'image', 0, 1, true, 0);
-CREATE ROLE tags_batch_reader;
-GRANT SELECT ON image TO tags_batch_reader;
-GRANT EXECUTE ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean, bigint) TO tags_batch_reader;
-SET ROLE tags_batch_reader;
-SELECT rows_changed FROM popularity._filter_tags_range('image', 'image', 0, 1, true, 0);
-SELECT * FROM popularity._filter_tags_range('image', 'image', 0, 1, false, 0);
-RESET ROLE;
-REVOKE ALL ON image FROM tags_batch_reader;
-REVOKE ALL ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean, bigint) FROM tags_batch_reader;
-DROP ROLE tags_batch_reader;
-SELECT popularity.revoke_operator('tags_batch_user');
-
-DROP VIEW run_counts;
-DROP TABLE image, image_sql, image_before;
+SELECT popularity.revoke_operator('tags_batch_user'), popularity.revoke_operator('tags_batch_reader');
+DROP VIEW expected_counts;
+DROP TABLE image, image_rls, image_before;
+REVOKE ALL ON SCHEMA public FROM tags_batch_user, tags_batch_reader;
 DROP ROLE tags_batch_user;
+DROP ROLE tags_batch_reader;
 DELETE FROM popularity.tag_rules;
 DELETE FROM popularity.media_types;
 DROP FUNCTION random_tags(), pick(text[]);

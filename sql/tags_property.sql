@@ -156,13 +156,20 @@ WHERE i.tags IS DISTINCT FROM e.tags;
 SELECT r.batches > 10 AS several_batches,
        -- (a row rewritten into a block the walk has not reached yet is read again)
        r.rows_scanned >= (SELECT count(*) FROM expected) AS scanned_all,
-       r.rows_changed = (SELECT count(*) FROM expected WHERE changes) AS changed_ok,
-       r.rows_malformed = (SELECT coalesce(sum(c[1]), 0) FROM expected) AS malformed_rows_ok,
-       ARRAY[r.dropped_malformed, r.dropped_low_accuracy, r.dropped_filtered_provider,
-             r.dropped_exact_denylist, r.dropped_substring_denylist, r.dropped_machine_label]
+       r.rows_updated = (SELECT count(*) FROM expected WHERE changes) AS changed_ok,
+       coalesce((r.counters ->> 'rows_not_an_array')::bigint, 0)
+           = (SELECT coalesce(sum(c[1]), 0) FROM expected) AS malformed_rows_ok,
+       ARRAY[coalesce((r.counters ->> 'malformed')::bigint, 0),
+             coalesce((r.counters ->> 'low_accuracy')::bigint, 0),
+             coalesce((r.counters ->> 'filtered_provider')::bigint, 0),
+             coalesce((r.counters ->> 'exact_denylist')::bigint, 0),
+             coalesce((r.counters ->> 'substring_denylist')::bigint, 0),
+             coalesce((r.counters ->> 'machine_label')::bigint, 0)]
        = (SELECT ARRAY[sum(c[2]), sum(c[3]), sum(c[4]), sum(c[5]), sum(c[6]), sum(c[7])]::bigint[]
           FROM expected) AS drops_ok
-FROM popularity.tag_filter_runs r WHERE r.media_type = 'image' AND NOT r.dry_run;
+FROM popularity.refresh_status r
+WHERE r.job = 'filter_tags' AND r.media_type = 'image' AND NOT r.dry_run
+ORDER BY r.run_id DESC LIMIT 1;
 
 DROP TABLE image, expected;
 DELETE FROM popularity.media_types;

@@ -247,6 +247,13 @@ BEGIN
             HINT = CASE WHEN v_dry_run THEN 'A dry run needs SELECT on the media table.'
                         ELSE 'filter_tags needs SELECT and UPDATE on the media table (a dry run: SELECT).' END;
     END IF;
+    -- The workers read the table directly: a row-level security policy would apply to their UPDATE
+    -- but not to their scan.
+    IF pg_catalog.row_security_active(v_table) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = pg_catalog.format('row-level security applies to %s for role "%s"', v_table, current_user),
+            HINT = 'Run filter_tags as the table owner or a role with BYPASSRLS.';
+    END IF;
     -- The columns it needs, with their types.
     SELECT pg_catalog.string_agg(pg_catalog.format('%I %s', need.name, need.type), ', ')
     INTO v_missing

@@ -28,17 +28,19 @@ BEGIN
                 USING ERRCODE = 'undefined_object',
                       HINT = 'Register it with popularity.register_media_type().';
         END IF;
-        IF NOT (has_table_privilege(NEW.media_table, 'SELECT') AND has_table_privilege(NEW.media_table, 'UPDATE')) THEN
-            RAISE EXCEPTION 'permission denied to refresh %', NEW.media_table
+        IF NOT (has_table_privilege(NEW.media_table, 'SELECT')
+                AND (NEW.dry_run OR has_table_privilege(NEW.media_table, 'UPDATE'))) THEN
+            RAISE EXCEPTION 'permission denied to run % on %', NEW.job, NEW.media_table
                 USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'A refresh runs with the rights of the role that calls it: it needs SELECT and UPDATE on the media table.';
+                      HINT = 'A run has the rights of the role that queues it: it needs SELECT and UPDATE on the media table (a dry run: SELECT).';
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
-    ELSIF (NEW.run_id, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers, NEW.requested_by,
-           NEW.relfilenode)
-          IS DISTINCT FROM (OLD.run_id, OLD.media_type, OLD.media_table, OLD.key_column, OLD.providers,
-                            OLD.requested_by, OLD.relfilenode) THEN
-        RAISE EXCEPTION 'what a refresh run is (its media type, table, key, providers and requesting role) cannot be changed'
+    ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers,
+           NEW.requested_by, NEW.relfilenode, NEW.dry_run, NEW.records_removed, NEW.batch_blocks)
+          IS DISTINCT FROM (OLD.run_id, OLD.job, OLD.media_type, OLD.media_table, OLD.key_column,
+                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.dry_run,
+                            OLD.records_removed, OLD.batch_blocks) THEN
+        RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, options and requesting role) cannot be changed'
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Cancel the run with popularity.cancel_refresh() and start another.';
     END IF;
@@ -282,294 +284,8 @@ COMMENT ON FUNCTION popularity._stats_media_type_removed() IS
 -- return, and declare their variables with qualified types. The refresh workers and schedulers pin
 -- it in C++ before their first statement (the library, no SQL object). New bodies, as in
 -- sql/install/40_tags.sql and 50_refresh.sql:
-CREATE OR REPLACE PROCEDURE @extschema@.filter_tags(media_type text, dry_run boolean DEFAULT false,
-                                         batch_blocks integer DEFAULT 1000)
-LANGUAGE plpgsql
-AS $procedure$
-#variable_conflict use_column
-DECLARE
-    v_media_type CONSTANT pg_catalog.text := filter_tags.media_type;
-    v_dry_run CONSTANT boolean := filter_tags.dry_run;
-    v_batch CONSTANT integer := filter_tags.batch_blocks;
-    v_caller_path pg_catalog.text;
-    v_table pg_catalog.regclass;
-    v_relkind pg_catalog."char";
-    v_run popularity.tag_filter_runs;
-    v_run_id bigint;
-    v_record_run bigint;
-    v_lo bigint;
-    v_hi bigint;
-    v_lock_wait CONSTANT pg_catalog.text := '1s';
-    v_wait_sql pg_catalog.text;
-    v_scanned bigint;
-    v_malformed_rows bigint;
-    v_candidates pg_catalog.uuid[];
-    v_drops bigint[];
-    v_locked pg_catalog.uuid[];
-    v_changed bigint;
-    v_pending pg_catalog.uuid[];
-    v_direct boolean;
-    v_direct_changed bigint;
-    v_direct_drops bigint[];
-    v_unlocked pg_catalog.uuid[];
-    v_retry pg_catalog.uuid[];
-    v_missing pg_catalog.text;
-    v_scan_sql pg_catalog.text;
-    v_lock_sql pg_catalog.text;
-    v_recheck_sql pg_catalog.text;
-BEGIN
-    v_caller_path := pg_catalog.current_setting('search_path');
-    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    IF v_media_type IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'media type must not be null',
-            HINT = 'Pass a media type registered in popularity.media_types.';
-    END IF;
-    IF v_dry_run IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'dry_run must not be null';
-    END IF;
-    IF v_batch IS NULL OR v_batch < 1 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = pg_catalog.format('batch_blocks must be at least 1, not %s',
-                                        coalesce(v_batch::text, 'NULL')),
-            HINT = 'batch_blocks is the number of table blocks (8 kB pages) per committed batch.';
-    END IF;
+-- (filter_tags: the procedure of 0.1.0 is replaced in the engine block below.)
 
-    SELECT mt.media_table, c.relkind INTO v_table, v_relkind
-    FROM popularity.media_types mt JOIN pg_catalog.pg_class c ON c.oid = mt.media_table
-    WHERE mt.media_type = v_media_type;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = pg_catalog.format('unknown media type "%s"', v_media_type),
-            DETAIL = pg_catalog.format('Registered media types: %s.',
-                coalesce((SELECT pg_catalog.string_agg(pg_catalog.quote_literal(mt.media_type), ', '
-                                                       ORDER BY mt.media_type)
-                          FROM popularity.media_types mt), 'none')),
-            HINT = 'Media types are registered in popularity.media_types.';
-    END IF;
-    IF v_relkind <> 'r' THEN
-        RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
-            MESSAGE = pg_catalog.format('media table %s of media type "%s" is not a plain table',
-                                        v_table, v_media_type),
-            HINT = 'filter_tags walks the blocks of a heap table; register each partition as a media type.';
-    END IF;
-    -- The rights it needs, said in one sentence before anything runs.
-    IF NOT pg_catalog.has_table_privilege(v_table, 'SELECT')
-       OR NOT (v_dry_run OR pg_catalog.has_table_privilege(v_table, 'UPDATE')) THEN
-        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
-            MESSAGE = pg_catalog.format('permission denied to filter the tags of %s', v_table),
-            HINT = CASE WHEN v_dry_run THEN 'A dry run needs SELECT on the media table.'
-                        ELSE 'filter_tags needs SELECT and UPDATE on the media table (a dry run: SELECT).' END;
-    END IF;
-    -- The columns it needs, with their types.
-    SELECT pg_catalog.string_agg(pg_catalog.format('%I %s', need.name, need.type), ', ')
-    INTO v_missing
-    FROM (VALUES ('identifier', 'uuid'::regtype), ('tags', 'jsonb'::regtype),
-                 ('provider', 'text'::regtype)) AS need(name, type)
-    WHERE NOT EXISTS (
-        SELECT FROM pg_catalog.pg_attribute a
-        WHERE a.attrelid = v_table AND a.attname = need.name AND NOT a.attisdropped AND a.attnum > 0
-          AND (a.atttypid = need.type
-               OR (need.type = 'text'::regtype AND a.atttypid = 'character varying'::regtype)));
-    IF v_missing IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_column',
-            MESSAGE = pg_catalog.format('media table %s lacks columns that filter_tags needs', v_table),
-            DETAIL = pg_catalog.format('Missing or of another type: %s.', v_missing),
-            HINT = 'A media table has identifier uuid (its key), provider text or varchar, and tags jsonb.';
-    END IF;
-    -- It commits after every batch, so it must be called on its own (like VACUUM).
-    IF popularity._in_transaction_block() THEN
-        RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
-            MESSAGE = 'filter_tags() cannot run inside a transaction block',
-            HINT = 'Call it on its own: it commits after every batch, so that it never holds row locks for long.';
-    END IF;
-    -- Fail early on rules that cannot be loaded.
-    PERFORM popularity.filtered_tags('[]'::jsonb, NULL, v_media_type);
-
-    -- The records of removed tags of this media type's old runs go first.
-    IF NOT v_dry_run THEN
-        PERFORM popularity.purge_filter_undo(v_media_type);
-    END IF;
-
-    -- Resume the unfinished run of this media type, or start one. Whether a run records what it
-    -- removes (popularity.tag_filter_undo) is decided when it starts.
-    UPDATE popularity.tag_filter_runs r SET state = 'abandoned', updated_at = pg_catalog.now()
-    WHERE r.media_type = v_media_type AND r.dry_run = v_dry_run AND r.state = 'running'
-      AND r.media_table <> v_table;
-    INSERT INTO popularity.tag_filter_runs (media_type, media_table, dry_run, total_blocks,
-                                            records_removed)
-    VALUES (v_media_type, v_table, v_dry_run,
-            pg_catalog.pg_relation_size(v_table)
-                / pg_catalog.current_setting('block_size')::bigint,
-            NOT v_dry_run
-                AND coalesce(pg_catalog.current_setting('popularity.tag_filter_undo', true), 'on')::boolean)
-    ON CONFLICT (media_type, dry_run) WHERE state = 'running' DO NOTHING
-    RETURNING run_id, CASE WHEN records_removed THEN run_id ELSE 0 END INTO v_run_id, v_record_run;
-    IF v_run_id IS NULL THEN
-        SELECT r.run_id, r.next_block, r.total_blocks, CASE WHEN r.records_removed THEN r.run_id ELSE 0 END
-        INTO v_run_id, v_lo, v_hi, v_record_run
-        FROM popularity.tag_filter_runs r
-        WHERE r.media_type = v_media_type AND r.dry_run = v_dry_run AND r.state = 'running';
-        RAISE NOTICE 'resuming % run % of media type "%" at block % of %',
-            CASE WHEN v_dry_run THEN 'dry' ELSE 'tag filter' END, v_run_id, v_media_type, v_lo, v_hi;
-    END IF;
-    COMMIT;
-    v_caller_path := pg_catalog.current_setting('search_path');
-    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-
-    v_scan_sql := pg_catalog.format(
-        'SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE s.c[1] = 1), '
-        '       coalesce(pg_catalog.array_agg(s.identifier) FILTER (WHERE s.c[1] = 0), ''{}''), '
-        '       ARRAY[coalesce(pg_catalog.sum(s.c[2]), 0), coalesce(pg_catalog.sum(s.c[3]), 0), '
-        '             coalesce(pg_catalog.sum(s.c[4]), 0), coalesce(pg_catalog.sum(s.c[5]), 0), '
-        '             coalesce(pg_catalog.sum(s.c[6]), 0), coalesce(pg_catalog.sum(s.c[7]), 0)]::bigint[] '
-        -- OFFSET 0 keeps the subquery from being flattened: each s.c[i] would otherwise call
-        -- _tag_drop_counts again (8 calls a row instead of 1).
-        'FROM (SELECT t.identifier, popularity._tag_drop_counts(t.tags, t.provider, $3) AS c '
-        '      FROM %s t WHERE t.ctid >= $1 AND t.ctid < $2 OFFSET 0) s', v_table);
-    -- With $3 <> 0, what it removes from each row is recorded for run $3 in the same statement.
-    v_lock_sql := pg_catalog.format(
-        'WITH locked AS ('
-        '    SELECT t.identifier, t.tags, popularity._tag_drop_counts(t.tags, t.provider, $2) AS c'
-        '    FROM %1$s t WHERE t.identifier = ANY ($1) FOR UPDATE OF t SKIP LOCKED'
-        '), changed AS ('
-        '    UPDATE %1$s t SET tags = popularity.filtered_tags(t.tags, t.provider, $2)'
-        '    FROM locked l WHERE t.identifier = l.identifier AND l.c[1] = 0'
-        '    RETURNING t.identifier, t.tags, t.provider, l.tags AS old_tags'
-        '), recorded AS ('
-        '    INSERT INTO popularity.tag_filter_removed (run_id, identifier, removed, tags_hash)'
-        '    SELECT $3, c.identifier, popularity._removed_tags(c.old_tags, c.provider, $2),'
-        '           popularity._tags_hash(c.tags)'
-        '    FROM changed c WHERE $3 <> 0'
-        ') '
-        'SELECT coalesce(pg_catalog.array_agg(l.identifier), ''{}''), (SELECT pg_catalog.count(*) FROM changed), '
-        '       ARRAY[coalesce(pg_catalog.sum(l.c[2]), 0), coalesce(pg_catalog.sum(l.c[3]), 0), '
-        '             coalesce(pg_catalog.sum(l.c[4]), 0), coalesce(pg_catalog.sum(l.c[5]), 0), '
-        '             coalesce(pg_catalog.sum(l.c[6]), 0), coalesce(pg_catalog.sum(l.c[7]), 0)]::bigint[] '
-        'FROM locked l', v_table);
-    -- Rows not locked: those that still exist and still need filtering stay pending.
-    v_recheck_sql := pg_catalog.format(
-        'SELECT coalesce(pg_catalog.array_agg(s.identifier), ''{}'') '
-        'FROM (SELECT t.identifier, popularity._tag_drop_counts(t.tags, t.provider, $2) AS c '
-        '      FROM %s t WHERE t.identifier = ANY ($1)) s WHERE s.c[1] = 0', v_table);
-
-    v_wait_sql := pg_catalog.format(
-        'SELECT FROM %s t WHERE t.identifier = $1 FOR UPDATE OF t', v_table);
-
-    -- Main-pass batches in C++ read the table directly: they need table-level SELECT (and UPDATE)
-    -- and a table where no row-level security policy applies; otherwise the SQL scan does them.
-    v_direct := pg_catalog.has_table_privilege(v_table, 'SELECT')
-                AND (v_dry_run OR pg_catalog.has_table_privilege(v_table, 'UPDATE'))
-                AND NOT pg_catalog.row_security_active(v_table);
-
-    LOOP
-        -- The run row is the batch's mutex: concurrent calls for the same media type take turns.
-        SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id FOR UPDATE;
-        EXIT WHEN v_run.state <> 'running';
-        IF v_run.next_block >= v_run.total_blocks AND pg_catalog.cardinality(v_run.pending) = 0 THEN
-            UPDATE popularity.tag_filter_runs r
-            SET state = 'finished', finished_at = pg_catalog.clock_timestamp(),
-                updated_at = pg_catalog.clock_timestamp()
-            WHERE r.run_id = v_run_id;
-            COMMIT;
-            v_caller_path := pg_catalog.current_setting('search_path');
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-            EXIT;
-        END IF;
-
-        v_lo := v_run.next_block;
-        v_hi := least(v_run.next_block + v_batch, v_run.total_blocks);
-        v_scanned := 0;
-        v_malformed_rows := 0;
-        v_candidates := '{}';
-        v_drops := '{0,0,0,0,0,0}';
-        v_direct_changed := 0;
-        v_direct_drops := '{0,0,0,0,0,0}';
-        v_unlocked := '{}';
-        IF v_lo < v_hi AND v_direct THEN
-            -- Scans, locks and rewrites the range's rows that change; returns the ones it could
-            -- not lock.
-            SELECT f.rows_scanned, f.rows_malformed, f.rows_changed, f.drops, f.unlocked
-            INTO v_scanned, v_malformed_rows, v_direct_changed, v_direct_drops, v_unlocked
-            FROM popularity._filter_tags_range(v_table, v_media_type, v_lo, v_hi, v_dry_run,
-                                               v_record_run) f;
-        ELSIF v_lo < v_hi THEN
-            EXECUTE v_scan_sql INTO v_scanned, v_malformed_rows, v_candidates, v_drops
-                USING pg_catalog.format('(%s,0)', v_lo)::tid, pg_catalog.format('(%s,0)', v_hi)::tid,
-                      v_media_type;
-        END IF;
-
-        IF v_dry_run THEN
-            v_changed := pg_catalog.cardinality(v_candidates) + v_direct_changed;
-            v_pending := '{}';
-        ELSE
-            v_candidates := ARRAY(SELECT DISTINCT u FROM pg_catalog.unnest(v_candidates || v_run.pending) u);
-            v_locked := '{}';
-            v_changed := 0;
-            v_drops := '{0,0,0,0,0,0}';
-            v_pending := '{}';
-            IF v_lo >= v_hi AND pg_catalog.cardinality(v_candidates) > 0 THEN
-                -- The walk is over and only rows held by other transactions are left: wait for the
-                -- holder of the first one, boundedly (lock_timeout), then lock what is free.
-                BEGIN
-                    PERFORM pg_catalog.set_config('lock_timeout', v_lock_wait, true);
-                    EXECUTE v_wait_sql USING v_candidates[1];
-                EXCEPTION WHEN lock_not_available THEN
-                    NULL; -- still held: the next batch waits again
-                END;
-            END IF;
-            IF pg_catalog.cardinality(v_candidates) > 0 THEN
-                EXECUTE v_lock_sql INTO v_locked, v_changed, v_drops
-                    USING v_candidates, v_media_type, v_record_run;
-            END IF;
-            -- Rows not locked (here or by the C++ batch): those that still exist and still need
-            -- filtering stay pending.
-            IF pg_catalog.cardinality(v_locked) < pg_catalog.cardinality(v_candidates)
-               OR pg_catalog.cardinality(v_unlocked) > 0 THEN
-                v_retry := ARRAY(SELECT u FROM pg_catalog.unnest(v_candidates || v_unlocked) u
-                                 EXCEPT SELECT u FROM pg_catalog.unnest(v_locked) u);
-                IF pg_catalog.cardinality(v_retry) > 0 THEN
-                    EXECUTE v_recheck_sql INTO v_pending USING v_retry, v_media_type;
-                END IF;
-            END IF;
-            v_changed := v_changed + v_direct_changed;
-        END IF;
-
-        UPDATE popularity.tag_filter_runs r
-        SET next_block = v_hi,
-            pending = v_pending,
-            batches = r.batches + 1,
-            rows_scanned = r.rows_scanned + v_scanned,
-            rows_changed = r.rows_changed + v_changed,
-            rows_malformed = r.rows_malformed + v_malformed_rows,
-            lock_skips = r.lock_skips + pg_catalog.cardinality(v_pending),
-            dropped_malformed = r.dropped_malformed + v_drops[1] + v_direct_drops[1],
-            dropped_low_accuracy = r.dropped_low_accuracy + v_drops[2] + v_direct_drops[2],
-            dropped_filtered_provider = r.dropped_filtered_provider + v_drops[3] + v_direct_drops[3],
-            dropped_exact_denylist = r.dropped_exact_denylist + v_drops[4] + v_direct_drops[4],
-            dropped_substring_denylist = r.dropped_substring_denylist + v_drops[5] + v_direct_drops[5],
-            dropped_machine_label = r.dropped_machine_label + v_drops[6] + v_direct_drops[6],
-            updated_at = pg_catalog.clock_timestamp()
-        WHERE r.run_id = v_run_id;
-        COMMIT;
-        v_caller_path := pg_catalog.current_setting('search_path');
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    END LOOP;
-
-    SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id;
-    RAISE NOTICE '%', pg_catalog.format(
-        '%s run %s of media type "%s" %s: %s rows scanned, %s %s, %s malformed; tags dropped: '
-        '%s malformed, %s low_accuracy, %s filtered_provider, %s exact_denylist, '
-        '%s substring_denylist, %s machine_label',
-        CASE WHEN v_dry_run THEN 'dry' ELSE 'tag filter' END, v_run.run_id, v_media_type, v_run.state,
-        v_run.rows_scanned, v_run.rows_changed,
-        CASE WHEN v_dry_run THEN 'would change' ELSE 'changed' END, v_run.rows_malformed,
-        v_run.dropped_malformed, v_run.dropped_low_accuracy, v_run.dropped_filtered_provider,
-        v_run.dropped_exact_denylist, v_run.dropped_substring_denylist, v_run.dropped_machine_label);
-    PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
-END;
-$procedure$;
 
 CREATE OR REPLACE PROCEDURE @extschema@.refresh_popularity(
     media_type text, providers text[] DEFAULT NULL, wait boolean DEFAULT true, force boolean DEFAULT false)
@@ -581,9 +297,6 @@ DECLARE
     key_column pg_catalog.name;
     changed_providers pg_catalog.text[];
     new_run bigint;
-    nblocks bigint;
-    segments integer;
-    per_segment bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
 BEGIN
@@ -606,10 +319,12 @@ BEGIN
                   HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
     IF EXISTS (SELECT FROM popularity.refresh_runs AS r
-               WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running')) THEN
+               WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
+                 AND r.state IN ('queued', 'running')) THEN
         RAISE EXCEPTION 'a refresh of media type "%" is already in progress (run %)', media_type,
             (SELECT r.run_id FROM popularity.refresh_runs AS r
-             WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running'))
+             WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
+               AND r.state IN ('queued', 'running'))
             USING ERRCODE = 'object_in_use',
                   HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh(). '
                          'A run interrupted by a restart resumes when its database is in popularity.database '
@@ -649,10 +364,6 @@ BEGIN
     END IF;
 
     -- 2. The run and its block-range tasks.
-    nblocks := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;
-    segments := greatest(1, least(pg_catalog.current_setting('popularity.max_workers')::integer * 4,
-                                  (nblocks + 63) / 64));
-    per_segment := greatest(1, (nblocks + segments - 1) / segments);
     BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
@@ -674,10 +385,7 @@ BEGIN
         COMMIT;
         RETURN;
     END IF;
-    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
-    SELECT new_run, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
-    FROM generate_series(0, segments - 1) AS s
-    WHERE s * per_segment < nblocks OR s = 0;
+    PERFORM popularity._create_tasks(new_run);
     PERFORM popularity._wake_scheduler();
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
@@ -939,9 +647,6 @@ DECLARE
     key_column pg_catalog.name;
     changed_providers pg_catalog.text[];
     new_run bigint;
-    nblocks bigint;
-    segments integer;
-    per_segment bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
 BEGIN
@@ -964,10 +669,12 @@ BEGIN
                   HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
     IF EXISTS (SELECT FROM popularity.refresh_runs AS r
-               WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running')) THEN
+               WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
+                 AND r.state IN ('queued', 'running')) THEN
         RAISE EXCEPTION 'a refresh of media type "%" is already in progress (run %)', media_type,
             (SELECT r.run_id FROM popularity.refresh_runs AS r
-             WHERE r.media_type = refresh_popularity.media_type AND r.state IN ('queued', 'running'))
+             WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
+               AND r.state IN ('queued', 'running'))
             USING ERRCODE = 'object_in_use',
                   HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh(). '
                          'A run interrupted by a restart resumes when its database is in popularity.database '
@@ -1007,10 +714,6 @@ BEGIN
     END IF;
 
     -- 2. The run and its block-range tasks.
-    nblocks := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;
-    segments := greatest(1, least(pg_catalog.current_setting('popularity.max_workers')::integer * 4,
-                                  (nblocks + 63) / 64));
-    per_segment := greatest(1, (nblocks + segments - 1) / segments);
     BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
@@ -1032,10 +735,7 @@ BEGIN
         COMMIT;
         RETURN;
     END IF;
-    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
-    SELECT new_run, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
-    FROM generate_series(0, segments - 1) AS s
-    WHERE s * per_segment < nblocks OR s = 0;
+    PERFORM popularity._create_tasks(new_run);
     PERFORM popularity._wake_scheduler();
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
@@ -1083,6 +783,7 @@ DECLARE
     v_run CONSTANT bigint := _wait_refresh.run_id;
     run_state pg_catalog.text;
     run_error pg_catalog.text;
+    run_job pg_catalog.text;
     every pg_catalog.interval;
     last_report pg_catalog.timestamptz;
     interrupted boolean := false;
@@ -1094,7 +795,8 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     last_report := clock_timestamp();
     LOOP
-        SELECT r.state, r.error INTO run_state, run_error FROM popularity.refresh_runs AS r WHERE r.run_id = v_run;
+        SELECT r.state, r.error, r.job INTO run_state, run_error, run_job
+        FROM popularity.refresh_runs AS r WHERE r.run_id = v_run;
         EXIT WHEN run_state IS NULL OR run_state IN ('succeeded', 'failed', 'cancelled');
         every := current_setting('popularity.progress_interval')::interval;
         IF every > interval '0' AND clock_timestamp() - last_report >= every THEN
@@ -1105,8 +807,8 @@ BEGIN
             WHERE t.run_id = v_run;
             elapsed := greatest(extract(epoch FROM clock_timestamp()
                                         - (SELECT r.started_at FROM popularity.refresh_runs AS r WHERE r.run_id = v_run)), 0.001);
-            RAISE NOTICE '%', format('refresh run %s: %s%% of %s blocks, %s rows scanned (%s rows/s), %s',
-                v_run, CASE WHEN total > 0 THEN round(100 * done / total, 1) ELSE 0 END, total, scanned,
+            RAISE NOTICE '%', format('%s run %s: %s%% of %s blocks, %s rows scanned (%s rows/s), %s',
+                run_job, v_run, CASE WHEN total > 0 THEN round(100 * done / total, 1) ELSE 0 END, total, scanned,
                 round(scanned / elapsed),
                 CASE WHEN done IS NULL OR done = 0 THEN 'starting'
                      WHEN done >= total THEN 'revisiting rows other transactions held'
@@ -1123,18 +825,18 @@ BEGIN
         IF interrupted THEN
             PERFORM popularity.cancel_refresh(v_run);
             COMMIT;
-            RAISE EXCEPTION 'refresh run % cancelled: the statement waiting for it was cancelled', v_run
+            RAISE EXCEPTION '% run % cancelled: the statement waiting for it was cancelled', run_job, v_run
                 USING ERRCODE = 'query_canceled',
                       HINT = 'Resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true); '
                              'a run started with wait => false goes on without the session.';
         END IF;
     END LOOP;
     IF run_state = 'failed' THEN
-        RAISE EXCEPTION 'refresh run % failed: %', v_run, run_error
+        RAISE EXCEPTION '% run % failed: %', run_job, v_run, run_error
             USING ERRCODE = 'external_routine_exception',
                   HINT = 'Fix the cause, then resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true).';
     ELSIF run_state = 'cancelled' THEN
-        RAISE EXCEPTION 'refresh run % was cancelled', v_run
+        RAISE EXCEPTION '% run % was cancelled', run_job, v_run
             USING ERRCODE = 'query_canceled',
                   HINT = 'Resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true) or start a new one.';
     END IF;
@@ -1168,58 +870,177 @@ COMMENT ON PROCEDURE popularity.resume_refresh(bigint, boolean) IS
     'Continues a failed or cancelled run from its last committed batch; with wait, returns when it '
     'has finished and raises if it failed or was cancelled';
 
+-- engine: filter_tags is a job of the background workers' batch engine, like the refresh (issue 13,
+-- item 1): runs, tasks, progress and status are shared (refresh_runs.job), the filter's counters are
+-- kept by verdict name (refresh_counters), what a run removes is recorded by primary key, and the
+-- ingestion trigger filters every row it writes while a filter run is active. The PL/pgSQL walk,
+-- its C++ batch (_filter_tags_range) and popularity.tag_filter_runs are gone; the runs of 0.1.0's
+-- filter are kept as history in refresh_runs (new run numbers; an interrupted one as cancelled).
+ALTER TABLE popularity.refresh_runs
+    ALTER COLUMN writers DROP NOT NULL,
+    ADD COLUMN dry_run boolean NOT NULL DEFAULT false,
+    ADD COLUMN records_removed boolean NOT NULL DEFAULT false,
+    ADD COLUMN batch_blocks integer CONSTRAINT batch_blocks_positive CHECK (batch_blocks > 0),
+    ADD COLUMN undone_at timestamptz,
+    ADD COLUMN records_purged_at timestamptz,
+    ADD COLUMN job text NOT NULL DEFAULT 'refresh' CONSTRAINT job_known CHECK (job IN ('refresh', 'filter_tags')),
+    ADD CONSTRAINT refresh_options CHECK (job = 'filter_tags' OR NOT (dry_run OR records_removed)),
+    ADD CONSTRAINT dry_runs_record_nothing CHECK (NOT (dry_run AND records_removed));
+DROP INDEX popularity.refresh_runs_one_active;
+CREATE UNIQUE INDEX refresh_runs_one_active ON popularity.refresh_runs (media_type, job)
+    WHERE state IN ('queued', 'running');
+COMMENT ON TABLE popularity.refresh_runs IS
+    'Runs of the batch engine (history is kept): the job (refresh or filter_tags), what was '
+    'requested, by whom, its state and error';
+COMMENT ON COLUMN popularity.refresh_runs.records_removed IS
+    'The run records what it removes from each row in popularity.tag_filter_removed, so that '
+    'popularity.undo_filter_tags can restore it (popularity.tag_filter_undo when it was queued)';
+COMMENT ON COLUMN popularity.refresh_runs.undone_at IS 'When popularity.undo_filter_tags undid the run';
+COMMENT ON COLUMN popularity.refresh_runs.records_purged_at IS
+    'When popularity.purge_filter_undo deleted the run''s record of removed tags (the run can no '
+    'longer be undone)';
+
+CREATE TABLE popularity.refresh_counters (
+    task_id bigint NOT NULL REFERENCES popularity.refresh_tasks ON DELETE CASCADE,
+    counter text NOT NULL,
+    value bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_id, counter)
+);
+COMMENT ON TABLE popularity.refresh_counters IS
+    'A job''s own counters per task, by name, written with each batch: for filter_tags the tags '
+    'dropped per verdict (malformed, low_accuracy, ...) and rows_not_an_array';
+GRANT SELECT ON popularity.refresh_counters TO PUBLIC;
+
+-- The runs of 0.1.0's filter, as history of the engine (the guard would re-check the updating
+-- role's rights on each table; the rows are copied as they are).
+ALTER TABLE popularity.refresh_runs DISABLE TRIGGER refresh_run_guard;
+WITH old AS (
+    SELECT o.*, m.media_table AS registered_table,
+           (SELECT a.attname FROM pg_catalog.pg_index AS i
+            JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+            WHERE i.indrelid = o.media_table AND i.indisprimary AND i.indnkeyatts = 1) AS key_column,
+           pg_catalog.nextval('popularity.refresh_runs_run_id_seq') AS new_run
+    FROM popularity.tag_filter_runs AS o
+    LEFT JOIN popularity.media_types AS m ON m.media_type = o.media_type
+), runs AS (
+    INSERT INTO popularity.refresh_runs AS r
+        (run_id, job, media_type, media_table, key_column, providers, state, requested_by, writers,
+         requested_at, started_at, finished_at, error, dry_run)
+    SELECT old.new_run, 'filter_tags', old.media_type, old.media_table, coalesce(old.key_column, 'identifier'),
+           '{}', CASE old.state WHEN 'finished' THEN 'succeeded' ELSE 'cancelled' END,
+           (SELECT ro.oid FROM pg_catalog.pg_roles AS ro WHERE ro.rolname = current_user), '{}',
+           old.started_at, old.started_at, coalesce(old.finished_at, old.updated_at),
+           CASE old.state WHEN 'running' THEN 'interrupted before the update to 0.2.0: CALL filter_tags again'
+                          WHEN 'abandoned' THEN 'abandoned: its media type was registered with another table' END,
+           old.dry_run
+    FROM old RETURNING r.run_id
+), tasks AS (
+    INSERT INTO popularity.refresh_tasks AS t
+        (run_id, segment, first_block, end_block, next_block, state, batches, started_at, finished_at)
+    SELECT old.new_run, 0, 0, old.total_blocks, old.next_block,
+           CASE old.state WHEN 'finished' THEN 'done' ELSE 'cancelled' END, old.batches,
+           old.started_at, coalesce(old.finished_at, old.updated_at)
+    FROM old RETURNING t.task_id, t.run_id
+), progress AS (
+    INSERT INTO popularity.refresh_progress (task_id, provider, rows_scanned, rows_updated, rows_skipped_locked)
+    SELECT tasks.task_id, '', old.rows_scanned, old.rows_changed, old.lock_skips
+    FROM old JOIN tasks ON tasks.run_id = old.new_run
+)
+INSERT INTO popularity.refresh_counters (task_id, counter, value)
+SELECT tasks.task_id, c.counter, c.value
+FROM old JOIN tasks ON tasks.run_id = old.new_run,
+LATERAL (VALUES ('rows_not_an_array', old.rows_malformed), ('malformed', old.dropped_malformed),
+                ('low_accuracy', old.dropped_low_accuracy), ('filtered_provider', old.dropped_filtered_provider),
+                ('exact_denylist', old.dropped_exact_denylist), ('substring_denylist', old.dropped_substring_denylist),
+                ('machine_label', old.dropped_machine_label)) AS c(counter, value)
+WHERE c.value <> 0;
+ALTER TABLE popularity.refresh_runs ENABLE TRIGGER refresh_run_guard;
+DROP PROCEDURE @extschema@.filter_tags(text, boolean, integer);
+DROP FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean);
+ALTER EXTENSION popularity DROP TABLE popularity.tag_filter_runs;
+DROP TABLE popularity.tag_filter_runs;
+
+CREATE TRIGGER refresh_runs_changed AFTER INSERT OR UPDATE OF state OR DELETE ON popularity.refresh_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
+
+DROP VIEW popularity.refresh_status;
+CREATE VIEW popularity.refresh_status AS
+SELECT r.run_id, r.job, r.media_type, nullif(p.provider, '') AS provider, r.state, r.forced, r.dry_run,
+       blocks.done AS blocks_done, blocks.total AS blocks_total,
+       coalesce(c.rows_scanned, 0) AS rows_scanned, coalesce(c.rows_updated, 0) AS rows_updated,
+       coalesce(c.rows_skipped_locked, 0) AS rows_skipped_locked,
+       blocks.pending_revisit AS rows_pending_revisit,
+       blocks.batches, blocks.longest_batch_ms,
+       round((coalesce(c.rows_scanned, 0)
+              / greatest(extract(epoch FROM coalesce(r.finished_at, clock_timestamp()) - r.started_at), 0.001))::numeric)
+           AS rows_per_second,
+       CASE WHEN r.job = 'filter_tags' THEN coalesce(k.counters, '{}') END AS counters,
+       r.requested_at, r.started_at, r.finished_at, r.error
+FROM popularity.refresh_runs AS r
+-- A refresh counts per provider; a filter run has one group, every row ('').
+CROSS JOIN LATERAL unnest(CASE WHEN r.job = 'filter_tags' THEN ARRAY[''] ELSE r.providers END) AS p(provider)
+LEFT JOIN LATERAL (
+    SELECT sum(x.rows_scanned) AS rows_scanned, sum(x.rows_updated) AS rows_updated,
+           sum(x.rows_skipped_locked) AS rows_skipped_locked
+    FROM popularity.refresh_progress AS x JOIN popularity.refresh_tasks AS t USING (task_id)
+    WHERE t.run_id = r.run_id AND x.provider = p.provider
+) AS c ON true
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(y.counter, y.total ORDER BY y.counter) AS counters
+    FROM (SELECT x.counter, sum(x.value) AS total
+          FROM popularity.refresh_counters AS x JOIN popularity.refresh_tasks AS t USING (task_id)
+          WHERE t.run_id = r.run_id GROUP BY x.counter) AS y
+) AS k ON true
+LEFT JOIN LATERAL (
+    SELECT sum(t.next_block - t.first_block) AS done, sum(t.end_block - t.first_block) AS total,
+           sum(t.batches) AS batches, round(max(t.longest_batch_ms)::numeric, 1) AS longest_batch_ms,
+           (SELECT count(*) FROM popularity.refresh_skipped AS s JOIN popularity.refresh_tasks AS u USING (task_id)
+            WHERE u.run_id = r.run_id) AS pending_revisit
+    FROM popularity.refresh_tasks AS t WHERE t.run_id = r.run_id
+) AS blocks ON true;
+COMMENT ON VIEW popularity.refresh_status IS
+    'Per run of either job and provider (a filter run: one row, provider NULL): state, blocks '
+    'done/total, rows scanned, updated (a dry run: would be) and skipped while locked, batches, the '
+    'longest batch that wrote rows (ms), rate, the filter''s counters (tags dropped per verdict), '
+    'times and error (history included)';
+GRANT SELECT ON popularity.refresh_status TO PUBLIC;
+
+-- The block-range tasks of a new run: up to 4 per allowed worker, of at least 64 blocks each, over
+-- the table's size now (rows added later are covered by the last task's tail walk).
+CREATE FUNCTION popularity._create_tasks(run_id bigint)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    nblocks bigint;
+    segments integer;
+    per_segment bigint;
+    created integer;
+BEGIN
+    SELECT pg_relation_size(r.media_table) / current_setting('block_size')::bigint INTO nblocks
+    FROM popularity.refresh_runs AS r WHERE r.run_id = _create_tasks.run_id;
+    segments := greatest(1, least(current_setting('popularity.max_workers')::integer * 4, (nblocks + 63) / 64));
+    per_segment := greatest(1, (nblocks + segments - 1) / segments);
+    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
+    SELECT _create_tasks.run_id, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
+    FROM generate_series(0, segments - 1) AS s
+    WHERE s * per_segment < nblocks OR s = 0;
+    GET DIAGNOSTICS created = ROW_COUNT;
+    RETURN created;
+END $$;
+COMMENT ON FUNCTION popularity._create_tasks(bigint) IS
+    'Creates the block-range tasks of a new run (of either job) over the media table''s size now';
+
 -- undo: a run of filter_tags records what it removes from each row (popularity.tag_filter_removed,
 -- in the batch's transaction), popularity.undo_filter_tags puts it back on the rows not changed
 -- since, popularity.purge_filter_undo forgets old records (issue 13, item 8).
-ALTER TABLE popularity.tag_filter_runs
-    DROP CONSTRAINT tag_filter_run_state,
-    ADD CONSTRAINT tag_filter_run_state CHECK (state IN ('running', 'finished', 'abandoned', 'undone')),
-    ADD COLUMN records_removed boolean NOT NULL DEFAULT false,
-    ADD COLUMN undone_at timestamptz,
-    ADD COLUMN records_purged_at timestamptz;
-COMMENT ON COLUMN popularity.tag_filter_runs.state IS
-    'running (or interrupted: the next call resumes it), finished, abandoned (its media type was '
-    're-registered with another table), or undone (popularity.undo_filter_tags)';
-COMMENT ON COLUMN popularity.tag_filter_runs.records_removed IS
-    'The run records what it removes from each row in popularity.tag_filter_removed, so that '
-    'popularity.undo_filter_tags can restore it (popularity.tag_filter_undo when the run started)';
-COMMENT ON COLUMN popularity.tag_filter_runs.undone_at IS 'When popularity.undo_filter_tags undid the run';
-COMMENT ON COLUMN popularity.tag_filter_runs.records_purged_at IS
-    'When popularity.purge_filter_undo deleted the run''s record of removed tags (the run can no '
-    'longer be undone)';
-COMMENT ON COLUMN popularity.tag_filter_runs.total_blocks IS
-    'Size of the media table in blocks when the run started: the walk covers blocks [0, total_blocks)';
-COMMENT ON COLUMN popularity.tag_filter_runs.next_block IS
-    'First block of the next batch: blocks below it are done';
-COMMENT ON COLUMN popularity.tag_filter_runs.pending IS
-    'Identifiers of rows that need filtering but were locked by another transaction: revisited by '
-    'the next batches and after the walk until none is left';
-COMMENT ON COLUMN popularity.tag_filter_runs.rows_scanned IS 'Rows read by the walk';
-COMMENT ON COLUMN popularity.tag_filter_runs.rows_changed IS
-    'Rows whose tags were rewritten (dry run: would be)';
-COMMENT ON COLUMN popularity.tag_filter_runs.rows_malformed IS
-    'Rows whose tags are not an array (left as they are)';
-COMMENT ON COLUMN popularity.tag_filter_runs.lock_skips IS
-    'Times a row was skipped because another transaction held it';
-COMMENT ON COLUMN popularity.tag_filter_runs.dropped_malformed IS
-    'Tags dropped because they are not objects, their name is not a string, or their accuracy is '
-    'neither a number nor a string Python''s float() accepts';
-COMMENT ON COLUMN popularity.tag_filter_runs.dropped_low_accuracy IS 'Tags dropped for low accuracy';
-COMMENT ON COLUMN popularity.tag_filter_runs.dropped_filtered_provider IS
-    'Tags dropped because of their provider';
-COMMENT ON COLUMN popularity.tag_filter_runs.dropped_exact_denylist IS
-    'Tags dropped by the exact denylist';
-COMMENT ON COLUMN popularity.tag_filter_runs.dropped_substring_denylist IS
-    'Tags dropped by the substring denylist';
-COMMENT ON COLUMN popularity.tag_filter_runs.dropped_machine_label IS
-    'Tags dropped as excluded machine-generated labels';
-
 -- What each run removed, per changed row: written in the transaction of the batch that rewrote
 -- the row, read by undo_filter_tags, deleted by purge_filter_undo after
 -- popularity.tag_filter_undo_retention.
 CREATE TABLE popularity.tag_filter_removed (
-    run_id bigint NOT NULL REFERENCES popularity.tag_filter_runs (run_id) ON DELETE CASCADE,
-    identifier uuid NOT NULL,
+    run_id bigint NOT NULL REFERENCES popularity.refresh_runs (run_id) ON DELETE CASCADE,
+    row_key text NOT NULL,
     removed jsonb NOT NULL,
     tags_hash bigint NOT NULL
 );
@@ -1228,7 +1049,7 @@ COMMENT ON TABLE popularity.tag_filter_removed IS
     'The tags each run of filter_tags removed, per changed row (written in the batch''s '
     'transaction), so that popularity.undo_filter_tags can put them back; kept for '
     'popularity.tag_filter_undo_retention after the run (popularity.purge_filter_undo)';
-COMMENT ON COLUMN popularity.tag_filter_removed.identifier IS 'The row (its identifier)';
+COMMENT ON COLUMN popularity.tag_filter_removed.row_key IS 'The row: its primary key, as text';
 COMMENT ON COLUMN popularity.tag_filter_removed.removed IS
     'The removed tags as [[position, tag], ...]: positions in the array before the run, increasing';
 COMMENT ON COLUMN popularity.tag_filter_removed.tags_hash IS
@@ -1281,11 +1102,12 @@ BEGIN
         v_older_than := coalesce(v_older_than, interval '30 days');
     END IF;
     WITH purged AS (
-        UPDATE popularity.tag_filter_runs r
+        UPDATE popularity.refresh_runs r
         SET records_purged_at = pg_catalog.clock_timestamp()
-        WHERE r.records_removed AND r.records_purged_at IS NULL AND r.state <> 'running'
+        WHERE r.job = 'filter_tags' AND r.records_removed AND r.records_purged_at IS NULL
+          AND r.state NOT IN ('queued', 'running')
           AND (purge_filter_undo.media_type IS NULL OR r.media_type = purge_filter_undo.media_type)
-          AND coalesce(r.undone_at, r.finished_at, r.updated_at)
+          AND coalesce(r.undone_at, r.finished_at, r.requested_at)
               < pg_catalog.now() - v_older_than
         RETURNING r.run_id)
     SELECT coalesce(pg_catalog.array_agg(p.run_id), '{}') INTO v_runs FROM purged p;
@@ -1303,7 +1125,7 @@ COMMENT ON FUNCTION popularity.purge_filter_undo(text, interval) IS
 -- Puts back what a run removed, on the rows whose tags are still what the run wrote.
 CREATE FUNCTION popularity.undo_filter_tags(run_id bigint, OUT rows_restored bigint,
                                            OUT rows_not_restored bigint,
-                                           OUT not_restored uuid[])
+                                           OUT not_restored text[])
 RETURNS record
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1311,19 +1133,19 @@ AS $function$
 #variable_conflict use_column
 DECLARE
     v_run_id CONSTANT bigint := undo_filter_tags.run_id;
-    v_run popularity.tag_filter_runs;
+    v_run popularity.refresh_runs;
     v_ingestion boolean;
 BEGIN
     IF v_run_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
             MESSAGE = 'run_id must not be null',
-            HINT = 'Pass a run_id of popularity.tag_filter_runs.';
+            HINT = 'Pass the run_id of a filter_tags run (popularity.refresh_status, job filter_tags).';
     END IF;
-    SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id;
+    SELECT * INTO v_run FROM popularity.refresh_runs r WHERE r.run_id = v_run_id AND r.job = 'filter_tags';
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
             MESSAGE = format('unknown tag filter run %s', v_run_id),
-            HINT = 'popularity.tag_filter_runs lists the runs of filter_tags (those of media tables you may read).';
+            HINT = 'popularity.refresh_status lists the runs of filter_tags (job filter_tags; those of media tables you may read).';
     END IF;
     IF NOT (has_table_privilege(v_run.media_table, 'SELECT')
             AND has_table_privilege(v_run.media_table, 'UPDATE')) THEN
@@ -1336,9 +1158,14 @@ BEGIN
             MESSAGE = format('tag filter run %s is a dry run: it changed nothing', v_run_id),
             HINT = 'Pass the run_id of a run made without dry_run.';
     END IF;
-    -- Waits for a batch of the run in progress; once undone, the run stops at its next batch.
-    SELECT * INTO v_run FROM popularity.tag_filter_runs r WHERE r.run_id = v_run_id FOR UPDATE;
-    IF v_run.state = 'undone' THEN
+    -- The run row is locked first: a run cannot be resumed while it is undone.
+    SELECT * INTO v_run FROM popularity.refresh_runs r WHERE r.run_id = v_run_id FOR UPDATE;
+    IF v_run.state IN ('queued', 'running') THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_in_use',
+            MESSAGE = format('tag filter run %s is still in progress', v_run_id),
+            HINT = format('Cancel it first: SELECT popularity.cancel_refresh(%s);', v_run_id);
+    END IF;
+    IF v_run.undone_at IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
             MESSAGE = format('tag filter run %s was undone already', v_run_id),
             HINT = 'The rows it could not restore are left in popularity.tag_filter_removed.';
@@ -1363,24 +1190,24 @@ BEGIN
     -- their records. The records left are the rows not restored (changed or deleted since).
     EXECUTE format(
         'WITH restored AS ('
-        '    UPDATE %s t SET tags = popularity._restored_tags(t.tags, d.removed)'
+        '    UPDATE %1$s t SET tags = popularity._restored_tags(t.tags, d.removed)'
         '    FROM popularity.tag_filter_removed d'
-        '    WHERE d.run_id = $1 AND t.identifier = d.identifier'
+        '    WHERE d.run_id = $1 AND t.%2$I = d.row_key::%3$s'
         '      AND popularity._tags_hash(t.tags) OPERATOR(pg_catalog.=) d.tags_hash'
         '      AND pg_catalog.jsonb_typeof(t.tags) OPERATOR(pg_catalog.=) ''array'''
-        '    RETURNING t.identifier'
+        '    RETURNING t.%2$I::text AS row_key'
         '), forgotten AS ('
         '    DELETE FROM popularity.tag_filter_removed d USING restored r'
-        '    WHERE d.run_id = $1 AND d.identifier = r.identifier'
+        '    WHERE d.run_id = $1 AND d.row_key OPERATOR(pg_catalog.=) r.row_key'
         ') '
-        'SELECT pg_catalog.count(*) FROM restored', v_run.media_table)
+        'SELECT pg_catalog.count(*) FROM restored', v_run.media_table, v_run.key_column,
+        (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = v_run.media_table AND a.attname = v_run.key_column))
     INTO rows_restored USING v_run_id;
-    SELECT pg_catalog.count(*), coalesce(pg_catalog.array_agg(d.identifier ORDER BY d.identifier), '{}')
+    SELECT pg_catalog.count(*), coalesce(pg_catalog.array_agg(d.row_key ORDER BY d.row_key), '{}')
     INTO rows_not_restored, not_restored
     FROM popularity.tag_filter_removed d WHERE d.run_id = v_run_id;
-    UPDATE popularity.tag_filter_runs r
-    SET state = 'undone', undone_at = pg_catalog.clock_timestamp(),
-        updated_at = pg_catalog.clock_timestamp()
+    UPDATE popularity.refresh_runs r SET undone_at = pg_catalog.clock_timestamp()
     WHERE r.run_id = v_run_id;
     RAISE NOTICE 'tag filter run % of media type "%" undone: % rows restored, % not restored (changed or deleted since the run)',
         v_run_id, v_run.media_type, rows_restored, rows_not_restored;
@@ -1389,29 +1216,198 @@ $function$;
 COMMENT ON FUNCTION popularity.undo_filter_tags(bigint) IS
     'Puts back the tags a run of filter_tags removed, on the rows whose tags are still exactly what '
     'the run wrote, in one transaction, and marks the run undone. Returns how many rows it '
-    'restored and the identifiers of the rows it could not restore (changed or deleted since: '
+    'restored and the keys of the rows it could not restore (changed or deleted since: '
     'their records stay in popularity.tag_filter_removed). Needs SELECT and UPDATE on the media '
-    'table; refuses dry runs and runs without a record';
+    'table; refuses dry runs, runs in progress and runs without a record';
 
--- _filter_tags_range takes the run that records (a new argument).
-DROP FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean);
--- One main-pass batch in C++ (src/pg/tag_filter_batch.cpp).
-CREATE FUNCTION popularity._filter_tags_range(media_table regclass, media_type text,
-                                              from_block bigint, to_block bigint, dry_run boolean,
-                                              record_run bigint, OUT rows_scanned bigint, OUT rows_malformed bigint,
-                                              OUT rows_changed bigint, OUT drops bigint[],
-                                              OUT unlocked uuid[])
-RETURNS record
-AS 'MODULE_PATHNAME', 'popularity_filter_tags_range'
-LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint, boolean, bigint) IS
-    'One batch of filter_tags over blocks [from_block, to_block): scans them with the caller''s '
-    'snapshot, runs the rules once per row, locks the rows that change (skipping rows other '
-    'transactions hold) and rewrites them with one UPDATE (dry run: only counts). Returns the '
-    'counts, the tags dropped per reason in the changed rows and the identifiers of the rows it '
-    'could not lock. With record_run <> 0 it records what it removed from each row in '
-    'popularity.tag_filter_removed (run record_run) in the same statement. Needs SELECT and UPDATE on the table and refuses tables where row-level '
-    'security applies (internal)';
+-- The procedure ------------------------------------------------------------------------------------
+
+-- Queues a filter_tags run of the batch engine (background workers, like refresh_popularity: one
+-- committed transaction per batch, rows other transactions hold skipped and revisited, a rewalk for
+-- rows moved by transactions in progress when the run was queued) and, with wait, waits for it.
+-- While a run (not a dry run) is active, the ingestion trigger applies the rules to every row it
+-- writes, so a row that ingestion moves behind the walk is filtered too.
+-- search_path: pinned in every transaction segment, as in refresh_popularity (50_refresh.sql).
+-- updated_on is deliberately left alone: the tags are not new data.
+CREATE PROCEDURE @extschema@.filter_tags(media_type text, dry_run boolean DEFAULT false,
+                                         batch_blocks integer DEFAULT NULL, wait boolean DEFAULT true)
+LANGUAGE plpgsql
+AS $procedure$
+#variable_conflict use_column
+DECLARE
+    v_media_type CONSTANT pg_catalog.text := filter_tags.media_type;
+    v_dry_run CONSTANT boolean := filter_tags.dry_run;
+    v_batch CONSTANT integer := filter_tags.batch_blocks;
+    v_wait CONSTANT boolean := filter_tags.wait;
+    v_caller_path pg_catalog.text;
+    v_table pg_catalog.regclass;
+    v_key pg_catalog.name;
+    v_run_id bigint;
+    v_active_dry boolean;
+    v_missing pg_catalog.text;
+    v_status record;
+BEGIN
+    v_caller_path := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF v_media_type IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'media type must not be null',
+            HINT = 'Pass a media type registered in popularity.media_types.';
+    END IF;
+    IF v_dry_run IS NULL OR v_wait IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'dry_run and wait must not be null';
+    END IF;
+    IF v_batch IS NOT NULL AND v_batch < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = pg_catalog.format('batch_blocks must be at least 1, not %s', v_batch),
+            HINT = 'batch_blocks is the number of table blocks (8 kB pages) per committed batch; NULL: popularity.batch_blocks.';
+    END IF;
+    v_table := popularity._media_table(v_media_type);
+    IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = v_table) <> 'r' THEN
+        RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
+            MESSAGE = pg_catalog.format('media table %s of media type "%s" is not a plain table',
+                                        v_table, v_media_type),
+            HINT = 'filter_tags walks the blocks of a heap table; register each partition as a media type.';
+    END IF;
+    -- The rights it needs, said in one sentence before anything runs.
+    IF NOT pg_catalog.has_table_privilege(v_table, 'SELECT')
+       OR NOT (v_dry_run OR pg_catalog.has_table_privilege(v_table, 'UPDATE')) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = pg_catalog.format('permission denied to filter the tags of %s', v_table),
+            HINT = CASE WHEN v_dry_run THEN 'A dry run needs SELECT on the media table.'
+                        ELSE 'filter_tags needs SELECT and UPDATE on the media table (a dry run: SELECT).' END;
+    END IF;
+    -- The workers read the table directly: a row-level security policy would apply to their UPDATE
+    -- but not to their scan.
+    IF pg_catalog.row_security_active(v_table) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = pg_catalog.format('row-level security applies to %s for role "%s"', v_table, current_user),
+            HINT = 'Run filter_tags as the table owner or a role with BYPASSRLS.';
+    END IF;
+    -- The columns it needs, with their types.
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I %s', need.name, need.type), ', ')
+    INTO v_missing
+    FROM (VALUES ('tags', 'jsonb'::regtype), ('provider', 'text'::regtype)) AS need(name, type)
+    WHERE NOT EXISTS (
+        SELECT FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = v_table AND a.attname = need.name AND NOT a.attisdropped AND a.attnum > 0
+          AND (a.atttypid = need.type
+               OR (need.type = 'text'::regtype AND a.atttypid = 'character varying'::regtype)));
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_column',
+            MESSAGE = pg_catalog.format('media table %s lacks columns that filter_tags needs', v_table),
+            DETAIL = pg_catalog.format('Missing or of another type: %s.', v_missing),
+            HINT = 'A media table has a single-column primary key, provider text or varchar, and tags jsonb.';
+    END IF;
+    v_key := popularity._key_column(v_table);
+    -- Background workers run it: without the preloaded library none would ever run.
+    PERFORM popularity._require_preload();
+    -- The workers connect as the calling role, which must be able to log in.
+    IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'filter_tags workers run as the calling role, and role "%" cannot log in', current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Call filter_tags() as a role with LOGIN that may update the media table.';
+    END IF;
+    -- Fail early on rules that cannot be loaded.
+    PERFORM popularity.filtered_tags('[]'::jsonb, NULL, v_media_type);
+    -- It commits, so it must be called on its own (like VACUUM).
+    IF popularity._in_transaction_block() THEN
+        RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
+            MESSAGE = 'filter_tags() cannot run inside a transaction block',
+            HINT = 'Call it on its own: it commits the run before it records the transactions in progress.';
+    END IF;
+
+    -- A run in progress for this media type: wait for it (the same kind), or refuse.
+    SELECT r.run_id, r.dry_run INTO v_run_id, v_active_dry
+    FROM popularity.refresh_runs r
+    WHERE r.media_type = v_media_type AND r.job = 'filter_tags' AND r.state IN ('queued', 'running');
+    IF v_run_id IS NOT NULL AND v_active_dry IS DISTINCT FROM v_dry_run THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_in_use',
+            MESSAGE = pg_catalog.format('a %s of media type "%s" is in progress (run %s)',
+                                        CASE WHEN v_active_dry THEN 'dry run of filter_tags' ELSE 'filter_tags run' END,
+                                        v_media_type, v_run_id),
+            HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh(run_id).';
+    END IF;
+    IF v_run_id IS NOT NULL THEN
+        RAISE NOTICE 'filter_tags run % of media type "%" is in progress: %', v_run_id, v_media_type,
+            CASE WHEN v_wait THEN 'waiting for it' ELSE 'not starting another' END;
+        -- Queued by a session that ended before it recorded the transactions in progress.
+        UPDATE popularity.refresh_runs r SET writers = popularity._writers_in_progress()
+        WHERE r.run_id = v_run_id AND r.writers IS NULL;
+        IF FOUND THEN
+            PERFORM popularity._wake_scheduler();
+        END IF;
+    ELSE
+        -- The records of removed tags of this media type's old runs go first.
+        IF NOT v_dry_run THEN
+            PERFORM popularity.purge_filter_undo(v_media_type);
+        END IF;
+        BEGIN
+            INSERT INTO popularity.refresh_runs AS r
+                (job, media_type, media_table, key_column, providers, requested_by, writers, dry_run,
+                 records_removed, batch_blocks)
+            VALUES ('filter_tags', v_media_type, v_table, v_key, '{}', current_user::text::regrole::oid,
+                    NULL, v_dry_run,
+                    NOT v_dry_run
+                        AND coalesce(pg_catalog.current_setting('popularity.tag_filter_undo', true), 'on')::boolean,
+                    v_batch)
+            RETURNING r.run_id INTO v_run_id;
+        EXCEPTION WHEN unique_violation THEN
+            RAISE EXCEPTION 'a filter_tags run of media type "%" is already in progress', v_media_type
+                USING ERRCODE = 'object_in_use',
+                      HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
+        END;
+        PERFORM popularity._create_tasks(v_run_id);
+        -- 1. The run, committed: from now on the ingestion trigger filters every row it writes
+        -- (not for a dry run), so a row that ingestion moves behind the walk is filtered anyway.
+        -- The scheduler does not start a run before its writers are recorded.
+        COMMIT;
+        v_caller_path := pg_catalog.current_setting('search_path');
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        -- 2. The transactions in progress now may still write rows unfiltered: the run waits for
+        -- them and walks again what it walked before they ended (as a refresh does).
+        UPDATE popularity.refresh_runs r SET writers = popularity._writers_in_progress()
+        WHERE r.run_id = v_run_id;
+        PERFORM popularity._wake_scheduler();
+        RAISE NOTICE '% run % of media type "%" queued',
+            CASE WHEN v_dry_run THEN 'dry filter_tags' ELSE 'filter_tags' END, v_run_id, v_media_type;
+    END IF;
+    IF NOT v_wait THEN
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
+        RETURN;
+    END IF;
+    COMMIT;
+    CALL popularity._wait_refresh(v_run_id);
+
+    SELECT s.state, s.rows_scanned, s.rows_updated, s.counters INTO v_status
+    FROM popularity.refresh_status s WHERE s.run_id = v_run_id;
+    RAISE NOTICE '%', pg_catalog.format(
+        '%s run %s of media type "%s" %s: %s rows scanned, %s %s, %s not an array; tags dropped: %s',
+        CASE WHEN v_dry_run THEN 'dry filter_tags' ELSE 'filter_tags' END, v_run_id, v_media_type,
+        v_status.state, v_status.rows_scanned, v_status.rows_updated,
+        CASE WHEN v_dry_run THEN 'would change' ELSE 'changed' END,
+        coalesce(v_status.counters ->> 'rows_not_an_array', '0'),
+        coalesce((SELECT pg_catalog.string_agg(pg_catalog.format('%s %s', v.value, v.key), ', ' ORDER BY v.key)
+                  FROM pg_catalog.jsonb_each_text(v_status.counters) v WHERE v.key <> 'rows_not_an_array'),
+                 'none'));
+    PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
+END;
+$procedure$;
+COMMENT ON PROCEDURE @extschema@.filter_tags(text, boolean, integer, boolean) IS
+    'Applies the tag rules in place to a media type''s table: queues a run of the batch engine '
+    '(background workers, committed batches of batch_blocks blocks that skip rows other '
+    'transactions hold and revisit them) and, with wait, returns when it has finished. With '
+    'dry_run it changes no media row and only counts. Progress and counts: '
+    'popularity.refresh_status (job filter_tags)';
+
+-- (comments of routines redefined above)
+COMMENT ON FUNCTION popularity._refresh_run_guard() IS
+    'Trigger on popularity.refresh_runs: a run is requested by the inserting role, for the registered '
+    'table of its media type, which that role may read and update (a dry run: read); its identity never changes';
+COMMENT ON PROCEDURE popularity._wait_refresh(bigint) IS
+    'Waits for a run of either job: progress NOTICEs every popularity.progress_interval; a cancel of the '
+    'wait cancels the run; raises if the run failed or was cancelled';
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
@@ -1478,62 +1474,62 @@ CREATE POLICY owners ON popularity.tag_rules FOR ALL
     WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = tag_rules.media_type
                         AND pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = m.media_table), 'USAGE')));
 
-ALTER TABLE popularity.tag_filter_runs ENABLE ROW LEVEL SECURITY;
-CREATE POLICY readers ON popularity.tag_filter_runs FOR SELECT
-    USING (pg_catalog.has_table_privilege(media_table, 'SELECT'));
--- A dry run only reads the table.
-CREATE POLICY writers ON popularity.tag_filter_runs FOR ALL
-    USING (pg_catalog.has_table_privilege(media_table, 'SELECT')
-           AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')))
-    WITH CHECK (pg_catalog.has_table_privilege(media_table, 'SELECT')
-                AND (dry_run OR pg_catalog.has_table_privilege(media_table, 'UPDATE')));
-
 -- The records of removed tags follow their run: readable with SELECT on the run's table, written
 -- (by filter_tags, undo_filter_tags, purge_filter_undo) with SELECT and UPDATE on it.
 ALTER TABLE popularity.tag_filter_removed ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.tag_filter_removed FOR SELECT
-    USING (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id));
+    USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = tag_filter_removed.run_id));
 CREATE POLICY writers ON popularity.tag_filter_removed FOR ALL
-    USING (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id
+    USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = tag_filter_removed.run_id
                    AND pg_catalog.has_table_privilege(r.media_table, 'SELECT')
-                   AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
-    WITH CHECK (EXISTS (SELECT FROM popularity.tag_filter_runs AS r WHERE r.run_id = tag_filter_removed.run_id
+                   AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
+    WITH CHECK (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = tag_filter_removed.run_id
                         AND pg_catalog.has_table_privilege(r.media_table, 'SELECT')
-                        AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+                        AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
 
 ALTER TABLE popularity.refresh_runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_runs FOR SELECT
     USING (pg_catalog.has_table_privilege(media_table, 'SELECT'));
+-- A dry run of filter_tags only reads the table, so SELECT on it is enough to run one.
 CREATE POLICY writers ON popularity.refresh_runs FOR ALL
-    USING (pg_catalog.has_table_privilege(media_table, 'UPDATE'))
-    WITH CHECK (pg_catalog.has_table_privilege(media_table, 'UPDATE'));
+    USING (pg_catalog.has_table_privilege(media_table, CASE WHEN dry_run THEN 'SELECT' ELSE 'UPDATE' END))
+    WITH CHECK (pg_catalog.has_table_privilege(media_table, CASE WHEN dry_run THEN 'SELECT' ELSE 'UPDATE' END));
 
 ALTER TABLE popularity.refresh_tasks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_tasks FOR SELECT
     USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id));
 CREATE POLICY writers ON popularity.refresh_tasks FOR ALL
     USING (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id
-                   AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+                   AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
     WITH CHECK (EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = refresh_tasks.run_id
-                        AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+                        AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
 
 ALTER TABLE popularity.refresh_progress ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_progress FOR SELECT
     USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t WHERE t.task_id = refresh_progress.task_id));
 CREATE POLICY writers ON popularity.refresh_progress FOR ALL
     USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
-                   WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+                   WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
     WITH CHECK (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
-                        WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+                        WHERE t.task_id = refresh_progress.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
+
+ALTER TABLE popularity.refresh_counters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.refresh_counters FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t WHERE t.task_id = refresh_counters.task_id));
+CREATE POLICY writers ON popularity.refresh_counters FOR ALL
+    USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                   WHERE t.task_id = refresh_counters.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
+    WITH CHECK (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                        WHERE t.task_id = refresh_counters.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
 
 ALTER TABLE popularity.refresh_skipped ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.refresh_skipped FOR SELECT
     USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t WHERE t.task_id = refresh_skipped.task_id));
 CREATE POLICY writers ON popularity.refresh_skipped FOR ALL
     USING (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
-                   WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')))
+                   WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)))
     WITH CHECK (EXISTS (SELECT FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
-                        WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, 'UPDATE')));
+                        WHERE t.task_id = refresh_skipped.task_id AND pg_catalog.has_table_privilege(r.media_table, CASE WHEN r.dry_run THEN 'SELECT' ELSE 'UPDATE' END)));
 GRANT SELECT ON popularity.refresh_skipped TO PUBLIC;
 
 ALTER TABLE popularity.stats_counts ENABLE ROW LEVEL SECURITY;

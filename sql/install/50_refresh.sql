@@ -5,8 +5,6 @@
 
 CREATE TABLE popularity.refresh_runs (
     run_id bigserial PRIMARY KEY,
-    -- refresh: rescore the rows of `providers`; filter_tags: apply the tag rules to every row.
-    job text NOT NULL DEFAULT 'refresh' CONSTRAINT job_known CHECK (job IN ('refresh', 'filter_tags')),
     media_type text NOT NULL,
     media_table regclass NOT NULL,
     key_column name NOT NULL,
@@ -36,6 +34,8 @@ CREATE TABLE popularity.refresh_runs (
     batch_blocks integer CONSTRAINT batch_blocks_positive CHECK (batch_blocks > 0),
     undone_at timestamptz,
     records_purged_at timestamptz,
+    -- refresh: rescore the rows of `providers`; filter_tags: apply the tag rules to every row.
+    job text NOT NULL DEFAULT 'refresh' CONSTRAINT job_known CHECK (job IN ('refresh', 'filter_tags')),
     CONSTRAINT refresh_options CHECK (job = 'filter_tags' OR NOT (dry_run OR records_removed)),
     CONSTRAINT dry_runs_record_nothing CHECK (NOT (dry_run AND records_removed))
 );

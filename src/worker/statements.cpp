@@ -64,8 +64,12 @@ void prepare_statements(Task &task) {
     task.update_plan = prepare_kept(update, update_nargs, update_types);
     Oid counts_types[5] = {INT8OID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
     task.counts_plan = prepare_kept(kCountsSql, 5, counts_types);
-    Oid counters_types[3] = {INT8OID, TEXTARRAYOID, INT8ARRAYOID};
-    task.counters_plan = prepare_kept(kCountersSql, 3, counters_types);
+    // Only a filter run has counters of its own (and a 0.1.0 schema, which can only have refresh
+    // runs, has no refresh_counters table).
+    if (task.kind == JobKind::filter_tags) {
+        Oid counters_types[3] = {INT8OID, TEXTARRAYOID, INT8ARRAYOID};
+        task.counters_plan = prepare_kept(kCountersSql, 3, counters_types);
+    }
     Oid skip_types[2] = {INT8OID, TEXTARRAYOID};
     task.skip_plan = prepare_kept(kSkipSql, 2, skip_types);
     // The current versions of skipped rows, by key (their text form, as recorded).

@@ -157,19 +157,21 @@ int lock_candidates(const Task &task, Batch &batch) {
         if (!c.locked) {
             continue; // held (revisited later) or deleted
         }
+        // The version locked (the last one when the row was updated since the scan), which the
+        // UPDATE addresses by TID.
+        const ItemPointerData locked_tid = slot->tts_tid;
         if (failure.traversed) {
-            // The last version, as it stands now (c.tid is now its TID).
+            // Decided again on the last version, as it stands now.
             Candidate again = c;
             c.changes = task.job->decide(task, batch, slot, again, false);
             if (c.changes) {
-                const ItemPointerData tid = c.tid;
                 c = again;
-                c.tid = tid;
                 c.locked = true;
                 c.held = false;
                 c.changes = true;
             }
         }
+        c.tid = locked_tid;
         if (c.changes) {
             changing++;
         }

@@ -35,12 +35,19 @@ BEGIN
                       HINT = 'A run has the rights of the role that queues it: it needs SELECT and UPDATE on the media table (a dry run: SELECT).';
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
+        -- The constants the run rescores with, as they are now (after the caller's constants committed).
+        SELECT coalesce(array_agg(m.constant ORDER BY p.ord), '{}'),
+               coalesce(array_agg(m.constant_version ORDER BY p.ord), '{}')
+        INTO NEW.constants, NEW.constant_versions
+        FROM unnest(NEW.providers) WITH ORDINALITY AS p(provider, ord)
+        LEFT JOIN popularity.metrics AS m ON m.media_type = NEW.media_type AND m.provider = p.provider;
     ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers,
-           NEW.requested_by, NEW.relfilenode, NEW.dry_run, NEW.records_removed, NEW.batch_blocks)
+           NEW.requested_by, NEW.relfilenode, NEW.constants, NEW.constant_versions, NEW.dry_run,
+           NEW.records_removed, NEW.batch_blocks)
           IS DISTINCT FROM (OLD.run_id, OLD.job, OLD.media_type, OLD.media_table, OLD.key_column,
-                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.dry_run,
-                            OLD.records_removed, OLD.batch_blocks) THEN
-        RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, options and requesting role) cannot be changed'
+                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.constants,
+                            OLD.constant_versions, OLD.dry_run, OLD.records_removed, OLD.batch_blocks) THEN
+        RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, their constants, options and requesting role) cannot be changed'
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Cancel the run with popularity.cancel_refresh() and start another.';
     END IF;
@@ -48,7 +55,8 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION popularity._refresh_run_guard() IS
     'Trigger on popularity.refresh_runs: a run is requested by the inserting role, for the registered '
-    'table of its media type, which that role may read and update; its identity never changes';
+    'table of its media type, which that role may read and update (a dry run: read), with its '
+    'providers'' current constants; its identity never changes';
 CREATE TRIGGER refresh_run_guard BEFORE INSERT OR UPDATE ON popularity.refresh_runs
     FOR EACH ROW EXECUTE FUNCTION popularity._refresh_run_guard();
 
@@ -295,7 +303,7 @@ DECLARE
     caller_path pg_catalog.text;
     tbl pg_catalog.regclass;
     key_column pg_catalog.name;
-    changed_providers pg_catalog.text[];
+    stale_providers pg_catalog.text[];
     new_run bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
@@ -340,14 +348,13 @@ BEGIN
     END IF;
 
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
-    SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}'),
-           count(*) FILTER (WHERE c.error IS NOT NULL),
+    SELECT count(*) FILTER (WHERE c.error IS NOT NULL),
            min(pg_catalog.format('provider %s: %s',
                                  pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
                                                                ELSE pg_catalog.left(c.provider, 80) || '...'
                                                                     || pg_catalog.right(c.provider, 17) END),
                                  c.error)) FILTER (WHERE c.error IS NOT NULL)
-    INTO changed_providers, failed_count, failed_detail
+    INTO failed_count, failed_detail
     FROM popularity.refresh_constants(media_type, providers) AS c;
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
@@ -363,22 +370,29 @@ BEGIN
                    'or percentile with popularity.set_metric().';
     END IF;
 
-    -- 2. The run and its block-range tasks.
+    -- 2. The run and its block-range tasks: every stale provider (popularity.rescore_state: its
+    -- constant changed since it was last rescored, here or elsewhere, or it never was), or every
+    -- configured one with force.
+    SELECT coalesce(array_agg(s.provider ORDER BY s.provider), '{}') INTO stale_providers
+    FROM popularity.rescore_state AS s
+    WHERE s.media_type = refresh_popularity.media_type
+      AND (refresh_popularity.providers IS NULL OR s.provider = ANY (refresh_popularity.providers))
+      AND (s.stale OR force);
     BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
-        VALUES (media_type, tbl, key_column, changed_providers, force, current_user::text::regrole::oid,
+        VALUES (media_type, tbl, key_column, stale_providers, force, current_user::text::regrole::oid,
                 popularity._writers_in_progress(),
-                CASE WHEN cardinality(changed_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
-                CASE WHEN cardinality(changed_providers) = 0 THEN pg_catalog.clock_timestamp() END)
+                CASE WHEN cardinality(stale_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
+                CASE WHEN cardinality(stale_providers) = 0 THEN pg_catalog.clock_timestamp() END)
         RETURNING r.run_id INTO new_run;
     EXCEPTION WHEN unique_violation THEN
         RAISE EXCEPTION 'a refresh of media type "%" is already in progress', media_type
             USING ERRCODE = 'object_in_use',
                   HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
     END;
-    IF cardinality(changed_providers) = 0 THEN
-        RAISE NOTICE 'refresh run %: no constant changed, nothing to rescore', new_run
+    IF cardinality(stale_providers) = 0 THEN
+        RAISE NOTICE 'refresh run %: no provider''s constant changed since it was last rescored, nothing to rescore', new_run
             USING HINT = 'Use force => true to rescore every configured provider anyway.';
         PERFORM pg_catalog.pg_notify('popularity', pg_catalog.json_build_object(
             'event', 'refresh_finished', 'run_id', new_run, 'media_type', media_type, 'state', 'succeeded')::text);
@@ -392,11 +406,11 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- The list in full only when it is short (there may be thousands of long names).
     RAISE NOTICE 'refresh run % queued for providers %', new_run,
-        CASE WHEN (SELECT sum(pg_catalog.octet_length(p)) FROM unnest(changed_providers) AS p) <= 1000
-             THEN array_to_string(changed_providers, ', ')
+        CASE WHEN (SELECT sum(pg_catalog.octet_length(p)) FROM unnest(stale_providers) AS p) <= 1000
+             THEN array_to_string(stale_providers, ', ')
              ELSE pg_catalog.format('%s, ... (%s providers)',
-                                    pg_catalog.left(array_to_string(changed_providers[1:3], ', '), 200),
-                                    cardinality(changed_providers)) END;
+                                    pg_catalog.left(array_to_string(stale_providers[1:3], ', '), 200),
+                                    cardinality(stale_providers)) END;
     IF NOT wait THEN
         PERFORM pg_catalog.set_config('search_path', caller_path, true);
         RETURN;
@@ -645,7 +659,7 @@ DECLARE
     caller_path pg_catalog.text;
     tbl pg_catalog.regclass;
     key_column pg_catalog.name;
-    changed_providers pg_catalog.text[];
+    stale_providers pg_catalog.text[];
     new_run bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
@@ -690,14 +704,13 @@ BEGIN
     END IF;
 
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
-    SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}'),
-           count(*) FILTER (WHERE c.error IS NOT NULL),
+    SELECT count(*) FILTER (WHERE c.error IS NOT NULL),
            min(pg_catalog.format('provider %s: %s',
                                  pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
                                                                ELSE pg_catalog.left(c.provider, 80) || '...'
                                                                     || pg_catalog.right(c.provider, 17) END),
                                  c.error)) FILTER (WHERE c.error IS NOT NULL)
-    INTO changed_providers, failed_count, failed_detail
+    INTO failed_count, failed_detail
     FROM popularity.refresh_constants(media_type, providers) AS c;
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
@@ -713,22 +726,29 @@ BEGIN
                    'or percentile with popularity.set_metric().';
     END IF;
 
-    -- 2. The run and its block-range tasks.
+    -- 2. The run and its block-range tasks: every stale provider (popularity.rescore_state: its
+    -- constant changed since it was last rescored, here or elsewhere, or it never was), or every
+    -- configured one with force.
+    SELECT coalesce(array_agg(s.provider ORDER BY s.provider), '{}') INTO stale_providers
+    FROM popularity.rescore_state AS s
+    WHERE s.media_type = refresh_popularity.media_type
+      AND (refresh_popularity.providers IS NULL OR s.provider = ANY (refresh_popularity.providers))
+      AND (s.stale OR force);
     BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
-        VALUES (media_type, tbl, key_column, changed_providers, force, current_user::text::regrole::oid,
+        VALUES (media_type, tbl, key_column, stale_providers, force, current_user::text::regrole::oid,
                 popularity._writers_in_progress(),
-                CASE WHEN cardinality(changed_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
-                CASE WHEN cardinality(changed_providers) = 0 THEN pg_catalog.clock_timestamp() END)
+                CASE WHEN cardinality(stale_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
+                CASE WHEN cardinality(stale_providers) = 0 THEN pg_catalog.clock_timestamp() END)
         RETURNING r.run_id INTO new_run;
     EXCEPTION WHEN unique_violation THEN
         RAISE EXCEPTION 'a refresh of media type "%" is already in progress', media_type
             USING ERRCODE = 'object_in_use',
                   HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
     END;
-    IF cardinality(changed_providers) = 0 THEN
-        RAISE NOTICE 'refresh run %: no constant changed, nothing to rescore', new_run
+    IF cardinality(stale_providers) = 0 THEN
+        RAISE NOTICE 'refresh run %: no provider''s constant changed since it was last rescored, nothing to rescore', new_run
             USING HINT = 'Use force => true to rescore every configured provider anyway.';
         PERFORM pg_catalog.pg_notify('popularity', pg_catalog.json_build_object(
             'event', 'refresh_finished', 'run_id', new_run, 'media_type', media_type, 'state', 'succeeded')::text);
@@ -742,11 +762,11 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- The list in full only when it is short (there may be thousands of long names).
     RAISE NOTICE 'refresh run % queued for providers %', new_run,
-        CASE WHEN (SELECT sum(pg_catalog.octet_length(p)) FROM unnest(changed_providers) AS p) <= 1000
-             THEN array_to_string(changed_providers, ', ')
+        CASE WHEN (SELECT sum(pg_catalog.octet_length(p)) FROM unnest(stale_providers) AS p) <= 1000
+             THEN array_to_string(stale_providers, ', ')
              ELSE pg_catalog.format('%s, ... (%s providers)',
-                                    pg_catalog.left(array_to_string(changed_providers[1:3], ', '), 200),
-                                    cardinality(changed_providers)) END;
+                                    pg_catalog.left(array_to_string(stale_providers[1:3], ', '), 200),
+                                    cardinality(stale_providers)) END;
     IF NOT wait THEN
         PERFORM pg_catalog.set_config('search_path', caller_path, true);
         RETURN;
@@ -1404,10 +1424,169 @@ COMMENT ON PROCEDURE @extschema@.filter_tags(text, boolean, integer, boolean) IS
 -- (comments of routines redefined above)
 COMMENT ON FUNCTION popularity._refresh_run_guard() IS
     'Trigger on popularity.refresh_runs: a run is requested by the inserting role, for the registered '
-    'table of its media type, which that role may read and update (a dry run: read); its identity never changes';
+    'table of its media type, which that role may read and update (a dry run: read), with its '
+    'providers'' current constants; its identity never changes';
 COMMENT ON PROCEDURE popularity._wait_refresh(bigint) IS
     'Waits for a run of either job: progress NOTICEs every popularity.progress_interval; a cancel of the '
     'wait cancels the run; raises if the run failed or was cancelled';
+
+-- stale state from stored state (issue 13, item 3): a refresh rescores every provider whose
+-- constant changed since the provider was last rescored, whoever changed it (refresh_constants
+-- called on its own, a CALL whose session died between its two commits), or that never was;
+-- freshness() reports the same notion. Each constant gets a version (a new one whenever it
+-- changes), each run records the constants and versions of its providers when it is queued, and
+-- popularity.rescore_state compares the two.
+-- An upgraded install has no recorded versions: every provider that has a constant is stale once,
+-- so the first refresh_popularity after the update rescores them all (one pass over the table that
+-- rewrites only the rows whose score differs; on an install kept up to date, none).
+ALTER TABLE popularity.metrics ADD COLUMN constant_version uuid NOT NULL DEFAULT gen_random_uuid();
+COMMENT ON COLUMN popularity.metrics.constant_version IS
+    'Identifies the current value of the constant: a new random one whenever the constant changes, whoever changes it '
+    '(never reused, so a value seen again means the constant has not changed since)';
+
+-- The version of the constant: a new one for a new row and whenever the constant changes (by
+-- refresh_constants or any UPDATE), never one the statement chose, so that a version recorded by a
+-- refresh run and found again means the constant has not changed since (popularity.rescore_state).
+CREATE FUNCTION popularity._metrics_constant_version()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_RELID <> 'popularity.metrics'::regclass OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' THEN
+        RAISE EXCEPTION 'popularity._metrics_constant_version() versions popularity.metrics only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.constant IS DISTINCT FROM OLD.constant THEN
+        NEW.constant_version := gen_random_uuid();
+    ELSE
+        NEW.constant_version := OLD.constant_version;
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION popularity._metrics_constant_version() IS
+    'Trigger on popularity.metrics: a new constant_version for a new row and whenever the constant changes; '
+    'otherwise the version is kept, whatever the statement says';
+CREATE TRIGGER metrics_constant_version BEFORE INSERT OR UPDATE ON popularity.metrics
+    FOR EACH ROW EXECUTE FUNCTION popularity._metrics_constant_version();
+
+ALTER TABLE popularity.refresh_runs ADD COLUMN constants double precision[] NOT NULL DEFAULT '{}',
+    ADD COLUMN constant_versions uuid[] NOT NULL DEFAULT '{}';
+-- (popularity._refresh_run_guard records them: see its definition in the relations block)
+
+-- Which providers' rows carry their current constant, from stored state alone: a provider is stale
+-- when it has a constant and the last succeeded run that rescored it did not record the constant's
+-- current version when it was queued (the constant changed during or after that run, however it
+-- was changed), or no run ever rescored it. refresh_popularity rescores the stale providers;
+-- freshness() reports the same column. (Runs without providers, e.g. "nothing to rescore", add
+-- nothing.)
+CREATE VIEW popularity.rescore_state AS
+SELECT x.media_type, x.provider, x.constant, x.constant_changed_at,
+       last.run_id AS rescored_run, last.finished_at AS rescored_at, last.constant AS rescored_constant,
+       x.constant IS NOT NULL AND last.version IS DISTINCT FROM x.constant_version AS stale
+FROM popularity.metrics AS x
+LEFT JOIN (
+    SELECT DISTINCT ON (r.media_type, u.provider) r.media_type, u.provider, r.run_id, r.finished_at,
+           u.constant, u.version
+    FROM popularity.refresh_runs AS r
+    CROSS JOIN LATERAL unnest(r.providers, r.constants, r.constant_versions) AS u(provider, constant, version)
+    WHERE r.state = 'succeeded' AND r.job = 'refresh'
+    ORDER BY r.media_type, u.provider, r.finished_at DESC, r.run_id DESC
+) AS last ON last.media_type = x.media_type AND last.provider = x.provider;
+COMMENT ON VIEW popularity.rescore_state IS
+    'Per configured provider: its constant, when it changed, the last succeeded refresh run that rescored it '
+    '(when it finished, the constant it was queued with), and stale: it has a constant that changed since that '
+    'run was queued, or was never rescored (the next refresh_popularity rescores it)';
+GRANT SELECT ON popularity.rescore_state TO PUBLIC;
+-- refresh_popularity queues the stale providers (see its definitions above).
+COMMENT ON PROCEDURE @extschema@.refresh_popularity(text, text[], boolean, boolean) IS
+    'Recomputes the constants of a media type, then rescoring of every provider whose constant changed '
+    'since it was last rescored, or that never was (popularity.rescore_state.stale; all with force) runs '
+    'in background workers; with wait, returns when the run finished and raises if it failed or was cancelled';
+
+-- freshness reports rescore_pending (a new result column, hence DROP + CREATE).
+DROP FUNCTION popularity.freshness(text, integer, boolean, double precision, text);
+CREATE FUNCTION popularity.freshness(
+    media_type text, sample_rows integer DEFAULT 10000, exact boolean DEFAULT false,
+    seed double precision DEFAULT NULL, sampling text DEFAULT 'bernoulli')
+RETURNS TABLE (provider text, metric text, constant double precision, method text, rows_counted bigint,
+               rows_examined bigint, rows_stale bigint, stale_fraction double precision,
+               stale_lower double precision, stale_upper double precision, estimated_stale_rows bigint,
+               constant_changed_at timestamptz, last_refresh_finished_at timestamptz, rescore_pending boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl regclass := popularity._media_table($1);
+    total double precision;
+    percent double precision;
+    sample_clause text := '';
+BEGIN
+    IF sample_rows IS NULL OR sample_rows < 1 THEN
+        RAISE EXCEPTION 'sample_rows must be a positive number of rows'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The value given was %s.', coalesce(sample_rows::text, 'NULL')),
+                  HINT = 'Use e.g. 10000, or exact => true to scan every row.';
+    END IF;
+    PERFORM popularity._check_sampling(sampling);
+    -- The exact row count from the counts; the planner's estimate when nothing is counted.
+    total := (SELECT sum(s.rows) FROM popularity.provider_stats AS s WHERE s.media_type = $1);
+    IF total IS NULL OR total <= 0 THEN
+        total := (SELECT greatest(c.reltuples, 0) FROM pg_class AS c WHERE c.oid = tbl);
+    END IF;
+    percent := 100.0 * sample_rows / greatest(total, 1);
+    IF NOT coalesce(exact, false) AND percent < 100 THEN
+        sample_clause := format(' TABLESAMPLE %s (%s)%s', upper(sampling), percent,
+                                CASE WHEN seed IS NOT NULL THEN format(' REPEATABLE (%s)', seed) ELSE '' END);
+    END IF;
+    RETURN QUERY EXECUTE format($sql$
+        WITH cfg AS MATERIALIZED (
+            SELECT x.provider, x.metric, x.constant, x.constant_changed_at
+            FROM popularity.metrics AS x WHERE x.media_type = $1
+        ), examined AS (
+            SELECT t.provider::text AS provider, count(*) AS n,
+                   count(*) FILTER (WHERE popularity._score_differs(
+                       t.standardized_popularity,
+                       CASE WHEN m.constant IS NOT NULL THEN
+                           @extschema@.standardized_popularity(
+                               @extschema@.popularity_metric_value(t.meta_data, m.metric), m.constant)
+                       END,
+                       current_setting('popularity.score_tolerance')::double precision)) AS stale
+            FROM %s AS t %s LEFT JOIN cfg AS m ON m.provider = t.provider::text
+            GROUP BY 1
+        ), keys AS (
+            SELECT e.provider FROM examined AS e
+            UNION SELECT s.provider FROM popularity.provider_stats AS s WHERE s.media_type = $1
+            UNION SELECT m.provider FROM cfg AS m
+        )
+        SELECT k.provider, m.metric, m.constant, $2, coalesce(s.rows, 0),
+               coalesce(e.n, 0), coalesce(e.stale, 0),
+               e.stale::double precision / e.n,
+               -- exact: the value itself (NULL without rows); sample: [0, 1] without rows
+               CASE WHEN $2 = 'exact' THEN e.stale::double precision / e.n
+                    ELSE popularity.clopper_pearson_lower(coalesce(e.stale, 0), coalesce(e.n, 0), 0.99) END,
+               CASE WHEN $2 = 'exact' THEN e.stale::double precision / e.n
+                    ELSE popularity.clopper_pearson_upper(coalesce(e.stale, 0), coalesce(e.n, 0), 0.99) END,
+               round(s.rows * (e.stale::double precision / e.n))::bigint,
+               m.constant_changed_at,
+               (SELECT max(r.finished_at) FROM popularity.refresh_runs AS r
+                WHERE r.media_type = $1 AND r.state = 'succeeded' AND k.provider = ANY (r.providers)),
+               coalesce(rs.stale, false)
+        FROM keys AS k
+        LEFT JOIN examined AS e ON e.provider IS NOT DISTINCT FROM k.provider
+        LEFT JOIN cfg AS m ON m.provider = k.provider
+        LEFT JOIN popularity.rescore_state AS rs ON rs.media_type = $1 AND rs.provider = k.provider
+        LEFT JOIN popularity.provider_stats AS s ON s.media_type = $1 AND s.provider IS NOT DISTINCT FROM k.provider
+        ORDER BY k.provider NULLS FIRST
+        $sql$, tbl, sample_clause)
+        USING $1, CASE WHEN sample_clause = '' THEN 'exact' ELSE 'sample' END;
+END $$;
+COMMENT ON FUNCTION popularity.freshness(text, integer, boolean, double precision, text) IS
+    'Per provider: the fraction of rows whose stored score differs from the score under the current constant, '
+    'from a sample of about sample_rows rows (bernoulli, or system: blocks, approximate) with an exact 99% '
+    'Clopper-Pearson interval (exact => true scans every row), the exact row count, when the constant last '
+    'changed, when the last successful refresh of the provider finished, and whether the next refresh_popularity '
+    'rescores it (popularity.rescore_state.stale); seed makes the sample repeatable';
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
@@ -1576,6 +1755,7 @@ CREATE POLICY writers ON popularity.stats_corrections FOR ALL
 ALTER VIEW popularity.refresh_status SET (security_invoker = true);
 ALTER VIEW popularity.provider_stats SET (security_invoker = true);
 ALTER VIEW popularity.effective_tag_rules SET (security_invoker = true);
+ALTER VIEW popularity.rescore_state SET (security_invoker = true);
 
 -- Operator rights -----------------------------------------------------------------------------------
 

@@ -197,13 +197,24 @@ SET ROLE popularity_nologin;
 SELECT pg_temp.try($$CALL refresh_popularity('image')$$);
 RESET ROLE;
 -- The queue trusts no caller-written identity: a run is requested by the role that inserts it, for
--- the registered table of its media type, whatever the row says; that identity never changes.
+-- the registered table of its media type, with its providers' current constants (and their
+-- versions), whatever the row says; that identity never changes.
 BEGIN;
-INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
-VALUES ('image', 'pg_class', 'identifier', '{flickr}', 'popularity_nologin'::regrole)
-RETURNING media_table, requested_by::regrole;
+INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by,
+                                     constants, constant_versions)
+VALUES ('image', 'pg_class', 'identifier', '{flickr,unknown}', 'popularity_nologin'::regrole,
+        '{1,2}', ARRAY[gen_random_uuid(), gen_random_uuid()])
+RETURNING media_table, requested_by::regrole,
+          constants[1] = (SELECT constant FROM popularity.metrics WHERE media_type = 'image' AND provider = 'flickr')
+              AND constants[2] IS NULL AS current_constants,
+          constant_versions[1] = (SELECT constant_version FROM popularity.metrics
+                                  WHERE media_type = 'image' AND provider = 'flickr')
+              AND constant_versions[2] IS NULL AS current_versions;
 SAVEPOINT s;
 UPDATE popularity.refresh_runs SET requested_by = 'popularity_nologin'::regrole
+WHERE run_id = (SELECT max(run_id) FROM popularity.refresh_runs);
+ROLLBACK TO s;
+UPDATE popularity.refresh_runs SET constant_versions = '{}'
 WHERE run_id = (SELECT max(run_id) FROM popularity.refresh_runs);
 ROLLBACK TO s;
 INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
@@ -231,6 +242,26 @@ SELECT pg_temp.wait_run(:forged);
 SELECT t.attempts, t.error, r.error = t.error AS run_has_the_error
 FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id) WHERE t.run_id = :forged;
 DROP ROLE popularity_nologin;
+
+-- Stale state comes from stored state: a constant changed outside a CALL (set_metric, then
+-- refresh_constants on its own) leaves its provider stale until a succeeded run rescored it with
+-- that constant, so the next CALL rescores it; freshness() reports the same. A constant's version
+-- changes with the constant only, whatever an UPDATE says.
+SELECT popularity.set_metric('image', 'wikimedia', 'global_usage_count', 0.6);
+SELECT provider, changed FROM popularity.refresh_constants('image') WHERE changed;
+UPDATE popularity.metrics SET constant_version = gen_random_uuid(), last_error = NULL
+WHERE media_type = 'image' AND provider = 'flickr';
+SELECT provider, stale, rescored_constant = constant AS rescored_with_current
+FROM popularity.rescore_state WHERE media_type = 'image' AND constant IS NOT NULL ORDER BY 1;
+SELECT provider, rows_stale > 0 AS rows_stale, rescore_pending
+FROM popularity.freshness('image', exact => true) WHERE provider IN ('flickr', 'wikimedia') ORDER BY 1;
+CALL refresh_popularity('image');
+SELECT provider, stale, rescored_constant = constant AS rescored_with_current
+FROM popularity.rescore_state WHERE media_type = 'image' AND constant IS NOT NULL ORDER BY 1;
+SELECT provider, rows_stale, rescore_pending
+FROM popularity.freshness('image', exact => true) WHERE provider IN ('flickr', 'wikimedia') ORDER BY 1;
+SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_outside_change;
+CALL refresh_popularity('image');
 
 -- The history is kept; the status view reads it.
 SELECT run_id, media_type, providers, forced, state FROM popularity.refresh_runs ORDER BY run_id;

@@ -15,6 +15,9 @@ CREATE TABLE popularity.metrics (
     constant_changed_at timestamptz,
     created_at timestamptz NOT NULL DEFAULT now(),
     last_error text,
+    -- A new value whenever the constant changes (popularity._metrics_constant_version): a run records
+    -- the versions it rescores with (refresh_runs.constant_versions), see popularity.rescore_state.
+    constant_version uuid NOT NULL DEFAULT gen_random_uuid(),
     PRIMARY KEY (media_type, provider)
 );
 COMMENT ON TABLE popularity.metrics IS
@@ -27,8 +30,37 @@ COMMENT ON COLUMN popularity.metrics.computed_at IS 'When refresh_constants last
 COMMENT ON COLUMN popularity.metrics.constant_changed_at IS 'When the constant last changed value';
 COMMENT ON COLUMN popularity.metrics.last_error IS
     'Why refresh_constants could not compute the constant the last time it tried (the previous val and constant are kept); NULL when it could';
+COMMENT ON COLUMN popularity.metrics.constant_version IS
+    'Identifies the current value of the constant: a new random one whenever the constant changes, whoever changes it '
+    '(never reused, so a value seen again means the constant has not changed since)';
 SELECT pg_catalog.pg_extension_config_dump('popularity.metrics', '');
 GRANT SELECT ON popularity.metrics TO PUBLIC;
+
+-- The version of the constant: a new one for a new row and whenever the constant changes (by
+-- refresh_constants or any UPDATE), never one the statement chose, so that a version recorded by a
+-- refresh run and found again means the constant has not changed since (popularity.rescore_state).
+CREATE FUNCTION popularity._metrics_constant_version()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_RELID <> 'popularity.metrics'::regclass OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' THEN
+        RAISE EXCEPTION 'popularity._metrics_constant_version() versions popularity.metrics only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.constant IS DISTINCT FROM OLD.constant THEN
+        NEW.constant_version := gen_random_uuid();
+    ELSE
+        NEW.constant_version := OLD.constant_version;
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION popularity._metrics_constant_version() IS
+    'Trigger on popularity.metrics: a new constant_version for a new row and whenever the constant changes; '
+    'otherwise the version is kept, whatever the statement says';
+CREATE TRIGGER metrics_constant_version BEFORE INSERT OR UPDATE ON popularity.metrics
+    FOR EACH ROW EXECUTE FUNCTION popularity._metrics_constant_version();
 
 -- Every committed change to the metrics makes every backend reload its constants before its next row.
 CREATE FUNCTION popularity._config_changed()

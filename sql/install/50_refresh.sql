@@ -36,6 +36,11 @@ CREATE TABLE popularity.refresh_runs (
     records_purged_at timestamptz,
     -- refresh: rescore the rows of `providers`; filter_tags: apply the tag rules to every row.
     job text NOT NULL DEFAULT 'refresh' CONSTRAINT job_known CHECK (job IN ('refresh', 'filter_tags')),
+    -- Per provider (parallel to providers), the constant and its version (metrics.constant_version)
+    -- when the run was queued: a succeeded run rescored its providers with these, unless one
+    -- changed during the run (then the version differs from the current one: popularity.rescore_state).
+    constants double precision[] NOT NULL DEFAULT '{}',
+    constant_versions uuid[] NOT NULL DEFAULT '{}',
     CONSTRAINT refresh_options CHECK (job = 'filter_tags' OR NOT (dry_run OR records_removed)),
     CONSTRAINT dry_runs_record_nothing CHECK (NOT (dry_run AND records_removed))
 );
@@ -147,12 +152,19 @@ BEGIN
                       HINT = 'A run has the rights of the role that queues it: it needs SELECT and UPDATE on the media table (a dry run: SELECT).';
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
+        -- The constants the run rescores with, as they are now (after the caller's constants committed).
+        SELECT coalesce(array_agg(m.constant ORDER BY p.ord), '{}'),
+               coalesce(array_agg(m.constant_version ORDER BY p.ord), '{}')
+        INTO NEW.constants, NEW.constant_versions
+        FROM unnest(NEW.providers) WITH ORDINALITY AS p(provider, ord)
+        LEFT JOIN popularity.metrics AS m ON m.media_type = NEW.media_type AND m.provider = p.provider;
     ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers,
-           NEW.requested_by, NEW.relfilenode, NEW.dry_run, NEW.records_removed, NEW.batch_blocks)
+           NEW.requested_by, NEW.relfilenode, NEW.constants, NEW.constant_versions, NEW.dry_run,
+           NEW.records_removed, NEW.batch_blocks)
           IS DISTINCT FROM (OLD.run_id, OLD.job, OLD.media_type, OLD.media_table, OLD.key_column,
-                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.dry_run,
-                            OLD.records_removed, OLD.batch_blocks) THEN
-        RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, options and requesting role) cannot be changed'
+                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.constants,
+                            OLD.constant_versions, OLD.dry_run, OLD.records_removed, OLD.batch_blocks) THEN
+        RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, their constants, options and requesting role) cannot be changed'
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Cancel the run with popularity.cancel_refresh() and start another.';
     END IF;
@@ -160,7 +172,8 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION popularity._refresh_run_guard() IS
     'Trigger on popularity.refresh_runs: a run is requested by the inserting role, for the registered '
-    'table of its media type, which that role may read and update (a dry run: read); its identity never changes';
+    'table of its media type, which that role may read and update (a dry run: read), with its '
+    'providers'' current constants; its identity never changes';
 CREATE TRIGGER refresh_run_guard BEFORE INSERT OR UPDATE ON popularity.refresh_runs
     FOR EACH ROW EXECUTE FUNCTION popularity._refresh_run_guard();
 -- A tag filter run starting or ending changes which media types the ingestion trigger filters:
@@ -208,6 +221,31 @@ COMMENT ON VIEW popularity.refresh_status IS
     'longest batch that wrote rows (ms), rate, the filter''s counters (tags dropped per verdict), '
     'times and error (history included)';
 GRANT SELECT ON popularity.refresh_status TO PUBLIC;
+
+-- Which providers' rows carry their current constant, from stored state alone: a provider is stale
+-- when it has a constant and the last succeeded run that rescored it did not record the constant's
+-- current version when it was queued (the constant changed during or after that run, however it
+-- was changed), or no run ever rescored it. refresh_popularity rescores the stale providers;
+-- freshness() reports the same column. (Runs without providers, e.g. "nothing to rescore", add
+-- nothing.)
+CREATE VIEW popularity.rescore_state AS
+SELECT x.media_type, x.provider, x.constant, x.constant_changed_at,
+       last.run_id AS rescored_run, last.finished_at AS rescored_at, last.constant AS rescored_constant,
+       x.constant IS NOT NULL AND last.version IS DISTINCT FROM x.constant_version AS stale
+FROM popularity.metrics AS x
+LEFT JOIN (
+    SELECT DISTINCT ON (r.media_type, u.provider) r.media_type, u.provider, r.run_id, r.finished_at,
+           u.constant, u.version
+    FROM popularity.refresh_runs AS r
+    CROSS JOIN LATERAL unnest(r.providers, r.constants, r.constant_versions) AS u(provider, constant, version)
+    WHERE r.state = 'succeeded' AND r.job = 'refresh'
+    ORDER BY r.media_type, u.provider, r.finished_at DESC, r.run_id DESC
+) AS last ON last.media_type = x.media_type AND last.provider = x.provider;
+COMMENT ON VIEW popularity.rescore_state IS
+    'Per configured provider: its constant, when it changed, the last succeeded refresh run that rescored it '
+    '(when it finished, the constant it was queued with), and stale: it has a constant that changed since that '
+    'run was queued, or was never rescored (the next refresh_popularity rescores it)';
+GRANT SELECT ON popularity.rescore_state TO PUBLIC;
 
 CREATE FUNCTION popularity._wake_scheduler()
 RETURNS void
@@ -388,7 +426,7 @@ DECLARE
     caller_path pg_catalog.text;
     tbl pg_catalog.regclass;
     key_column pg_catalog.name;
-    changed_providers pg_catalog.text[];
+    stale_providers pg_catalog.text[];
     new_run bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
@@ -433,14 +471,13 @@ BEGIN
     END IF;
 
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
-    SELECT coalesce(array_agg(c.provider ORDER BY c.provider) FILTER (WHERE c.changed OR force), '{}'),
-           count(*) FILTER (WHERE c.error IS NOT NULL),
+    SELECT count(*) FILTER (WHERE c.error IS NOT NULL),
            min(pg_catalog.format('provider %s: %s',
                                  pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
                                                                ELSE pg_catalog.left(c.provider, 80) || '...'
                                                                     || pg_catalog.right(c.provider, 17) END),
                                  c.error)) FILTER (WHERE c.error IS NOT NULL)
-    INTO changed_providers, failed_count, failed_detail
+    INTO failed_count, failed_detail
     FROM popularity.refresh_constants(media_type, providers) AS c;
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
@@ -456,22 +493,29 @@ BEGIN
                    'or percentile with popularity.set_metric().';
     END IF;
 
-    -- 2. The run and its block-range tasks.
+    -- 2. The run and its block-range tasks: every stale provider (popularity.rescore_state: its
+    -- constant changed since it was last rescored, here or elsewhere, or it never was), or every
+    -- configured one with force.
+    SELECT coalesce(array_agg(s.provider ORDER BY s.provider), '{}') INTO stale_providers
+    FROM popularity.rescore_state AS s
+    WHERE s.media_type = refresh_popularity.media_type
+      AND (refresh_popularity.providers IS NULL OR s.provider = ANY (refresh_popularity.providers))
+      AND (s.stale OR force);
     BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
-        VALUES (media_type, tbl, key_column, changed_providers, force, current_user::text::regrole::oid,
+        VALUES (media_type, tbl, key_column, stale_providers, force, current_user::text::regrole::oid,
                 popularity._writers_in_progress(),
-                CASE WHEN cardinality(changed_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
-                CASE WHEN cardinality(changed_providers) = 0 THEN pg_catalog.clock_timestamp() END)
+                CASE WHEN cardinality(stale_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
+                CASE WHEN cardinality(stale_providers) = 0 THEN pg_catalog.clock_timestamp() END)
         RETURNING r.run_id INTO new_run;
     EXCEPTION WHEN unique_violation THEN
         RAISE EXCEPTION 'a refresh of media type "%" is already in progress', media_type
             USING ERRCODE = 'object_in_use',
                   HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
     END;
-    IF cardinality(changed_providers) = 0 THEN
-        RAISE NOTICE 'refresh run %: no constant changed, nothing to rescore', new_run
+    IF cardinality(stale_providers) = 0 THEN
+        RAISE NOTICE 'refresh run %: no provider''s constant changed since it was last rescored, nothing to rescore', new_run
             USING HINT = 'Use force => true to rescore every configured provider anyway.';
         PERFORM pg_catalog.pg_notify('popularity', pg_catalog.json_build_object(
             'event', 'refresh_finished', 'run_id', new_run, 'media_type', media_type, 'state', 'succeeded')::text);
@@ -485,11 +529,11 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- The list in full only when it is short (there may be thousands of long names).
     RAISE NOTICE 'refresh run % queued for providers %', new_run,
-        CASE WHEN (SELECT sum(pg_catalog.octet_length(p)) FROM unnest(changed_providers) AS p) <= 1000
-             THEN array_to_string(changed_providers, ', ')
+        CASE WHEN (SELECT sum(pg_catalog.octet_length(p)) FROM unnest(stale_providers) AS p) <= 1000
+             THEN array_to_string(stale_providers, ', ')
              ELSE pg_catalog.format('%s, ... (%s providers)',
-                                    pg_catalog.left(array_to_string(changed_providers[1:3], ', '), 200),
-                                    cardinality(changed_providers)) END;
+                                    pg_catalog.left(array_to_string(stale_providers[1:3], ', '), 200),
+                                    cardinality(stale_providers)) END;
     IF NOT wait THEN
         PERFORM pg_catalog.set_config('search_path', caller_path, true);
         RETURN;
@@ -501,8 +545,8 @@ BEGIN
 END $$;
 COMMENT ON PROCEDURE @extschema@.refresh_popularity(text, text[], boolean, boolean) IS
     'Recomputes the constants of a media type, then rescoring of every provider whose constant changed '
-    '(all with force) runs in background workers; with wait, returns when the run finished and raises '
-    'if it failed or was cancelled';
+    'since it was last rescored, or that never was (popularity.rescore_state.stale; all with force) runs '
+    'in background workers; with wait, returns when the run finished and raises if it failed or was cancelled';
 
 CREATE FUNCTION popularity.cancel_refresh(run_id bigint DEFAULT NULL, media_type text DEFAULT NULL)
 RETURNS SETOF bigint

@@ -489,13 +489,16 @@ COMMENT ON FUNCTION popularity._check_sampling(text) IS
 -- current constant (beyond popularity.score_tolerance, as the refresh judges it), estimated from a
 -- sample of about sample_rows rows with an exact 99% Clopper-Pearson interval; exact => true (or a
 -- sample that would cover the table) scans every row, and the interval is then the value itself.
+-- Beside the rows, rescore_pending says whether the next refresh_popularity rescores the provider
+-- (popularity.rescore_state.stale, the refresh's own notion, from stored state: its constant changed
+-- since its last rescore, or it was never rescored).
 CREATE FUNCTION popularity.freshness(
     media_type text, sample_rows integer DEFAULT 10000, exact boolean DEFAULT false,
     seed double precision DEFAULT NULL, sampling text DEFAULT 'bernoulli')
 RETURNS TABLE (provider text, metric text, constant double precision, method text, rows_counted bigint,
                rows_examined bigint, rows_stale bigint, stale_fraction double precision,
                stale_lower double precision, stale_upper double precision, estimated_stale_rows bigint,
-               constant_changed_at timestamptz, last_refresh_finished_at timestamptz)
+               constant_changed_at timestamptz, last_refresh_finished_at timestamptz, rescore_pending boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -553,10 +556,12 @@ BEGIN
                round(s.rows * (e.stale::double precision / e.n))::bigint,
                m.constant_changed_at,
                (SELECT max(r.finished_at) FROM popularity.refresh_runs AS r
-                WHERE r.media_type = $1 AND r.state = 'succeeded' AND k.provider = ANY (r.providers))
+                WHERE r.media_type = $1 AND r.state = 'succeeded' AND k.provider = ANY (r.providers)),
+               coalesce(rs.stale, false)
         FROM keys AS k
         LEFT JOIN examined AS e ON e.provider IS NOT DISTINCT FROM k.provider
         LEFT JOIN cfg AS m ON m.provider = k.provider
+        LEFT JOIN popularity.rescore_state AS rs ON rs.media_type = $1 AND rs.provider = k.provider
         LEFT JOIN popularity.provider_stats AS s ON s.media_type = $1 AND s.provider IS NOT DISTINCT FROM k.provider
         ORDER BY k.provider NULLS FIRST
         $sql$, tbl, sample_clause)
@@ -566,7 +571,8 @@ COMMENT ON FUNCTION popularity.freshness(text, integer, boolean, double precisio
     'Per provider: the fraction of rows whose stored score differs from the score under the current constant, '
     'from a sample of about sample_rows rows (bernoulli, or system: blocks, approximate) with an exact 99% '
     'Clopper-Pearson interval (exact => true scans every row), the exact row count, when the constant last '
-    'changed and when the last successful refresh of the provider finished; seed makes the sample repeatable';
+    'changed, when the last successful refresh of the provider finished, and whether the next refresh_popularity '
+    'rescores it (popularity.rescore_state.stale); seed makes the sample repeatable';
 
 -- Percentiles from a sample, with distribution-free bounds (order statistics): for huge providers,
 -- what refresh_constants would compute, without reading every row. refresh_constants itself stays

@@ -54,7 +54,12 @@ q "$OLD" "ALTER EXTENSION popularity UPDATE"
 [ "$(q "$OLD" "SELECT extversion FROM pg_extension WHERE extname = 'popularity'")" = "$current" ] ||
     fail "ALTER EXTENSION UPDATE did not reach $current"
 
-# 3. Configuration and data survived; ingestion, refresh, tag filter and counts work.
+# 3. Configuration and data survived; ingestion, refresh, tag filter and counts work. 0.1.0 recorded
+# no constant versions: every provider that has a constant is stale once (the next refresh rescores
+# it), and none is after that refresh.
+[ "$(q "$OLD" "SELECT count(*) FILTER (WHERE stale) || '/' || count(*) FILTER (WHERE constant IS NOT NULL) FROM popularity.rescore_state")" = 2/2 ] ||
+    fail "after the update, the providers with a constant are not all stale"
+
 [ "$(q "$OLD" "SELECT string_agg(format('%s %s %s %s %s', provider, metric, percentile, val, constant), '; ' ORDER BY provider) FROM popularity.metrics")" = "$before" ] ||
     fail "metrics and constants changed across the update"
 [ "$(q "$OLD" "SELECT md5(string_agg(identifier::text || coalesce(standardized_popularity::text, '-'), ',' ORDER BY identifier)) FROM image")" = "$scores_before" ] ||
@@ -70,6 +75,8 @@ CALL filter_tags('image');
 CALL popularity.reconcile_stats('image');
 SQL
 [ "$(q "$OLD" "$wrong_sql")" = 0 ] || fail "after the update: rows wrongly scored after a refresh"
+[ "$(q "$OLD" "SELECT count(*) FROM popularity.rescore_state WHERE stale")" = 0 ] ||
+    fail "after the update: providers still stale after a refresh"
 [ "$(q "$OLD" "SELECT count(*) FROM image WHERE tags @> '[{\"name\": \"blurry\"}]'")" = 0 ] ||
     fail "after the update: filter_tags left low-accuracy tags"
 [ "$(q "$OLD" "SELECT sum(rows) FROM popularity.provider_stats WHERE media_type = 'image'")" = 6001 ] ||

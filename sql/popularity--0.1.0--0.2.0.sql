@@ -1413,6 +1413,11 @@ COMMENT ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint
     'popularity.tag_filter_removed (run record_run) in the same statement. Needs SELECT and UPDATE on the table and refuses tables where row-level '
     'security applies (internal)';
 
+-- One "score differs" (issue 13, item 6): the ingestion trigger, the refresh and _score_differs
+-- share core::score_differs.
+COMMENT ON FUNCTION popularity._score_differs(double precision, double precision, double precision) IS
+    'Whether a stored score must be rewritten, as the ingestion trigger and the refresh judge it: NULL-ness differs, or the values are unequal (NaN equals NaN, -0 equals 0) and their relative difference exceeds the tolerance (Boost.Math; NULL tolerance = 0)';
+
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
 

@@ -185,7 +185,7 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'popularity_score_differs'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION popularity._score_differs(double precision, double precision, double precision) IS
-    'Whether a stored score must be rewritten: NULL-ness differs, or the relative difference exceeds the tolerance (Boost.Math)';
+    'Whether a stored score must be rewritten, as the ingestion trigger and the refresh judge it: NULL-ness differs, or the values are unequal (NaN equals NaN, -0 equals 0) and their relative difference exceeds the tolerance (Boost.Math; NULL tolerance = 0)';
 
 CREATE FUNCTION popularity._writers_in_progress()
 RETURNS text[]

@@ -2,6 +2,7 @@
 // whose provider or meta_data is updated, from the row as stored (so an upsert's merged meta_data
 // is what is scored), with the constants of popularity.metrics cached per backend.
 #include "../core/constants_table.hpp"
+#include "../core/float_compare.hpp"
 #include "../core/popularity.hpp"
 
 #include "guard.hpp"
@@ -399,19 +400,16 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
         }
     }
 
-    // The columns to change: the score when it is not already right (bit for bit), and the tags
-    // when this media type filters them at ingestion and a tag is dropped.
+    // The columns to change: the score when it differs from the stored one as the refresh judges
+    // it (core::score_differs within popularity.score_tolerance: a stored score the refresh would
+    // leave alone is left alone here too), and the tags when this media type filters them at
+    // ingestion and a tag is dropped.
     int attnums[2];
     Datum values[2];
     bool nulls[2];
     int changes = 0;
-    bool score_right = false;
-    if (!score) {
-        score_right = old_score_null;
-    } else if (!old_score_null) {
-        score_right = std::memcmp(&old_value, &*score, sizeof(double)) == 0;
-    }
-    if (!score_right) {
+    if (core::score_differs(old_score_null, old_value, !score, score.value_or(0.0),
+                            pg::score_tolerance)) {
         attnums[changes] = cols.score;
         values[changes] = score ? Float8GetDatum(*score) : Datum(0);
         nulls[changes] = !score;

@@ -511,9 +511,7 @@ void scan_blocks(Relation rel, const Task &task, Batch &batch, int64 from, int64
         MemoryContextReset(row_context);
         bool old_null = false;
         const double stored = DatumGetFloat8(slot_getattr(slot, task.score_att, &old_null));
-        const bool differs = (old_null || score_null)
-                                 ? old_null != score_null
-                                 : !core::within_relative_tolerance(stored, score, tolerance);
+        const bool differs = core::score_differs(old_null, stored, score_null, score, tolerance);
         if (!differs) {
             continue;
         }

@@ -1418,6 +1418,27 @@ COMMENT ON FUNCTION popularity._filter_tags_range(regclass, text, bigint, bigint
 COMMENT ON FUNCTION popularity._score_differs(double precision, double precision, double precision) IS
     'Whether a stored score must be rewritten, as the ingestion trigger and the refresh judge it: NULL-ness differs, or the values are unequal (NaN equals NaN, -0 equals 0) and their relative difference exceeds the tolerance (Boost.Math; NULL tolerance = 0)';
 
+-- One configuration cache with one invalidation (issue 13, item 6): every configuration table has
+-- the statement trigger popularity._config_changed() (no argument), which replaces
+-- popularity._tag_rules_changed().
+COMMENT ON FUNCTION popularity._config_changed() IS
+    'Statement trigger on every configuration table: backends reload their cached configuration once the change is visible to them (internal)';
+DROP TRIGGER metrics_changed ON popularity.metrics;
+CREATE TRIGGER metrics_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.metrics
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
+DROP TRIGGER media_types_changed ON popularity.media_types;
+CREATE TRIGGER media_types_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.media_types
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
+DROP TRIGGER tag_rules_changed ON popularity.tag_rules;
+DROP FUNCTION popularity._tag_rules_changed();
+CREATE TRIGGER tag_rules_changed
+AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.tag_rules
+FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
+COMMENT ON TRIGGER tag_rules_changed ON popularity.tag_rules IS
+    'Makes every backend reload its cached configuration (tag rules, constants) once the change is visible to it';
+
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
 

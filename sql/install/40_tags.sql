@@ -72,18 +72,11 @@ COMMENT ON VIEW popularity.effective_tag_rules IS
     'media type';
 GRANT SELECT ON popularity.effective_tag_rules TO PUBLIC;
 
-CREATE FUNCTION popularity._tag_rules_changed()
-RETURNS trigger
-AS 'MODULE_PATHNAME', 'popularity_tag_rules_changed'
-LANGUAGE C;
-COMMENT ON FUNCTION popularity._tag_rules_changed() IS
-    'Trigger: makes every backend reload its cached tag rules once the change commits (internal)';
-
 CREATE TRIGGER tag_rules_changed
 AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.tag_rules
-FOR EACH STATEMENT EXECUTE FUNCTION popularity._tag_rules_changed();
+FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
 COMMENT ON TRIGGER tag_rules_changed ON popularity.tag_rules IS
-    'Invalidates the per-backend cache of compiled tag rules';
+    'Makes every backend reload its cached configuration (tag rules, constants) once the change is visible to it';
 
 -- Per-row functions -------------------------------------------------------------------------------
 

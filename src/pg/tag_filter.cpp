@@ -5,7 +5,6 @@
 #include "numeric_view.hpp"
 
 #include "guard.hpp"
-#include "trigger_call.hpp"
 #include "tag_rules_cache.hpp"
 
 extern "C" {
@@ -13,7 +12,6 @@ extern "C" {
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "utils/array.h"
-#include "utils/inval.h"
 #include "utils/numeric.h"
 }
 
@@ -347,13 +345,4 @@ POPULARITY_FUNCTION(popularity_tags_hash) {
     const uint64 hash = hash_bytes_extended(reinterpret_cast<const unsigned char *>(VARDATA(tags)),
                                             static_cast<int>(VARSIZE(tags) - VARHDRSZ), 0);
     PG_RETURN_INT64(static_cast<int64>(hash));
-}
-
-// Statement trigger on popularity.tag_rules: every backend reloads its cached rules once the change
-// commits (the relcache invalidation is sent at commit, and applied locally at the next command).
-POPULARITY_FUNCTION(popularity_tag_rules_changed) {
-    TriggerData *trigger_data = pg::trigger_call(fcinfo, "popularity._tag_rules_changed()");
-    Relation relation = trigger_data->tg_relation;
-    pg::pg_call([relation] { CacheInvalidateRelcache(relation); });
-    return PointerGetDatum(nullptr);
 }

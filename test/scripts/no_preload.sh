@@ -5,8 +5,8 @@
 #   2. the pure functions, registration, refresh_constants, the ingestion trigger (insert and
 #      upsert) and the counts work;
 #   3. a constant changed in another session is used by this session's next statement, even
-#      inside a transaction, and a rolled-back change is forgotten (no shared version counter:
-#      PostgreSQL's invalidation queue);
+#      inside a transaction, and a rolled-back change is forgotten (PostgreSQL's invalidation
+#      queue); so is a tag rule (the same cache and invalidation);
 #   4. refresh_popularity raises 55000 with a hint before doing anything;
 #   5. after adding the library to the preload list and restarting, sessions and the refresh
 #      work; after taking it out again and restarting, ingestion is still scored correctly.

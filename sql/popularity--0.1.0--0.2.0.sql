@@ -1439,6 +1439,28 @@ FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
 COMMENT ON TRIGGER tag_rules_changed ON popularity.tag_rules IS
     'Makes every backend reload its cached configuration (tag rules, constants) once the change is visible to it';
 
+-- Verdict identity and the built-in rules in one place (issue 13, item 6): the view
+-- popularity.tag_rule_defaults reads the library's rules; _tag_verdicts() lists the verdicts.
+CREATE FUNCTION popularity.builtin_tag_rules(
+    OUT min_accuracy numeric, OUT filtered_providers text[], OUT exact_denylist text[],
+    OUT substring_denylist text[], OUT machine_labels text[])
+RETURNS record
+AS 'MODULE_PATHNAME', 'popularity_builtin_tag_rules'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION popularity.builtin_tag_rules() IS
+    'The built-in tag rules of the library (the Openverse data refresh rules), as popularity.tag_rule_defaults shows them';
+CREATE OR REPLACE VIEW popularity.tag_rule_defaults AS
+SELECT d.min_accuracy, d.filtered_providers, d.exact_denylist, d.substring_denylist, d.machine_labels
+FROM popularity.builtin_tag_rules() AS d;
+COMMENT ON VIEW popularity.tag_rule_defaults IS
+    'Built-in tag rules (the Openverse data refresh rules, from the library); override them in popularity.tag_rules';
+CREATE FUNCTION popularity._tag_verdicts()
+RETURNS SETOF text
+AS 'MODULE_PATHNAME', 'popularity_tag_verdicts'
+LANGUAGE C IMMUTABLE PARALLEL SAFE ROWS 7;
+COMMENT ON FUNCTION popularity._tag_verdicts() IS
+    'The tag verdicts'' names in the library''s order, kept first: element k >= 2 of _tag_drop_counts counts the k-th (internal)';
+
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
 

@@ -981,7 +981,7 @@ ALTER EXTENSION popularity DROP TABLE popularity.tag_filter_runs;
 DROP TABLE popularity.tag_filter_runs;
 
 CREATE TRIGGER refresh_runs_changed AFTER INSERT OR UPDATE OF state OR DELETE ON popularity.refresh_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
 
 DROP VIEW popularity.refresh_status;
 CREATE VIEW popularity.refresh_status AS
@@ -1587,6 +1587,54 @@ COMMENT ON FUNCTION popularity.freshness(text, integer, boolean, double precisio
     'Clopper-Pearson interval (exact => true scans every row), the exact row count, when the constant last '
     'changed, when the last successful refresh of the provider finished, and whether the next refresh_popularity '
     'rescores it (popularity.rescore_state.stale); seed makes the sample repeatable';
+
+-- One "score differs" (issue 13, item 6): the ingestion trigger, the refresh and _score_differs
+-- share core::score_differs.
+COMMENT ON FUNCTION popularity._score_differs(double precision, double precision, double precision) IS
+    'Whether a stored score must be rewritten, as the ingestion trigger and the refresh judge it: NULL-ness differs, or the values are unequal (NaN equals NaN, -0 equals 0) and their relative difference exceeds the tolerance (Boost.Math; NULL tolerance = 0)';
+
+-- One configuration cache with one invalidation (issue 13, item 6): every configuration table has
+-- the statement trigger popularity._config_changed() (no argument), which replaces
+-- popularity._tag_rules_changed().
+COMMENT ON FUNCTION popularity._config_changed() IS
+    'Statement trigger on every configuration table: backends reload their cached configuration once the change is visible to them (internal)';
+DROP TRIGGER metrics_changed ON popularity.metrics;
+CREATE TRIGGER metrics_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.metrics
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
+DROP TRIGGER media_types_changed ON popularity.media_types;
+CREATE TRIGGER media_types_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.media_types
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
+DROP TRIGGER tag_rules_changed ON popularity.tag_rules;
+DROP FUNCTION popularity._tag_rules_changed();
+CREATE TRIGGER tag_rules_changed
+AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.tag_rules
+FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
+COMMENT ON TRIGGER tag_rules_changed ON popularity.tag_rules IS
+    'Makes every backend reload its cached configuration (tag rules, constants) once the change is visible to it';
+
+-- Verdict identity and the built-in rules in one place (issue 13, item 6): the view
+-- popularity.tag_rule_defaults reads the library's rules; _tag_verdicts() lists the verdicts.
+CREATE FUNCTION popularity.builtin_tag_rules(
+    OUT min_accuracy numeric, OUT filtered_providers text[], OUT exact_denylist text[],
+    OUT substring_denylist text[], OUT machine_labels text[])
+RETURNS record
+AS 'MODULE_PATHNAME', 'popularity_builtin_tag_rules'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION popularity.builtin_tag_rules() IS
+    'The built-in tag rules of the library (the Openverse data refresh rules), as popularity.tag_rule_defaults shows them';
+CREATE OR REPLACE VIEW popularity.tag_rule_defaults AS
+SELECT d.min_accuracy, d.filtered_providers, d.exact_denylist, d.substring_denylist, d.machine_labels
+FROM popularity.builtin_tag_rules() AS d;
+COMMENT ON VIEW popularity.tag_rule_defaults IS
+    'Built-in tag rules (the Openverse data refresh rules, from the library); override them in popularity.tag_rules';
+CREATE FUNCTION popularity._tag_verdicts()
+RETURNS SETOF text
+AS 'MODULE_PATHNAME', 'popularity_tag_verdicts'
+LANGUAGE C IMMUTABLE PARALLEL SAFE ROWS 7;
+COMMENT ON FUNCTION popularity._tag_verdicts() IS
+    'The tag verdicts'' names in the library''s order, kept first: element k >= 2 of _tag_drop_counts counts the k-th (internal)';
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------

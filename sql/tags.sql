@@ -145,6 +145,21 @@ FROM (SELECT jsonb_agg(CASE i % 3 WHEN 0 THEN jsonb_build_object('name', 'tag ' 
                        ORDER BY i) AS a
       FROM generate_series(0, 9999) AS i) AS t;
 
+-- The verdicts and the built-in rules have one definition, in the library: the names in order
+-- (kept first), the defaults as the view shows them, and _tag_drop_counts keyed by the verdicts
+-- (element k >= 2 counts the k-th verdict; element 1 says "not an array").
+SELECT n, v AS verdict FROM popularity._tag_verdicts() WITH ORDINALITY AS x(v, n);
+SELECT * FROM popularity.tag_rule_defaults;
+SELECT (SELECT row(d.*) FROM popularity.tag_rule_defaults AS d) =
+       (SELECT row(r.min_accuracy, r.filtered_providers, r.exact_denylist, r.substring_denylist, r.machine_labels)
+        FROM popularity.effective_tag_rules AS r WHERE r.media_type IS NULL) AS global_rules_are_the_defaults;
+SELECT x.v AS verdict, c[x.n] AS dropped
+FROM popularity._tag_drop_counts('[{"name": "no person"}, 3, {"name": "a", "accuracy": 0.1}, {"name": "cc0 x"},
+                                   {"name": "b", "provider": "rekognition"}, {"name": "BY"}, {"name": "ok"}]',
+                                 NULL, NULL) AS c,
+     popularity._tag_verdicts() WITH ORDINALITY AS x(v, n)
+WHERE x.n >= 2 ORDER BY x.n;
+
 -- Works in parallel workers too.
 SET force_parallel_mode = on;
 SELECT popularity.filtered_tags('[{"name": "cc0"}, {"name": "dog"}]') AS parallel;

@@ -62,21 +62,23 @@ COMMENT ON FUNCTION popularity._metrics_constant_version() IS
 CREATE TRIGGER metrics_constant_version BEFORE INSERT OR UPDATE ON popularity.metrics
     FOR EACH ROW EXECUTE FUNCTION popularity._metrics_constant_version();
 
--- Every committed change to the metrics makes every backend reload its constants before its next row.
+-- Every configuration table (metrics, media_types, tag_rules) has this statement trigger: each
+-- committed change makes every backend reload its cached configuration (constants, tag rules)
+-- before it next uses it, through PostgreSQL's invalidation queue (src/pg/config_cache.hpp).
 CREATE FUNCTION popularity._config_changed()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'popularity_config_changed'
 LANGUAGE C;
 COMMENT ON FUNCTION popularity._config_changed() IS
-    'Statement trigger on configuration tables: backends reload the named cache after the transaction commits';
+    'Statement trigger on every configuration table: backends reload their cached configuration once the change is visible to them (internal)';
 CREATE TRIGGER metrics_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.metrics
-    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
 
--- Turning tag filtering at ingestion on or off reaches every backend the same way.
+-- Registering a media type, or turning tag filtering at ingestion on or off.
 CREATE TRIGGER media_types_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.media_types
-    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
 
 CREATE TABLE popularity.default_metrics (
     media_type text NOT NULL,

@@ -42,16 +42,21 @@ COMMENT ON COLUMN popularity.tag_rules.machine_labels IS
 SELECT pg_catalog.pg_extension_config_dump('popularity.tag_rules', '');
 GRANT SELECT ON popularity.tag_rules TO PUBLIC;
 
+-- The built-in rules have one definition, in the library (core::TagRuleConfig); the view shows them.
+CREATE FUNCTION popularity.builtin_tag_rules(
+    OUT min_accuracy numeric, OUT filtered_providers text[], OUT exact_denylist text[],
+    OUT substring_denylist text[], OUT machine_labels text[])
+RETURNS record
+AS 'MODULE_PATHNAME', 'popularity_builtin_tag_rules'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION popularity.builtin_tag_rules() IS
+    'The built-in tag rules of the library (the Openverse data refresh rules), as popularity.tag_rule_defaults shows them';
+
 CREATE VIEW popularity.tag_rule_defaults AS
-SELECT 0.90::numeric AS min_accuracy,
-       ARRAY['rekognition']::text[] AS filtered_providers,
-       ARRAY['no person', 'squareformat', 'uploaded:by=flickrmobile', 'uploaded:by=instagram',
-             'flickriosapp:filter=flamingo', 'by']::text[] AS exact_denylist,
-       ARRAY['flickriosapp', 'uploaded', ':', '=', 'cc0', 'by-nc', 'by-nd', 'by-sa', 'by-nc-nd',
-             'by-nc-sa', 'pdm']::text[] AS substring_denylist,
-       ARRAY[]::text[] AS machine_labels;
+SELECT d.min_accuracy, d.filtered_providers, d.exact_denylist, d.substring_denylist, d.machine_labels
+FROM popularity.builtin_tag_rules() AS d;
 COMMENT ON VIEW popularity.tag_rule_defaults IS
-    'Built-in tag rules (the Openverse data refresh rules); override them in popularity.tag_rules';
+    'Built-in tag rules (the Openverse data refresh rules, from the library); override them in popularity.tag_rules';
 GRANT SELECT ON popularity.tag_rule_defaults TO PUBLIC;
 
 CREATE VIEW popularity.effective_tag_rules AS
@@ -72,18 +77,19 @@ COMMENT ON VIEW popularity.effective_tag_rules IS
     'media type';
 GRANT SELECT ON popularity.effective_tag_rules TO PUBLIC;
 
-CREATE FUNCTION popularity._tag_rules_changed()
-RETURNS trigger
-AS 'MODULE_PATHNAME', 'popularity_tag_rules_changed'
-LANGUAGE C;
-COMMENT ON FUNCTION popularity._tag_rules_changed() IS
-    'Trigger: makes every backend reload its cached tag rules once the change commits (internal)';
+-- The verdicts of the rules, by name, in the library's order (one definition: POPULARITY_TAG_VERDICTS).
+CREATE FUNCTION popularity._tag_verdicts()
+RETURNS SETOF text
+AS 'MODULE_PATHNAME', 'popularity_tag_verdicts'
+LANGUAGE C IMMUTABLE PARALLEL SAFE ROWS 7;
+COMMENT ON FUNCTION popularity._tag_verdicts() IS
+    'The tag verdicts'' names in the library''s order, kept first: element k >= 2 of _tag_drop_counts counts the k-th (internal)';
 
 CREATE TRIGGER tag_rules_changed
 AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON popularity.tag_rules
-FOR EACH STATEMENT EXECUTE FUNCTION popularity._tag_rules_changed();
+FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
 COMMENT ON TRIGGER tag_rules_changed ON popularity.tag_rules IS
-    'Invalidates the per-backend cache of compiled tag rules';
+    'Makes every backend reload its cached configuration (tag rules, constants) once the change is visible to it';
 
 -- Per-row functions -------------------------------------------------------------------------------
 

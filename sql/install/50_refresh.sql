@@ -179,7 +179,7 @@ CREATE TRIGGER refresh_run_guard BEFORE INSERT OR UPDATE ON popularity.refresh_r
 -- A tag filter run starting or ending changes which media types the ingestion trigger filters:
 -- every backend reloads its configuration, as after a change of popularity.media_types.
 CREATE TRIGGER refresh_runs_changed AFTER INSERT OR UPDATE OF state OR DELETE ON popularity.refresh_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants');
+    FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed();
 
 CREATE VIEW popularity.refresh_status AS
 SELECT r.run_id, r.job, r.media_type, nullif(p.provider, '') AS provider, r.state, r.forced, r.dry_run,
@@ -273,7 +273,7 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'popularity_score_differs'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION popularity._score_differs(double precision, double precision, double precision) IS
-    'Whether a stored score must be rewritten: NULL-ness differs, or the relative difference exceeds the tolerance (Boost.Math)';
+    'Whether a stored score must be rewritten, as the ingestion trigger and the refresh judge it: NULL-ness differs, or the values are unequal (NaN equals NaN, -0 equals 0) and their relative difference exceeds the tolerance (Boost.Math; NULL tolerance = 0)';
 
 CREATE FUNCTION popularity._writers_in_progress()
 RETURNS text[]

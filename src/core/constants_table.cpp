@@ -12,7 +12,6 @@ void ConstantsTable::clear() {
     tag_filtering_.clear();
     last_media_type_ = nullptr;
     last_entry_ = nullptr;
-    loaded = false;
 }
 
 void ConstantsTable::add(std::string_view media_type, std::string_view provider,

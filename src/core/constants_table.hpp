@@ -41,10 +41,6 @@ class ConstantsTable {
         return false;
     }
 
-    // The shared version this table was loaded at (see src/pg/shared_state.hpp).
-    std::uint64_t loaded_version = 0;
-    bool loaded = false;
-
   private:
     struct MediaType {
         std::string name;

@@ -40,26 +40,6 @@ double min_accuracy_as_double(const std::string &text) {
 
 } // namespace
 
-const char *tag_verdict_name(TagVerdict verdict) {
-    switch (verdict) {
-    case TagVerdict::keep:
-        return "kept";
-    case TagVerdict::malformed:
-        return "malformed";
-    case TagVerdict::low_accuracy:
-        return "low_accuracy";
-    case TagVerdict::filtered_provider:
-        return "filtered_provider";
-    case TagVerdict::exact_denylist:
-        return "exact_denylist";
-    case TagVerdict::substring_denylist:
-        return "substring_denylist";
-    case TagVerdict::machine_label:
-        return "machine_label";
-    }
-    return "unknown";
-}
-
 TagRules::TagRules(const TagRuleConfig &config)
     : min_accuracy_(Decimal::parse(config.min_accuracy)),
       min_accuracy_double_(min_accuracy_as_double(config.min_accuracy)),

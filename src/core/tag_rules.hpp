@@ -18,19 +18,44 @@
 
 namespace popularity::core {
 
-// Why a tag is dropped, in the order the rules are checked (the first that applies is reported).
-enum class TagVerdict {
-    keep = 0,
-    malformed,          // not an object, name not a string, or accuracy present but neither a
-                        // number nor a string that Python's float() accepts
-    low_accuracy,       // accuracy strictly below the minimum confidence
-    filtered_provider,  // provider in the filtered provider list (e.g. rekognition)
-    exact_denylist,     // lower(name) equals a denylisted name
-    substring_denylist, // lower(name) contains a denylisted substring
-    machine_label,      // machine-generated label exclusion (tag provider != record provider)
-};
-constexpr std::size_t kTagVerdictCount = 7;
-const char *tag_verdict_name(TagVerdict verdict);
+// Every verdict, once: why a tag is dropped, in the order the rules are checked (the first that
+// applies is reported), as X(identifier, name). The enum TagVerdict, tag_verdict_name, the count
+// and popularity._tag_verdicts() (SQL, names in this order) all derive from this list; a rule's
+// default lives in TagRuleConfig below (popularity.tag_rule_defaults reads it from the library).
+//   keep:               every rule lets the tag through
+//   malformed:          not an object, name not a string, or accuracy present but neither a number
+//                       nor a string that Python's float() accepts
+//   low_accuracy:       accuracy strictly below the minimum confidence
+//   filtered_provider:  provider in the filtered provider list (e.g. rekognition)
+//   exact_denylist:     lower(name) equals a denylisted name
+//   substring_denylist: lower(name) contains a denylisted substring
+//   machine_label:      machine-generated label exclusion (tag provider != record provider)
+#define POPULARITY_TAG_VERDICTS(X)                                                                 \
+    X(keep, "kept")                                                                                \
+    X(malformed, "malformed")                                                                      \
+    X(low_accuracy, "low_accuracy")                                                                \
+    X(filtered_provider, "filtered_provider")                                                      \
+    X(exact_denylist, "exact_denylist")                                                            \
+    X(substring_denylist, "substring_denylist")                                                    \
+    X(machine_label, "machine_label")
+
+#define POPULARITY_TAG_VERDICT_ENUMERATOR(identifier, name) identifier,
+enum class TagVerdict { POPULARITY_TAG_VERDICTS(POPULARITY_TAG_VERDICT_ENUMERATOR) };
+#undef POPULARITY_TAG_VERDICT_ENUMERATOR
+
+#define POPULARITY_TAG_VERDICT_NAME(identifier, name) name,
+// The verdicts' names, indexed by TagVerdict.
+inline constexpr const char *kTagVerdictNames[] = {
+    POPULARITY_TAG_VERDICTS(POPULARITY_TAG_VERDICT_NAME)};
+#undef POPULARITY_TAG_VERDICT_NAME
+
+constexpr std::size_t kTagVerdictCount = sizeof(kTagVerdictNames) / sizeof(kTagVerdictNames[0]);
+
+// The name of a verdict ("kept", "malformed", ...); "unknown" for a value outside the list.
+constexpr const char *tag_verdict_name(TagVerdict verdict) {
+    const auto index = static_cast<std::size_t>(verdict);
+    return index < kTagVerdictCount ? kTagVerdictNames[index] : "unknown";
+}
 
 // Rules as configured (any case; lists may repeat entries). Defaults: the reference page.
 struct TagRuleConfig {

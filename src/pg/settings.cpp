@@ -60,8 +60,8 @@ void define_settings() {
                             nullptr, &batch_lock_timeout, 5000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
                             nullptr, nullptr, nullptr);
     DefineCustomRealVariable("popularity.score_tolerance",
-                             "Relative difference below which a refresh leaves a stored score "
-                             "unchanged (0 = rewrite any score that is not bit-identical).",
+                             "Relative difference below which the refresh and the ingestion "
+                             "trigger leave a stored score unchanged (0 = only an equal score).",
                              "Search ranking keeps about 9 significant bits of the score, so "
                              "differences below 0.002 cannot change it.",
                              &score_tolerance, 0.0, 0.0, 1.0, PGC_SIGHUP, 0, nullptr, nullptr,

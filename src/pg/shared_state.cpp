@@ -25,7 +25,6 @@ struct SchedulerSlot {
 };
 
 struct SharedState {
-    pg_atomic_uint64 config_versions[static_cast<int>(ConfigKind::count)];
     LWLock *lock; // protects scheduler_slots
     SchedulerSlot scheduler_slots[kSchedulerSlots];
 };
@@ -36,7 +35,6 @@ SharedState *shared_state = nullptr;
 shmem_request_hook_type previous_shmem_request_hook = nullptr;
 shmem_startup_hook_type previous_shmem_startup_hook = nullptr;
 
-bool pending_bumps[static_cast<int>(ConfigKind::count)] = {};
 bool pending_wake = false;
 bool xact_callback_registered = false;
 
@@ -57,9 +55,6 @@ void startup_shared_memory() {
     shared_state = static_cast<SharedState *>(
         ShmemInitStruct("popularity shared state", sizeof(SharedState), &found));
     if (!found) {
-        for (auto &version : shared_state->config_versions) {
-            pg_atomic_init_u64(&version, 1);
-        }
         shared_state->lock = &(GetNamedLWLockTranche("popularity"))->lock;
         for (auto &slot : shared_state->scheduler_slots) {
             slot = SchedulerSlot{InvalidOid, -1};
@@ -68,23 +63,14 @@ void startup_shared_memory() {
     LWLockRelease(AddinShmemInitLock);
 }
 
-// Runs at the end of every top-level transaction of a backend that changed configuration.
+// Runs at the end of every top-level transaction of a backend that asked to wake its scheduler.
 void on_transaction_end(XactEvent event, void *) {
     if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT) {
-        for (int i = 0; i < static_cast<int>(ConfigKind::count); ++i) {
-            if (pending_bumps[i] && shared_state != nullptr) {
-                pg_atomic_fetch_add_u64(&shared_state->config_versions[i], 1);
-            }
-            pending_bumps[i] = false;
-        }
         if (pending_wake) {
             pending_wake = false;
             wake_or_start_scheduler(MyDatabaseId);
         }
     } else if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT) {
-        for (bool &pending : pending_bumps) {
-            pending = false;
-        }
         pending_wake = false;
     }
 }
@@ -114,13 +100,6 @@ void require_shared_state(const char *feature) {
     }
 }
 
-std::uint64_t config_version(ConfigKind kind) {
-    if (shared_state == nullptr) {
-        return 0;
-    }
-    return pg_atomic_read_u64(&shared_state->config_versions[static_cast<int>(kind)]);
-}
-
 namespace {
 void register_callback_once() {
     if (!xact_callback_registered) {
@@ -129,11 +108,6 @@ void register_callback_once() {
     }
 }
 } // namespace
-
-void bump_config_version_at_commit(ConfigKind kind) {
-    register_callback_once();
-    pending_bumps[static_cast<int>(kind)] = true;
-}
 
 namespace {
 void release_slot_at_exit(int, Datum) {

@@ -10,8 +10,10 @@
 // INSERT per statement; the journal has no index and no unique key, so concurrent ingestion
 // transactions never wait on each other because of the counts.
 #include "../core/confidence.hpp"
+#include "../core/constants_table.hpp"
 #include "../core/popularity.hpp"
 
+#include "config_cache.hpp"
 #include "guard.hpp"
 #include "trigger_call.hpp"
 #include "metric_jsonb.hpp"
@@ -63,7 +65,8 @@ struct KeyCounts {
 // last key is memoised: a row of the same provider costs one string comparison.
 class Deltas {
   public:
-    explicit Deltas(std::string_view media_type) : media_type_(media_type) {}
+    Deltas(std::string_view media_type, const core::ConstantsTable &constants)
+        : media_type_(media_type), constants_(constants) {}
 
     KeyCounts &of(const char *provider, std::size_t length) {
         if (provider == nullptr) {
@@ -76,7 +79,7 @@ class Deltas {
         }
         auto [it, inserted] = by_provider_.try_emplace(std::string(key));
         if (inserted) {
-            it->second.metric = pg::configured_metric(media_type_, key);
+            it->second.metric = constants_.find(media_type_, key);
         }
         last_ = &it->second;
         last_key_ = it->first; // a view of the map's own copy (node-based, so it stays put)
@@ -96,6 +99,7 @@ class Deltas {
 
   private:
     std::string_view media_type_;
+    const core::ConstantsTable &constants_;
     std::unordered_map<std::string, KeyCounts> by_provider_;
     KeyCounts null_key_;
     bool has_null_ = false;
@@ -282,11 +286,11 @@ POPULARITY_FUNCTION(popularity_stats_trigger) {
                            "standardized_popularity.",
                            "Register the media type again with popularity.register_media_type().");
     }
-    pg::refresh_scoring_cache();
+    const core::ConstantsTable &constants = pg::config::constants();
 
     TupleTableSlot *slot =
         pg::pg_call([desc] { return MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple); });
-    Deltas deltas(media_type);
+    Deltas deltas(media_type, constants);
     if (trigger_data->tg_newtable != nullptr) {
         accumulate(trigger_data->tg_newtable, slot, cols, +1, deltas);
     }

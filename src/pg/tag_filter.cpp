@@ -5,7 +5,6 @@
 #include "numeric_view.hpp"
 
 #include "guard.hpp"
-#include "trigger_call.hpp"
 #include "tag_rules_cache.hpp"
 
 extern "C" {
@@ -13,8 +12,8 @@ extern "C" {
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "utils/array.h"
-#include "utils/inval.h"
 #include "utils/numeric.h"
+#include "utils/tuplestore.h"
 }
 
 #include <cstdint>
@@ -349,11 +348,55 @@ POPULARITY_FUNCTION(popularity_tags_hash) {
     PG_RETURN_INT64(static_cast<int64>(hash));
 }
 
-// Statement trigger on popularity.tag_rules: every backend reloads its cached rules once the change
-// commits (the relcache invalidation is sent at commit, and applied locally at the next command).
-POPULARITY_FUNCTION(popularity_tag_rules_changed) {
-    TriggerData *trigger_data = pg::trigger_call(fcinfo, "popularity._tag_rules_changed()");
-    Relation relation = trigger_data->tg_relation;
-    pg::pg_call([relation] { CacheInvalidateRelcache(relation); });
-    return PointerGetDatum(nullptr);
+namespace {
+// A text[] of the strings (ASCII: the built-in rules). Calls PostgreSQL: through pg_call.
+Datum text_array(const std::vector<std::string> &strings) {
+    auto *items = static_cast<Datum *>(palloc(sizeof(Datum) * (strings.size() + 1)));
+    for (std::size_t i = 0; i < strings.size(); ++i) {
+        items[i] = PointerGetDatum(
+            cstring_to_text_with_len(strings[i].data(), static_cast<int>(strings[i].size())));
+    }
+    return PointerGetDatum(
+        construct_array(items, static_cast<int>(strings.size()), TEXTOID, -1, false, TYPALIGN_INT));
+}
+} // namespace
+
+// popularity.builtin_tag_rules() -> (min_accuracy numeric, filtered_providers text[],
+// exact_denylist text[], substring_denylist text[], machine_labels text[]): the library's built-in
+// rules (core::TagRuleConfig's defaults), which the view popularity.tag_rule_defaults shows, so
+// that the rules in SQL and in C++ have one definition.
+POPULARITY_FUNCTION(popularity_builtin_tag_rules) {
+    const core::TagRuleConfig defaults;
+    const Datum result = pg::pg_call([&] {
+        TupleDesc desc = nullptr;
+        if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE ||
+            desc->natts != 5) {
+            elog(ERROR, "popularity.builtin_tag_rules: the result type is not the 5 rule columns");
+        }
+        desc = BlessTupleDesc(desc);
+        Datum values[5] = {
+            DirectFunctionCall3(numeric_in, CStringGetDatum(defaults.min_accuracy.c_str()),
+                                ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)),
+            text_array(defaults.filtered_providers), text_array(defaults.exact_denylist),
+            text_array(defaults.substring_denylist), text_array(defaults.machine_labels)};
+        bool nulls[5] = {false, false, false, false, false};
+        return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
+    });
+    return result;
+}
+
+// popularity._tag_verdicts() -> SETOF text: the verdicts' names in the order of core::TagVerdict
+// ('kept' first), the one list (POPULARITY_TAG_VERDICTS) drop counts can be keyed by: element k >=
+// 2 of popularity._tag_drop_counts() counts the k-th verdict.
+POPULARITY_FUNCTION(popularity_tag_verdicts) {
+    pg::pg_call([fcinfo] {
+        InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+        auto *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
+        for (const char *name : core::kTagVerdictNames) {
+            Datum value = CStringGetTextDatum(name);
+            bool null = false;
+            tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &null);
+        }
+    });
+    return Datum(0);
 }

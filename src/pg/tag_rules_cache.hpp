@@ -1,8 +1,5 @@
 // The tag rules of each media type, loaded from popularity.effective_tag_rules and cached per
-// backend. A change to popularity.tag_rules fires a statement trigger that queues a relcache
-// invalidation of that table; PostgreSQL delivers it to every backend once the change commits (and
-// to the changing backend at its next command), and the callback registered here marks the cache
-// stale. The next lookup reloads it. Checking costs one integer comparison per call.
+// backend with the rest of the configuration (config_cache.hpp: one cache, one invalidation).
 #pragma once
 
 #include "../core/tag_rules.hpp"
@@ -16,7 +13,7 @@ namespace popularity::pg {
 
 // The rules for a media type, or the global rules for nullopt. Throws SqlError (42704) for a media
 // type that is not registered in popularity.media_types. The reference stays valid until the next
-// call.
+// call. (config::tag_rules.)
 const core::TagRules &tag_rules_for(std::optional<std::string_view> media_type);
 
 // Text in the database encoding, as UTF-8 (the core's encoding). A view of the input when the

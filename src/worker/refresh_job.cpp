@@ -105,9 +105,8 @@ bool decide(const Task &task, Batch &batch, TupleTableSlot *slot, Candidate &c, 
     MemoryContextReset(batch.row_context);
     bool old_null = false;
     const double stored = DatumGetFloat8(slot_getattr(slot, task.score_att, &old_null));
-    const bool differs = (old_null || score_null)
-                             ? old_null != score_null
-                             : !core::within_relative_tolerance(stored, score, pg::score_tolerance);
+    const bool differs =
+        core::score_differs(old_null, stored, score_null, score, pg::score_tolerance);
     if (!differs) {
         return false;
     }

@@ -40,16 +40,14 @@ POPULARITY_FUNCTION(popularity_require_preload) {
     PG_RETURN_VOID();
 }
 
-// popularity._score_differs(old, new, tolerance): must a stored score be rewritten?
+// popularity._score_differs(old, new, tolerance): must a stored score be rewritten? (NULL
+// tolerance = 0). The same answer as the ingestion trigger and the refresh's scan.
 POPULARITY_FUNCTION(popularity_score_differs) {
     const bool old_null = PG_ARGISNULL(0);
     const bool new_null = PG_ARGISNULL(1);
-    if (old_null || new_null) {
-        PG_RETURN_BOOL(old_null != new_null);
-    }
-    const double tolerance = PG_ARGISNULL(2) ? 0.0 : PG_GETARG_FLOAT8(2);
-    PG_RETURN_BOOL(
-        !core::within_relative_tolerance(PG_GETARG_FLOAT8(0), PG_GETARG_FLOAT8(1), tolerance));
+    PG_RETURN_BOOL(core::score_differs(old_null, old_null ? 0.0 : PG_GETARG_FLOAT8(0), new_null,
+                                       new_null ? 0.0 : PG_GETARG_FLOAT8(1),
+                                       PG_ARGISNULL(2) ? 0.0 : PG_GETARG_FLOAT8(2)));
 }
 
 // popularity._writers_in_progress(): the transactions of this database, other than the caller's,

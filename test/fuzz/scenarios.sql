@@ -50,7 +50,7 @@ CREATE TEMP TABLE fz_s7 (LIKE image INCLUDING DEFAULTS); CREATE TRIGGER s AFTER 
 CREATE TEMP TABLE fz_m (media_type text, provider text, metric text); CREATE TRIGGER s AFTER INSERT OR DELETE ON fz_m FOR EACH ROW EXECUTE FUNCTION popularity._stats_metric_changed(); INSERT INTO fz_m VALUES ('image', 'flickr', 'views'); DELETE FROM fz_m;
 CREATE TEMP TABLE fz_r (media_type text); CREATE TRIGGER s AFTER DELETE ON fz_r FOR EACH ROW EXECUTE FUNCTION popularity._stats_media_type_removed(); INSERT INTO fz_r VALUES ('image'), ('secret'); DELETE FROM fz_r;
 CREATE TEMP TABLE fz_c (x int); CREATE TRIGGER s AFTER INSERT ON fz_c FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed('constants'); CREATE TRIGGER t AFTER INSERT ON fz_c FOR EACH ROW EXECUTE FUNCTION popularity._config_changed('bogus'); INSERT INTO fz_c VALUES (1);
-CREATE TEMP TABLE fz_c2 (x int); CREATE TRIGGER s AFTER INSERT ON fz_c2 FOR EACH STATEMENT EXECUTE FUNCTION popularity._tag_rules_changed(); INSERT INTO fz_c2 VALUES (1);
+CREATE TEMP TABLE fz_c2 (x int); CREATE TRIGGER s AFTER INSERT ON fz_c2 FOR EACH STATEMENT EXECUTE FUNCTION popularity._config_changed(); INSERT INTO fz_c2 VALUES (1);
 CREATE TEMP TABLE fz_c3 (x int); CREATE TRIGGER s AFTER INSERT ON fz_c3 FOR EACH STATEMENT EXECUTE FUNCTION popularity._forget_dropped_tables(); INSERT INTO fz_c3 VALUES (1);
 -- Registered tables changed under the extension
 BEGIN; ALTER TABLE image DROP COLUMN standardized_popularity; INSERT INTO image (provider, meta_data) VALUES ('flickr', '{"views": 3}'); ROLLBACK;

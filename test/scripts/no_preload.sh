@@ -5,8 +5,8 @@
 #   2. the pure functions, registration, refresh_constants, the ingestion trigger (insert and
 #      upsert) and the counts work;
 #   3. a constant changed in another session is used by this session's next statement, even
-#      inside a transaction, and a rolled-back change is forgotten (no shared version counter:
-#      PostgreSQL's invalidation queue);
+#      inside a transaction, and a rolled-back change is forgotten (PostgreSQL's invalidation
+#      queue); so is a tag rule (the same cache and invalidation);
 #   4. refresh_popularity raises 55000 with a hint before doing anything;
 #   5. after adding the library to the preload list and restarting, sessions and the refresh
 #      work; after taking it out again and restarting, ingestion is still scored correctly.
@@ -112,6 +112,34 @@ wait "$changer"
 [ "$(q "SELECT string_agg(identifier || '=' || standardized_popularity, ' ' ORDER BY identifier) FROM image WHERE identifier > 1006")" = "1007=0.25 1008=0.5" ] ||
     fail "within a statement, a row after the change used the old constant: $(q "SELECT * FROM image WHERE identifier > 1006")"
 echo "ok: without preloading, the trigger sees constants changed by other sessions (by its next row) and forgets rolled-back ones"
+
+# 3b. The tag rules share that cache and its invalidation: a rule committed by another session
+#     applies to this session's next row, even inside a transaction; its own rolled-back rule is
+#     forgotten.
+q "ALTER TABLE image ADD COLUMN tags jsonb"
+q "UPDATE popularity.media_types SET filter_tags_at_ingestion = true WHERE media_type = 'image'"
+out=$(psql -X -At -v ON_ERROR_STOP=1 2>&1 <<'SQL'
+INSERT INTO image (identifier, provider, meta_data, tags) VALUES (4001, 'flickr', '{}', '[{"name": "cat"}, {"name": "dog"}]');
+BEGIN;
+INSERT INTO image (identifier, provider, meta_data, tags) VALUES (4002, 'flickr', '{}', '[{"name": "cat"}, {"name": "dog"}]');
+\! psql -X -q -c "INSERT INTO popularity.tag_rules (media_type, exact_denylist) VALUES ('image', ARRAY['cat'])"
+INSERT INTO image (identifier, provider, meta_data, tags) VALUES (4003, 'flickr', '{}', '[{"name": "cat"}, {"name": "dog"}]');
+COMMIT;
+BEGIN;
+UPDATE popularity.tag_rules SET exact_denylist = ARRAY['dog'] WHERE media_type = 'image';
+INSERT INTO image (identifier, provider, meta_data, tags) VALUES (4004, 'flickr', '{}', '[{"name": "cat"}, {"name": "dog"}]');
+SELECT 'own', tags->0->>'name' FROM image WHERE identifier = 4004;
+ROLLBACK;
+INSERT INTO image (identifier, provider, meta_data, tags) VALUES (4005, 'flickr', '{}', '[{"name": "cat"}, {"name": "dog"}]');
+SELECT string_agg(identifier || '=' || (SELECT string_agg(e->>'name', ',') FROM jsonb_array_elements(tags) AS e), ' ' ORDER BY identifier)
+FROM image WHERE identifier > 4000;
+SQL
+) || fail "tag rules session: $out"
+grep -q '^own|cat$' <<<"$out" || fail "the session's own uncommitted rule was not used: $out"
+[ "$(tail -1 <<<"$out")" = "4001=cat,dog 4002=cat,dog 4003=dog 4005=dog" ] ||
+    fail "a session filtered tags with stale rules: $out"
+q "UPDATE popularity.media_types SET filter_tags_at_ingestion = false WHERE media_type = 'image'"
+echo "ok: without preloading, the trigger filters tags with rules changed by other sessions and forgets rolled-back ones"
 
 # 4. The refresh needs the background workers: 55000 and a hint, before anything is done.
 q "SELECT popularity.set_metric('image', 'flickr', 'views', 0.8)" >/dev/null

@@ -1,6 +1,5 @@
 // percentile_disc semantics by selection, checked against sorting.
 #include "error.hpp"
-#include "float_compare.hpp"
 #include "percentile.hpp"
 
 #include <gtest/gtest.h>
@@ -95,16 +94,6 @@ TEST(Percentile, AgreesWithSortingOnManyDistributions) {
             ASSERT_TRUE(same(got, by_sorting(values, p))) << "trial " << trial << " p " << p;
         }
     }
-}
-
-TEST(FloatCompare, RelativeTolerance) {
-    EXPECT_TRUE(within_relative_tolerance(1.0, 1.0, 0.0));
-    EXPECT_TRUE(within_relative_tolerance(0.0, -0.0, 0.0));
-    EXPECT_FALSE(within_relative_tolerance(1.0, std::nextafter(1.0, 2.0), 0.0));
-    EXPECT_TRUE(within_relative_tolerance(1.0, std::nextafter(1.0, 2.0), 1e-15));
-    EXPECT_TRUE(within_relative_tolerance(0.5, 0.5005, 0.002));
-    EXPECT_FALSE(within_relative_tolerance(0.5, 0.502, 0.002));
-    EXPECT_FALSE(within_relative_tolerance(std::nan(""), std::nan(""), 1.0));
 }
 
 TEST(PercentileRuns, RoundTripKeepsTheMultiset) {

@@ -402,3 +402,55 @@ TEST(TagSizes, TenThousandTags) {
     EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::substring_denylist)], 3333);
     EXPECT_EQ(counts[static_cast<std::size_t>(TagVerdict::low_accuracy)], 3333);
 }
+
+// --- Verdict identity ---------------------------------------------------------------------------
+
+// One definition (POPULARITY_TAG_VERDICTS): the enum, the names and the count agree, names are
+// unique, and every verdict has an example here, so a new rule fails this test until it has one.
+TEST(TagVerdicts, OneDefinition) {
+    static_assert(static_cast<std::size_t>(TagVerdict::keep) == 0);
+    static_assert(static_cast<std::size_t>(TagVerdict::machine_label) + 1 == kTagVerdictCount);
+    static_assert(std::string_view(tag_verdict_name(TagVerdict::low_accuracy)) == "low_accuracy");
+    EXPECT_STREQ(tag_verdict_name(static_cast<TagVerdict>(kTagVerdictCount)), "unknown");
+    for (std::size_t i = 0; i < kTagVerdictCount; ++i) {
+        for (std::size_t j = i + 1; j < kTagVerdictCount; ++j) {
+            EXPECT_STRNE(kTagVerdictNames[i], kTagVerdictNames[j]);
+        }
+    }
+
+    TagRuleConfig config; // the defaults, plus one machine label
+    config.machine_labels = {"person"};
+    Tags tags;
+    std::vector<std::pair<std::string, std::optional<std::string_view>>> expected;
+    const auto add = [&](const char *verdict, std::optional<std::string_view> record_provider) {
+        expected.emplace_back(verdict, record_provider);
+    };
+    tags.tag("cat", "0.95"), add("kept", std::nullopt);
+    tags.text_tag("cat", "0x1"), add("malformed", std::nullopt);
+    tags.tag("cat", "0.5"), add("low_accuracy", std::nullopt);
+    tags.tag("cat", "0.99", "Rekognition"), add("filtered_provider", std::nullopt);
+    tags.tag("No Person"), add("exact_denylist", std::nullopt);
+    tags.tag("uploaded:by=me"), add("substring_denylist", std::nullopt);
+    tags.tag("person", "0.99", "clarifai"), add("machine_label", "flickr");
+    ASSERT_EQ(expected.size(), kTagVerdictCount) << "a verdict without an example";
+    for (std::size_t i = 0; i < kTagVerdictCount; ++i) {
+        EXPECT_EQ(expected[i].first, kTagVerdictNames[i]);
+        EXPECT_STREQ(tag_verdict_name(verdict_of(tags.views()[i], config, expected[i].second)),
+                     kTagVerdictNames[i]);
+    }
+}
+
+// The built-in rules are Openverse's (popularity.tag_rule_defaults reads them from here).
+TEST(TagVerdicts, DefaultsAreOpenverses) {
+    const TagRuleConfig defaults;
+    EXPECT_EQ(defaults.min_accuracy, "0.90");
+    EXPECT_EQ(defaults.filtered_providers, (std::vector<std::string>{"rekognition"}));
+    EXPECT_EQ(
+        defaults.exact_denylist,
+        (std::vector<std::string>{"no person", "squareformat", "uploaded:by=flickrmobile",
+                                  "uploaded:by=instagram", "flickriosapp:filter=flamingo", "by"}));
+    EXPECT_EQ(defaults.substring_denylist,
+              (std::vector<std::string>{"flickriosapp", "uploaded", ":", "=", "cc0", "by-nc",
+                                        "by-nd", "by-sa", "by-nc-nd", "by-nc-sa", "pdm"}));
+    EXPECT_TRUE(defaults.machine_labels.empty());
+}

@@ -90,18 +90,21 @@ int fetch_constant_rows(MemoryContext context, ConstantRow **rows_out) {
     if (SPI_connect() != SPI_OK_CONNECT) {
         elog(ERROR, "SPI_connect failed");
     }
-    SPIPlanPtr plan =
-        SPI_prepare("SELECT media_type, provider, metric, constant FROM popularity.metrics"
-                    " UNION ALL SELECT m.media_type, NULL, NULL, NULL FROM popularity.media_types AS m"
-                    " WHERE m.filter_tags_at_ingestion"
-                    // ... or while a tag filter run (not a dry run) is active: a row that ingestion
-                    // moves behind the run's walk is then filtered by the trigger. Read through
-                    // to_jsonb: a 0.1.0 schema has no job column.
-                    "    OR EXISTS (SELECT FROM popularity.refresh_runs AS r"
-                    "               WHERE r.media_type = m.media_type"
-                    "                 AND r.state IN ('queued', 'running')"
-                    "                 AND to_jsonb(r) @> '{\"job\": \"filter_tags\", \"dry_run\": false}')",
-                    0, nullptr);
+    SPIPlanPtr plan = SPI_prepare(
+        "SELECT media_type, provider, metric, constant FROM popularity.metrics"
+        " UNION ALL SELECT m.media_type, NULL, NULL, NULL FROM popularity.media_types AS m"
+        " WHERE m.filter_tags_at_ingestion"
+        // ... or while a tag filter run (not a dry run) is active: a row that ingestion
+        // moves behind the run's walk is then filtered by the trigger. Read through
+        // to_jsonb: a 0.1.0 schema has no job column.
+        "    OR EXISTS (SELECT FROM popularity.refresh_runs AS r"
+        "               WHERE r.media_type OPERATOR(pg_catalog.=) m.media_type"
+        "                 AND r.state OPERATOR(pg_catalog.=) ANY"
+        "                     (ARRAY['queued', 'running']::pg_catalog.text[])"
+        "                 AND pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.@>)"
+        "                     '{\"job\": \"filter_tags\", \"dry_run\": false}'"
+        "                     ::pg_catalog.jsonb)",
+        0, nullptr);
     if (plan == nullptr) {
         elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
     }

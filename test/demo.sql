@@ -7,7 +7,7 @@
 --   3 ingest     an upsert batch
 --   4 refresh    CALL refresh_popularity with live progress
 --   5 cancel     wait => false, refresh_status, cancel_refresh, resume; Ctrl-C on a waiting CALL
---   6 tags       filter_tags: dry run, then in place
+--   6 tags       filter_tags (a job of the background workers): dry run, then in place
 --   7 counts     provider_stats and freshness
 --   8 pg_cron    the README's "Scheduling with pg_cron" lines, from pg_cron's database
 --   9 LISTEN     the JSON notifications of a constant change and of a finished run
@@ -158,16 +158,23 @@ FROM popularity.refresh_status WHERE run_id = :run;
 \echo
 \echo '=== 6. Filter tags ============================================================================='
 \echo 'The tag rules (Openverse''s: minimum accuracy 0.90, exact and substring denylists, filtered tag'
-\echo 'providers, machine labels) drop tags from the "tags" column. A dry run counts what they would'
-\echo 'drop, per reason, without writing:'
+\echo 'providers, machine labels) drop tags from the "tags" column. filter_tags is the second job of the'
+\echo 'refresh''s background workers: the same block-range batches of one committed transaction each, rows'
+\echo 'that ingestion holds skipped and revisited, the same status view, cancel and resume. Like'
+\echo 'refresh_popularity, the CALL waits and reports progress. A dry run counts what the rules would'
+\echo 'drop, per rule (verdict), without writing:'
 CALL filter_tags('image', dry_run => true);
-SELECT rows_scanned, rows_changed, dropped_low_accuracy, dropped_filtered_provider, dropped_exact_denylist,
-       dropped_substring_denylist, dropped_machine_label, dropped_malformed
-FROM popularity.tag_filter_runs ORDER BY run_id DESC LIMIT 1;
-\echo 'Then in place, in committed block-range batches, writing only the rows that change:'
+SELECT run_id, job, dry_run, state, rows_scanned, rows_updated AS rows_that_would_change,
+       counters AS tags_dropped_per_verdict
+FROM popularity.refresh_status WHERE job = 'filter_tags' ORDER BY run_id DESC LIMIT 1;
+\echo 'Then in place, writing only the rows that change. Each batch also records, in its own transaction,'
+\echo 'what it removed from each row (popularity.tag_filter_removed): popularity.undo_filter_tags(run_id)'
+\echo 'would put those tags back on every row not changed since.'
 CALL filter_tags('image');
-SELECT run_id, dry_run, rows_scanned, rows_changed, batches
-FROM popularity.tag_filter_runs ORDER BY run_id;
+SELECT run_id, dry_run, state, blocks_done, blocks_total, rows_scanned, rows_updated, batches, counters
+FROM popularity.refresh_status WHERE job = 'filter_tags' ORDER BY run_id;
+SELECT run_id, count(*) AS rows_recorded, sum(jsonb_array_length(removed)) AS tags_recorded
+FROM popularity.tag_filter_removed GROUP BY run_id;
 
 \echo
 \echo '=== 7. Counts and freshness ===================================================================='

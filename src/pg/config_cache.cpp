@@ -156,10 +156,12 @@ int fetch_constant_rows(MemoryContext context, ConstantRow **rows_out, bool *sta
         " WHERE m.filter_tags_at_ingestion"
         // ... or while a tag filter run (not a dry run) is active: a row that ingestion moves
         // behind the run's walk is then filtered by the trigger. Read through to_jsonb: a 0.1.0
-        // schema has no job column.
+        // schema has no job column. (Operators qualified: the caller's search_path applies.)
         "    OR EXISTS (SELECT FROM popularity.refresh_runs AS r"
-        "               WHERE r.media_type = m.media_type AND r.state IN ('queued', 'running')"
-        "                 AND to_jsonb(r) @> '{\"job\": \"filter_tags\", \"dry_run\": false}')",
+        "               WHERE r.media_type OPERATOR(pg_catalog.=) m.media_type"
+        "                 AND r.state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'running'])"
+        "                 AND pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.@>)"
+        "                     '{\"job\": \"filter_tags\", \"dry_run\": false}'::pg_catalog.jsonb)",
         statement_snapshot);
     const int n = static_cast<int>(SPI_processed);
     auto *rows = static_cast<ConstantRow *>(

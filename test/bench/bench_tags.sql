@@ -1,5 +1,5 @@
--- Issue 5 (tag filter) benchmark, SQL part: the measurements, the same tag rules in plain SQL, and
--- the routines the driver (bench-tags) calls. Needs the extension popularity and bench_lib.sql;
+-- Tag filter benchmark (issues 5 and 13), SQL part: the measurements, the same tag rules in plain
+-- SQL, and the routines the driver (bench-tags) calls. Needs the extension popularity and bench_lib.sql;
 -- the driver generates each catalog (gen_catalog.sql) and renames its image table to tag_src.
 --   psql -f bench_lib.sql -f bench_tags.sql
 \set ON_ERROR_STOP on
@@ -7,24 +7,27 @@ SET client_min_messages = warning;
 SET jit = off;
 DROP TABLE IF EXISTS bench_tag_run, tag_side CASCADE;
 
--- Measurements (samples are recorded by the driver). Ratio = ours ms / baseline ms.
+-- Measurements (samples are recorded by the driver). Ratio = ours ms / baseline ms. Issue 13's
+-- targets: CALL filter_tags within 1.25x of the write floor (one UPDATE writing precomputed tags to
+-- exactly the rows that change) in steady state, within 1.1x when most rows change; the ratio to
+-- the same rules in SQL is information (it is bounded by the floor).
 INSERT INTO bench_measurement (measurement, ours, baseline, max_ratio, target) VALUES
-('steady state (~10% of rows change): filter_tags vs SQL rules UPDATE',
- 'CALL filter_tags(''image'')',
- 'UPDATE t SET tags = (kept tags, jsonb_array_elements + lower + strpos) WHERE EXISTS (a tag to drop)',
- 0.05, '>= 20x faster'),
-('steady state (info): filter_tags vs set-based UPDATE of precomputed tags (the floor)',
+('steady state (~10% of rows change): filter_tags vs the write floor (set-based UPDATE of precomputed tags)',
  'CALL filter_tags(''image'')',
  'UPDATE t SET tags = s.tags FROM tag_side s WHERE t.identifier = s.identifier AND t.tags IS DISTINCT FROM s.tags',
+ 1.25, 'within 1.25x'),
+('steady state (info): filter_tags vs the same rules in SQL (UPDATE)',
+ 'CALL filter_tags(''image'')',
+ 'UPDATE t SET tags = (kept tags, jsonb_array_elements + lower + strpos) WHERE EXISTS (a tag to drop)',
  NULL, '- (info)'),
 ('find the rows to change, steady catalog (info): C++ rules vs SQL rules',
  'SELECT count(*) FROM tag_src WHERE popularity._tag_drop_counts(tags, provider, NULL) IS NOT NULL',
  'SELECT count(*) FROM tag_src WHERE jsonb_typeof(tags) = ''array'' AND EXISTS (a tag to drop, SQL rules)',
  NULL, '- (info)'),
-('most rows changing (~85%): filter_tags vs set-based UPDATE of precomputed tags',
+('most rows changing (~85%): filter_tags vs the write floor (set-based UPDATE of precomputed tags)',
  'CALL filter_tags(''image'')',
  'UPDATE t SET tags = s.tags FROM tag_side s WHERE t.identifier = s.identifier AND t.tags IS DISTINCT FROM s.tags',
- 1.3, 'within 1.3x');
+ 1.1, 'within 1.1x');
 
 -- The info measurement's statements, as run (timed with bench_time, once).
 CREATE OR REPLACE FUNCTION bench_find_sql(side text) RETURNS text
@@ -70,7 +73,8 @@ $$;
 --   (SELECT coalesce(jsonb_agg(x.e ORDER BY x.n), '[]'::jsonb)
 --    FROM jsonb_array_elements(tags) WITH ORDINALITY AS x(e, n) WHERE bench_tag_kept(x.e))
 
--- Steady-state baseline: one UPDATE of the rows that lose a tag, found by the SQL rules.
+-- The same rules in SQL (steady state, info): one UPDATE of the rows that lose a tag, found by the
+-- SQL rules.
 CREATE OR REPLACE FUNCTION bench_sql_rules_update(tbl text) RETURNS text
 LANGUAGE sql AS $$
     SELECT format($q$UPDATE %I AS t
@@ -81,9 +85,9 @@ LANGUAGE sql AS $$
           AND EXISTS (SELECT FROM jsonb_array_elements(t.tags) AS x(e) WHERE NOT bench_tag_kept(x.e))$q$, tbl)
 $$;
 
--- Most-rows-changing baseline (and the steady-state floor, info): the precomputed tags of the rows
--- that change (tag_side, built once per catalog from tag_src by the SQL rules, untimed) written by
--- one set-based UPDATE.
+-- The write floor (the baseline of both targets): the precomputed tags of exactly the rows that
+-- change (tag_side, built once per catalog from tag_src by the SQL rules, untimed) written by one
+-- set-based UPDATE.
 CREATE OR REPLACE FUNCTION bench_set_update(tbl text) RETURNS text
 LANGUAGE sql AS $$
     SELECT format($q$UPDATE %I AS t SET tags = s.tags FROM tag_side AS s
@@ -142,19 +146,25 @@ BEGIN
     RETURN n;
 END $$;
 
--- The filter_tags runs measured (copied: a run's row goes when its media table is dropped).
+-- The filter_tags runs measured, as popularity.refresh_status shows them (a job of the background
+-- workers), with the rows each recorded for undo_filter_tags (copied: the copies are dropped).
 CREATE TABLE bench_tag_run AS
-SELECT ''::text AS label, 0::double precision AS elapsed_ms, r.*
-FROM popularity.tag_filter_runs AS r WITH NO DATA;
+SELECT ''::text AS label, 0::double precision AS elapsed_ms, s.*, 0::bigint AS rows_recorded
+FROM popularity.refresh_status AS s WITH NO DATA;
 CREATE OR REPLACE VIEW bench_tag_run_stats AS
 SELECT run_id, label, CASE WHEN dry_run THEN 'dry' ELSE state END AS state,
-       elapsed_ms AS "elapsed ms", rows_scanned, rows_changed,
-       rows_malformed AS malformed, lock_skips, batches,
-       round((1000 * extract(epoch FROM finished_at - started_at))::numeric) AS run_ms,
+       elapsed_ms AS "elapsed ms", rows_scanned, rows_updated, rows_recorded, rows_skipped_locked AS skipped,
+       batches, round((1000 * extract(epoch FROM finished_at - started_at))::numeric) AS run_ms,
+       round((1000 * extract(epoch FROM started_at - requested_at))::numeric) AS start_ms,
        round(rows_scanned / nullif(extract(epoch FROM finished_at - started_at), 0)) AS "rows/s",
        round((1000 * extract(epoch FROM finished_at - started_at) / nullif(batches, 0))::numeric, 1)
            AS "ms/batch",
-       dropped_low_accuracy AS low_acc, dropped_filtered_provider AS provider,
-       dropped_exact_denylist AS exact, dropped_substring_denylist AS substring,
-       dropped_malformed + dropped_machine_label AS other
+       longest_batch_ms AS "longest batch ms",
+       (counters ->> 'low_accuracy')::bigint AS low_acc,
+       (counters ->> 'filtered_provider')::bigint AS provider,
+       (counters ->> 'exact_denylist')::bigint AS exact,
+       (counters ->> 'substring_denylist')::bigint AS substring,
+       coalesce((counters ->> 'malformed')::bigint, 0) + coalesce((counters ->> 'machine_label')::bigint, 0)
+           AS other,
+       (counters ->> 'rows_not_an_array')::bigint AS not_array
 FROM bench_tag_run;

@@ -25,7 +25,16 @@ SELECT 'integer'::regtype, e, e = '100' FROM unnest(ARRAY[
 UNION ALL
 SELECT 'bigint'::regtype, e, e = '1' FROM unnest(ARRAY[
     'NULL::bigint', '1', '0', '-1', '10', '100000', '9223372036854775807', '(-9223372036854775808)::bigint',
-    '4294967296', '(SELECT max(run_id) FROM popularity.refresh_runs)']) AS e
+    '4294967296', '(SELECT max(run_id) FROM popularity.refresh_runs)',
+    '(SELECT max(run_id) FROM popularity.refresh_runs WHERE job = ''filter_tags'' AND NOT dry_run)',
+    '(SELECT max(run_id) FROM popularity.refresh_runs WHERE job = ''filter_tags'' AND dry_run)',
+    '(SELECT max(run_id) FROM popularity.refresh_runs WHERE job = ''refresh'')',
+    '(SELECT min(run_id) FROM popularity.refresh_runs WHERE job = ''filter_tags'' AND media_type = ''secret'')']) AS e
+UNION ALL
+SELECT 'interval'::regtype, e, e = '''30 days''::interval' FROM unnest(ARRAY[
+    'NULL::interval', '''30 days''::interval', '''0''::interval', '''-1 day''::interval',
+    '''1 microsecond''::interval', '''178000000 years''::interval', '''-178000000 years''::interval',
+    '''1 mon -30 days''::interval']) AS e
 UNION ALL
 SELECT 'boolean'::regtype, e, e = 'false' FROM unnest(ARRAY['NULL::boolean', 'false', 'true']) AS e
 UNION ALL

@@ -3,7 +3,9 @@
 #   fuzz_setup_db DB ROWS           the database of setup.sql + generator.sql
 #   fuzz_targeted DB ROLE SEED N    the targeted fuzzer: every routine, generated arguments, as ROLE
 #   fuzz_sqlsmith DB ROLE SEED SECONDS MAX_QUERIES   sqlsmith, bounded by time and queries
-#   fuzz_background_start DB / fuzz_background_stop  refreshes and tag filtering running meanwhile
+#   fuzz_background_start DB / fuzz_background_stop  refreshes, tag filter runs (cancelled, resumed,
+#                                   undone) running meanwhile
+#   fuzz_probe_targets DB           the runs the probes aim at (fuzz.probe_runs), made as the superuser
 #   fuzz_probes DB                  what the plain role must not be able to do or read
 #   fuzz_report                     every crash of the server log (query when known); non-zero if any
 # Results go to $FUZZ_OUT (crashes.txt, internal_errors.txt, timeouts.txt, alarms.txt, logs).
@@ -136,7 +138,9 @@ fuzz_sqlsmith() { # db role seed seconds max_queries
     echo "$role $seed ${n:-0} $(echo "$t1 - $t0" | bc)" >>"$FUZZ_OUT/sqlsmith_runs.txt"
 }
 
-# Refreshes (forced, with changing constants) and tag filtering in a loop, as the superuser.
+# Refreshes (forced, with changing constants) and tag filter runs in a loop, as the superuser: a
+# filter run is a job of the same background workers; every third one is cancelled mid-way and
+# resumed, and the last one that changed rows is undone (its tags come back for the next run).
 fuzz_background_start() { # db
     local db=$1
     (
@@ -145,8 +149,20 @@ fuzz_background_start() { # db
             i=$((i + 1))
             psql -X -q -d "$db" -c "SELECT popularity.set_metric('image', 'flickr', 'views', 0.$((50 + i % 49)))" \
                 -c "CALL refresh_popularity('image', wait => true, force => true)" >/dev/null 2>&1
-            psql -X -q -d "$db" -c "CALL filter_tags('image', dry_run => $([ $((i % 2)) = 0 ] && echo true || echo false), batch_blocks => 2)" \
-                >/dev/null 2>&1
+            if [ $((i % 3)) = 0 ]; then
+                psql -X -q -d "$db" -c "CALL filter_tags('image', batch_blocks => 1, wait => false)" \
+                    -c "SELECT pg_sleep(0.2)" \
+                    -c "SELECT popularity.cancel_refresh(media_type => 'image')" \
+                    -c "SELECT popularity.resume_refresh(max(run_id)) FROM popularity.refresh_runs WHERE job = 'filter_tags' AND state = 'cancelled'" \
+                    >/dev/null 2>&1
+            else
+                psql -X -q -d "$db" -c "CALL filter_tags('image', dry_run => $([ $((i % 2)) = 0 ] && echo true || echo false), batch_blocks => 2)" \
+                    >/dev/null 2>&1
+            fi
+            [ $((i % 4)) = 0 ] &&
+                psql -X -q -d "$db" -c "SELECT popularity.undo_filter_tags(max(run_id)) FROM popularity.refresh_runs
+                                        WHERE job = 'filter_tags' AND media_type = 'image' AND NOT dry_run
+                                          AND state NOT IN ('queued', 'running') AND undone_at IS NULL" >/dev/null 2>&1
             psql -X -q -d "$db" -c "UPDATE image SET meta_data = meta_data || jsonb_build_object('views', $i) WHERE foreign_identifier LIKE 'f$((i % 9 + 1))%'" \
                 -c "SELECT popularity.fold_stats()" >/dev/null 2>&1
             sleep 0.2
@@ -185,6 +201,35 @@ SELECT string_agg(format('%s=%s', t, d), E'\n' ORDER BY t) FROM (
                                OR c.oid IN ('image'::regclass, 'secret'::regclass, 'image_part_flickr'::regclass))
 ) AS s;
 SQL
+}
+
+# The runs the probes aim at, made as the superuser and named in fuzz.probe_runs (readable by the
+# plain role, which may not see the runs themselves): a finished filter run of `image` and one of
+# `secret` that recorded the tags they removed (secret's rows get a tag to drop first), and a
+# refresh run. Notes in alarms.txt when one could not be made (the probes would aim at nothing).
+fuzz_probe_targets() { # db
+    psql -X -q -d "$1" >/dev/null 2>&1 <<'SQL'
+SET client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS fuzz.probe_runs (label text PRIMARY KEY, run_id bigint);
+GRANT SELECT ON fuzz.probe_runs TO PUBLIC;
+TRUNCATE fuzz.probe_runs;
+UPDATE secret SET tags = tags || '[{"name": "TOPSECRET again", "accuracy": 0.2}]' WHERE foreign_identifier LIKE 'TOPSECRET1%';
+UPDATE image SET tags = tags || '[{"name": "uploaded:by=instagram"}]' WHERE foreign_identifier LIKE 'f1%';
+CALL filter_tags('secret');
+CALL filter_tags('image');
+CALL refresh_popularity('image', force => true);
+INSERT INTO fuzz.probe_runs
+SELECT r.media_type, max(r.run_id) FROM popularity.refresh_runs AS r
+WHERE r.job = 'filter_tags' AND NOT r.dry_run AND r.state = 'succeeded' AND r.media_type IN ('image', 'secret')
+  AND EXISTS (SELECT FROM popularity.tag_filter_removed AS d WHERE d.run_id = r.run_id)
+GROUP BY r.media_type
+UNION ALL
+SELECT 'refresh', max(r.run_id) FROM popularity.refresh_runs AS r WHERE r.job = 'refresh';
+SQL
+    local have
+    have=$(psql -X -At -d "$1" -c "SELECT string_agg(label, ' ' ORDER BY label) FROM fuzz.probe_runs WHERE run_id IS NOT NULL")
+    [ "$have" = "image refresh secret" ] ||
+        echo "probe targets: only '$have' of image, refresh, secret could be made" >>"$FUZZ_OUT/alarms.txt"
 }
 
 # What the plain role must not be able to do: each probe must fail. Successes go to alarms.txt.

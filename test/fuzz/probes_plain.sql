@@ -1,18 +1,32 @@
 -- What fuzz_user (no right on `secret`, only SELECT on `image`) must not be able to do: every line
--- must fail. A line that succeeds is reported as an alarm.
+-- must fail. A line that succeeds is reported as an alarm. fuzz.probe_runs names runs made by the
+-- superuser (lib.sh, fuzz_probe_targets): filter runs of image and secret that recorded what they
+-- removed, and a refresh run. A DO line raises unless what it tries (reading secret's runs) worked.
 SELECT * FROM popularity._metric_percentiles('secret', ARRAY['flickr'], ARRAY['views'], ARRAY[0.5]);
 SELECT * FROM popularity._metric_percentiles((SELECT oid FROM pg_class WHERE relname = 'secret')::regclass, ARRAY['flickr'], ARRAY['views'], ARRAY[0.5]);
 SELECT * FROM popularity.refresh_constants('secret');
 SELECT * FROM popularity.freshness('secret', 10000, true);
 SELECT * FROM popularity.freshness('secret', 100, false, 0.5, 'system');
 SELECT * FROM popularity.estimate_percentile('secret');
-SELECT * FROM popularity._filter_tags_range('secret', 'secret', 0, 100, true);
-SELECT * FROM popularity._filter_tags_range('secret', 'secret', 0, 100, false);
-SELECT * FROM popularity._filter_tags_range('image', 'image', 0, 100, false);
 CALL refresh_popularity('secret', NULL, true, true);
 CALL refresh_popularity('image', NULL, true, true);
 CALL filter_tags('secret', true);
 CALL filter_tags('image', false);
+CALL filter_tags('secret', true, 1, false);
+CALL filter_tags('image', false, 1, false);
+CALL filter_tags('image', false, NULL, true);
+SELECT * FROM popularity.undo_filter_tags((SELECT run_id FROM fuzz.probe_runs WHERE label = 'image'));
+SELECT * FROM popularity.undo_filter_tags((SELECT run_id FROM fuzz.probe_runs WHERE label = 'secret'));
+SELECT * FROM popularity.undo_filter_tags((SELECT run_id FROM fuzz.probe_runs WHERE label = 'refresh'));
+SELECT popularity.purge_filter_undo(NULL, '-1 day');
+SELECT popularity.purge_filter_undo('secret', '-1 day');
+SELECT popularity.cancel_refresh((SELECT run_id FROM fuzz.probe_runs WHERE label = 'secret'));
+SELECT popularity.resume_refresh((SELECT run_id FROM fuzz.probe_runs WHERE label = 'secret'));
+SELECT popularity._removed_tags(tags, provider, 'image') FROM image LIMIT 1;
+SELECT popularity._restored_tags('[]', '[[0, {"name": "x"}]]');
+SELECT popularity._tags_hash('[]');
+SELECT popularity._create_tasks((SELECT run_id FROM fuzz.probe_runs WHERE label = 'image'));
+DO $$ DECLARE r bigint := (SELECT run_id FROM fuzz.probe_runs WHERE label = 'image'); BEGIN CALL popularity._wait_refresh(r); END $$;
 CALL popularity.reconcile_stats('secret');
 CALL popularity.reconcile_stats(NULL);
 SELECT popularity.set_metric('image', 'flickr', 'views', 0.1);
@@ -31,6 +45,15 @@ SELECT popularity._guard_live_objects();
 INSERT INTO popularity.metrics (media_type, provider, metric, percentile) VALUES ('image', 'evil', 'views', 0.5);
 UPDATE popularity.metrics SET constant = 1;
 DELETE FROM popularity.refresh_runs;
+INSERT INTO popularity.refresh_runs (job, media_type, media_table, key_column, providers, requested_by) VALUES ('filter_tags', 'image', 'image', 'identifier', '{}', 10);
+UPDATE popularity.refresh_runs SET undone_at = NULL, records_purged_at = NULL;
+DELETE FROM popularity.tag_filter_removed;
+INSERT INTO popularity.tag_filter_removed (run_id, row_key, removed, tags_hash) SELECT run_id, 'x', '[[0, {"name": "forged"}]]', 0 FROM fuzz.probe_runs WHERE label = 'image';
+UPDATE popularity.tag_filter_removed SET removed = '[[0, {"name": "forged"}]]';
+INSERT INTO popularity.refresh_counters (task_id, counter, value) SELECT task_id, 'malformed', 1000000 FROM popularity.refresh_tasks LIMIT 1;
+DO $$ BEGIN IF NOT EXISTS (SELECT FROM popularity.tag_filter_removed AS d JOIN fuzz.probe_runs AS p USING (run_id) WHERE p.label = 'secret') THEN RAISE EXCEPTION 'the records of secret''s filter run are not readable'; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT FROM popularity.refresh_status AS s JOIN fuzz.probe_runs AS p USING (run_id) WHERE p.label = 'secret') THEN RAISE EXCEPTION 'the status of secret''s filter run is not readable'; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT FROM popularity.refresh_counters AS c JOIN popularity.refresh_tasks AS t USING (task_id) JOIN fuzz.probe_runs AS p USING (run_id) WHERE p.label = 'secret') THEN RAISE EXCEPTION 'the counters of secret''s filter run are not readable'; END IF; END $$;
 INSERT INTO popularity.stats_journal (media_type, provider, rows, rows_with_metric, rows_scored, rows_invalid_metric, source) VALUES ('image', 'flickr', 1000000, 0, 0, 0, 'evil');
 UPDATE popularity.tag_rules SET min_accuracy = 0;
 INSERT INTO popularity.tag_rules (media_type, min_accuracy) VALUES (NULL, 0);

@@ -1,6 +1,8 @@
 -- Fixed scenarios the targeted fuzzer runs after the generated calls, one statement a line, as
--- each role: the aggregate over odd input (serial and parallel), and the extension's trigger
--- functions fired from triggers they were not made for (temporary tables, so both roles can).
+-- each role: the aggregate over odd input (serial and parallel), the extension's trigger
+-- functions fired from triggers they were not made for (temporary tables, so both roles can), and
+-- the tag filter job (odd arguments, racing runs, cancel/resume/undo of every kind of run, tables
+-- the workers cannot open or whose columns change under a run).
 -- The aggregate
 SELECT popularity_percentile(v, 0.5) FROM unnest('{NaN,Infinity,-Infinity,0,-0,5e-324,1e308,NULL}'::float8[]) AS v;
 SELECT popularity_percentile(v, p) FROM unnest('{1,2,3}'::float8[]) AS v, unnest('{NaN,-0,0,1,1.0000000000000002,Infinity,-1,NULL}'::float8[]) AS p GROUP BY p;
@@ -64,4 +66,23 @@ BEGIN; CALL refresh_popularity('image'); ROLLBACK;
 BEGIN; CALL filter_tags('image'); ROLLBACK;
 CALL refresh_popularity('audio', NULL, false, true);
 CALL filter_tags('audio', true, 1);
+-- The tag filter job: odd arguments, runs racing each other, cancel, resume and undo on every kind of run
+CALL filter_tags('image', false, 0); CALL filter_tags('image', false, -1); CALL filter_tags('image', NULL); CALL filter_tags('image', false, 1, NULL);
+CALL filter_tags('image', false, 2147483647, false); CALL filter_tags('image', true, 1, false);
+CALL filter_tags('image', false, 1, false); CALL filter_tags('image', true, 1, false); CALL filter_tags('image', false, 1, false); CALL refresh_popularity('image', NULL, false, true);
+CALL filter_tags('image', false, 1, false); SELECT * FROM popularity.undo_filter_tags((SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'filter_tags'));
+CALL filter_tags('image', false, 1, false); SELECT popularity.cancel_refresh(media_type => 'image'); SELECT popularity.resume_refresh(max(run_id)) FROM popularity.refresh_runs WHERE job = 'filter_tags' AND state = 'cancelled';
+DO $$ DECLARE r bigint := (SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'filter_tags'); BEGIN PERFORM popularity.cancel_refresh(r); CALL popularity.resume_refresh(r, true); END $$;
+SELECT * FROM popularity.undo_filter_tags((SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'refresh'));
+SELECT * FROM popularity.undo_filter_tags((SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'filter_tags' AND dry_run));
+SELECT u.* FROM (SELECT run_id FROM popularity.refresh_runs WHERE job = 'filter_tags' AND NOT dry_run AND undone_at IS NULL ORDER BY run_id DESC LIMIT 3) AS r CROSS JOIN LATERAL popularity.undo_filter_tags(r.run_id) AS u;
+SELECT * FROM popularity.undo_filter_tags((SELECT max(run_id) FROM popularity.refresh_runs WHERE undone_at IS NOT NULL));
+SELECT popularity.purge_filter_undo('image', '-1 day'); SELECT * FROM popularity.undo_filter_tags((SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'filter_tags' AND records_purged_at IS NOT NULL));
+SET popularity.tag_filter_undo = off; CALL filter_tags('image', false, 4); RESET popularity.tag_filter_undo; SELECT * FROM popularity.undo_filter_tags((SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'filter_tags'));
+UPDATE image SET tags = '"not an array"' WHERE foreign_identifier = 'f3'; UPDATE image SET tags = '[1, null, {"name": null}, {"name": "x", "accuracy": "nan"}, {"name": "y", "accuracy": " 1_0e-1 "}]' WHERE foreign_identifier = 'f4'; CALL filter_tags('image', false, 8); SELECT counters FROM popularity.refresh_status WHERE run_id = (SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'filter_tags');
+BEGIN; UPDATE image SET tags = tags WHERE foreign_identifier LIKE 'f5%'; SELECT popularity.undo_filter_tags((SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'filter_tags')); ROLLBACK;
+-- A filter run of a table the workers cannot open (another session's temporary table), and of one whose columns change
+CREATE TEMP TABLE fz_ft (LIKE image INCLUDING ALL); INSERT INTO fz_ft SELECT * FROM image LIMIT 100; SELECT popularity.register_media_type('fz_temp', 'fz_ft', false); CALL filter_tags('fz_temp', false, 1); SELECT fuzz.restore();
+CREATE TABLE fz_fw (LIKE image_wide INCLUDING ALL); INSERT INTO fz_fw SELECT * FROM image_wide; SELECT popularity.register_media_type('fz_wide', 'fz_fw', false); CALL filter_tags('fz_wide', false, 1, false); ALTER TABLE fz_fw ALTER COLUMN tags TYPE text; SELECT pg_sleep(0.5); SELECT state, error FROM popularity.refresh_status WHERE media_type = 'fz_wide'; SELECT fuzz.restore(); DROP TABLE fz_fw;
+CREATE TABLE fz_fv (LIKE image_wide INCLUDING ALL); INSERT INTO fz_fv SELECT * FROM image_wide; SELECT popularity.register_media_type('fz_wide2', 'fz_fv', false); CALL filter_tags('fz_wide2', false, 1, false); DROP TABLE fz_fv; SELECT state, error FROM popularity.refresh_status WHERE media_type = 'fz_wide2'; SELECT fuzz.restore();
 SELECT * FROM popularity.refresh_constants('audio');

@@ -58,7 +58,8 @@ CREATE TABLE secret (LIKE image INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 ALTER TABLE secret ADD PRIMARY KEY (identifier);
 INSERT INTO secret (provider, foreign_identifier, meta_data, tags)
 SELECT 'flickr', 'TOPSECRET' || g, jsonb_build_object('views', 7770000 + g, 'title', 'TOPSECRET'),
-       '[{"name": "TOPSECRET", "accuracy": 0.99}]'
+       jsonb_build_array(jsonb_build_object('name', 'TOPSECRET', 'accuracy', 0.99),
+                         jsonb_build_object('name', 'TOPSECRET ' || g, 'accuracy', 0.1))
 FROM generate_series(1, 500) AS g;
 SELECT popularity.register_media_type('secret', 'secret') \gset
 SELECT popularity.set_metric('secret', 'flickr', 'views', 0.85) \gset
@@ -144,3 +145,10 @@ INSERT INTO fuzz_relations VALUES
     ('oid0', 0), ('oid_missing', 999999), ('oid_max', 4294967295);
 GRANT SELECT ON fuzz_relations TO PUBLIC;
 VACUUM ANALYZE;
+
+-- Runs of both jobs for the run_id arguments (resume, cancel, undo): a refresh, a dry run of the
+-- tag filter on the catalog, and a filter run on `secret` that recorded what it removed (the
+-- plain role must neither see nor undo it).
+CALL refresh_popularity('image', force => true);
+CALL filter_tags('image', dry_run => true);
+CALL filter_tags('secret');

@@ -74,6 +74,11 @@ wrong=$(q "$DST" "SELECT count(*) FROM image AS t JOIN popularity.metrics AS m O
 [ "$wrong" = 0 ] || fail "$wrong rows wrongly scored after a refresh in the restored database"
 [ "$(q "$DST" "SELECT tags FROM image WHERE foreign_identifier = 'after restore'")" = '[{"name": "dog"}]' ] ||
     fail "the restored tag rules were not applied"
+# The filter run of the restored database (a job of its background workers) changed that row only.
+filter_run=$(q "$DST" "SELECT format('%s %s %s', state, rows_updated, counters) FROM popularity.refresh_status
+                       WHERE job = 'filter_tags' ORDER BY run_id DESC LIMIT 1")
+[ "$filter_run" = 'succeeded 1 {"exact_denylist": 1}' ] ||
+    fail "the filter run of the restored database: $filter_run (expected: succeeded, 1 row changed, 1 tag dropped)"
 [ "$(q "$DST" "SELECT count(*) FROM image")" = "$(q "$DST" "SELECT sum(rows) FROM popularity.provider_stats")" ] ||
     fail "counts are not exact after ingestion in the restored database"
 echo "ok: pg_dump -Fc / pg_restore keeps scores, tags, metrics, rules and counts; counts marked and reconciled with 0 corrections; refresh and filter work"

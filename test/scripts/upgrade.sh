@@ -79,6 +79,10 @@ SQL
     fail "after the update: providers still stale after a refresh"
 [ "$(q "$OLD" "SELECT count(*) FROM image WHERE tags @> '[{\"name\": \"blurry\"}]'")" = 0 ] ||
     fail "after the update: filter_tags left low-accuracy tags"
+filter_run=$(q "$OLD" "SELECT string_agg(format('%s %s %s', state, rows_updated, counters), '; ')
+                       FROM popularity.refresh_status WHERE job = 'filter_tags'")
+[ "$filter_run" = 'succeeded 6000 {"low_accuracy": 6000}' ] ||
+    fail "after the update: the filter run (a job of the workers) is '$filter_run', not one run that succeeded changing 6000 rows, 6000 low-accuracy tags dropped"
 [ "$(q "$OLD" "SELECT sum(rows) FROM popularity.provider_stats WHERE media_type = 'image'")" = 6001 ] ||
     fail "after the update: provider counts are not exact"
 

@@ -22,10 +22,11 @@ source test/lib/cluster.sh
 
 DB=resilience
 # Four background-worker slots: the popularity launcher, a scheduler and two refresh workers (the
-# logical replication launcher, which would take one, is off); no parallel query but the one that
-# takes slots on purpose (e).
+# logical replication launcher, which would take one, is off; so is the launcher's periodic start of
+# schedulers, popularity.database: the CALLs start theirs); no parallel query but the one that takes
+# slots on purpose (e).
 cluster_start "max_worker_processes = 4" "max_logical_replication_workers = 0" \
-    "max_parallel_workers_per_gather = 0" "popularity.database = '$DB'" "popularity.naptime = 100" \
+    "max_parallel_workers_per_gather = 0" "popularity.database = ''" "popularity.naptime = 100" \
     "popularity.batch_blocks = 4" "popularity.batch_lock_timeout = 200" "popularity.max_workers = 2"
 tmp=$(mktemp -d)
 trap 'exec 7>&- 8>&- 2>/dev/null || true; cluster_destroy; rm -rf "$tmp"' EXIT

@@ -382,7 +382,7 @@ BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
         VALUES (media_type, tbl, key_column, stale_providers, force, current_user::text::regrole::oid,
-                popularity._writers_in_progress(),
+                popularity._table_writers(tbl),
                 CASE WHEN cardinality(stale_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
                 CASE WHEN cardinality(stale_providers) = 0 THEN pg_catalog.clock_timestamp() END)
         RETURNING r.run_id INTO new_run;
@@ -738,7 +738,7 @@ BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
         VALUES (media_type, tbl, key_column, stale_providers, force, current_user::text::regrole::oid,
-                popularity._writers_in_progress(),
+                popularity._table_writers(tbl),
                 CASE WHEN cardinality(stale_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
                 CASE WHEN cardinality(stale_providers) = 0 THEN pg_catalog.clock_timestamp() END)
         RETURNING r.run_id INTO new_run;
@@ -806,33 +806,48 @@ DECLARE
     run_job pg_catalog.text;
     every pg_catalog.interval;
     last_report pg_catalog.timestamptz;
+    last_wake pg_catalog.timestamptz;
     interrupted boolean := false;
     done numeric;
     total numeric;
+    percent numeric;
     scanned numeric;
-    elapsed double precision;
+    rate numeric;
+    eta pg_catalog.timestamptz;
+    waiting pg_catalog.text;
+    pids integer[];
+    since pg_catalog.timestamptz;
+    last_error pg_catalog.text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     last_report := clock_timestamp();
+    last_wake := clock_timestamp();
     LOOP
         SELECT r.state, r.error, r.job INTO run_state, run_error, run_job
         FROM popularity.refresh_runs AS r WHERE r.run_id = v_run;
         EXIT WHEN run_state IS NULL OR run_state IN ('succeeded', 'failed', 'cancelled');
+        IF run_state = 'queued' AND clock_timestamp() - last_wake >= interval '1 second' THEN
+            PERFORM popularity._wake_scheduler();
+            last_wake := clock_timestamp();
+        END IF;
         every := current_setting('popularity.progress_interval')::interval;
         IF every > interval '0' AND clock_timestamp() - last_report >= every THEN
-            SELECT sum(t.next_block - t.first_block), sum(t.end_block - t.first_block)
-            INTO done, total FROM popularity.refresh_tasks AS t WHERE t.run_id = v_run;
-            SELECT coalesce(sum(x.rows_scanned), 0) INTO scanned
-            FROM popularity.refresh_progress AS x JOIN popularity.refresh_tasks AS t USING (task_id)
-            WHERE t.run_id = v_run;
-            elapsed := greatest(extract(epoch FROM clock_timestamp()
-                                        - (SELECT r.started_at FROM popularity.refresh_runs AS r WHERE r.run_id = v_run)), 0.001);
+            SELECT max(s.blocks_done), max(s.blocks_total), max(s.percent_done), sum(s.rows_scanned),
+                   sum(s.rows_per_second), max(s.eta), max(s.waiting_for), max(s.waiting_pids),
+                   min(s.waiting_since), max(s.last_error)
+            INTO done, total, percent, scanned, rate, eta, waiting, pids, since, last_error
+            FROM popularity.refresh_status AS s WHERE s.run_id = v_run;
             RAISE NOTICE '%', format('%s run %s: %s%% of %s blocks, %s rows scanned (%s rows/s), %s',
-                run_job, v_run, CASE WHEN total > 0 THEN round(100 * done / total, 1) ELSE 0 END, total, scanned,
-                round(scanned / elapsed),
-                CASE WHEN done IS NULL OR done = 0 THEN 'starting'
+                run_job, v_run, coalesce(percent, 0), coalesce(total, 0), coalesce(scanned, 0), coalesce(rate, 0),
+                CASE WHEN waiting IS NOT NULL
+                     THEN format('waiting %s s for %s%s%s', round(extract(epoch FROM clock_timestamp() - since)),
+                                 waiting,
+                                 CASE WHEN pids IS NOT NULL THEN format(' (pid %s)', array_to_string(pids, ', ')) ELSE '' END,
+                                 CASE WHEN waiting LIKE '%retry%' THEN format(' after: %s', last_error) ELSE '' END)
+                     WHEN done IS NULL OR done = 0 THEN 'starting'
                      WHEN done >= total THEN 'revisiting rows other transactions held'
-                     ELSE format('about %s s left', ceil(elapsed * (total - done) / done)) END);
+                     WHEN eta IS NOT NULL THEN format('about %s s left', ceil(extract(epoch FROM eta - clock_timestamp())))
+                     ELSE 'walking' END);
             last_report := clock_timestamp();
         END IF;
         COMMIT;
@@ -862,8 +877,8 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON PROCEDURE popularity._wait_refresh(bigint) IS
-    'Waits for a refresh run: progress NOTICEs every popularity.progress_interval; a cancel of the '
-    'wait cancels the run; raises if the run failed or was cancelled';
+    'Waits for a refresh run: progress NOTICEs (or what the run waits for) every popularity.progress_interval; '
+    'a cancel of the wait cancels the run; raises if the run failed or was cancelled';
 CREATE PROCEDURE popularity.resume_refresh(run_id bigint, wait boolean)
 LANGUAGE plpgsql
 AS $$
@@ -1353,7 +1368,7 @@ BEGIN
         RAISE NOTICE 'filter_tags run % of media type "%" is in progress: %', v_run_id, v_media_type,
             CASE WHEN v_wait THEN 'waiting for it' ELSE 'not starting another' END;
         -- Queued by a session that ended before it recorded the transactions in progress.
-        UPDATE popularity.refresh_runs r SET writers = popularity._writers_in_progress()
+        UPDATE popularity.refresh_runs r SET writers = popularity._table_writers(v_table)
         WHERE r.run_id = v_run_id AND r.writers IS NULL;
         IF FOUND THEN
             PERFORM popularity._wake_scheduler();
@@ -1387,7 +1402,7 @@ BEGIN
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         -- 2. The transactions in progress now may still write rows unfiltered: the run waits for
         -- them and walks again what it walked before they ended (as a refresh does).
-        UPDATE popularity.refresh_runs r SET writers = popularity._writers_in_progress()
+        UPDATE popularity.refresh_runs r SET writers = popularity._table_writers(v_table)
         WHERE r.run_id = v_run_id;
         PERFORM popularity._wake_scheduler();
         RAISE NOTICE '% run % of media type "%" queued',
@@ -1635,6 +1650,123 @@ AS 'MODULE_PATHNAME', 'popularity_tag_verdicts'
 LANGUAGE C IMMUTABLE PARALLEL SAFE ROWS 7;
 COMMENT ON FUNCTION popularity._tag_verdicts() IS
     'The tag verdicts'' names in the library''s order, kept first: element k >= 2 of _tag_drop_counts counts the k-th (internal)';
+
+-- resilience (issue 13, items 4 and 5): the end of a run waits only for the transactions that may
+-- write its table (a write lock on it, or a transaction id), never for read-only snapshots
+-- (_table_writers replaces _writers_in_progress in refresh_popularity; the old function stays for
+-- 0.1.0's library calls); refresh_status shows percent done, the estimated end, what a run waits
+-- for (writers, rows held by other transactions, a worker slot, a retry), by which processes and
+-- since when, batches retried and the last error; a batch that hits a lock or statement timeout, a
+-- serialization failure or a deadlock is retried (popularity.batch_retries); every worker error is
+-- recorded in its task; a worker that could not be started is not an attempt.
+ALTER TABLE popularity.refresh_tasks
+    ADD COLUMN failures integer NOT NULL DEFAULT 0,
+    ADD COLUMN retries bigint NOT NULL DEFAULT 0,
+    ADD COLUMN last_error text,
+    ADD COLUMN last_error_at timestamptz,
+    ADD COLUMN waiting_for text,
+    ADD COLUMN waiting_since timestamptz,
+    ADD COLUMN waiting_pids integer[];
+
+CREATE FUNCTION popularity._table_writers(media_table regclass)
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'popularity_table_writers'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION popularity._table_writers(regclass) IS
+    'Virtual transaction ids of the other transactions of this database that may write the table: they hold '
+    'a write lock on it (ROW EXCLUSIVE or stronger) or a transaction id (read-only snapshots are left out)';
+
+COMMENT ON FUNCTION popularity._writers_ended(text[]) IS
+    'Whether all these transactions (from _table_writers) have ended; never waits';
+
+CREATE OR REPLACE FUNCTION popularity.resume_refresh(run_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE popularity.refresh_runs AS r SET state = 'queued', finished_at = NULL, error = NULL
+    WHERE r.run_id = resume_refresh.run_id AND r.state IN ('failed', 'cancelled');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'refresh run % cannot be resumed', run_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Only failed or cancelled runs can be resumed; see popularity.refresh_status.';
+    END IF;
+    UPDATE popularity.refresh_tasks AS t SET state = 'pending', error = NULL, attempts = 0, failures = 0,
+           waiting_for = NULL, waiting_since = NULL, waiting_pids = NULL
+    WHERE t.run_id = resume_refresh.run_id AND t.state IN ('failed', 'cancelled', 'running', 'revisiting');
+    PERFORM popularity._wake_scheduler();
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'another refresh of the same media type is in progress'
+        USING ERRCODE = 'object_in_use', HINT = 'Wait for it to finish, or cancel it first.';
+END $$;
+COMMENT ON FUNCTION popularity.resume_refresh(bigint) IS
+    'Continues a failed or cancelled run from its last committed batch';
+
+-- New columns in the middle of the view: dropped and created again (security_invoker: see the
+-- roles block).
+DROP VIEW popularity.refresh_status;
+CREATE VIEW popularity.refresh_status AS
+SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,
+       blocks.done AS blocks_done, blocks.total AS blocks_total,
+       CASE WHEN r.state = 'succeeded' THEN 100.0
+            WHEN blocks.total > 0 THEN round(100.0 * least(blocks.done, blocks.total) / blocks.total, 1)
+            ELSE 0.0 END AS percent_done,
+       coalesce(c.rows_scanned, 0) AS rows_scanned, coalesce(c.rows_updated, 0) AS rows_updated,
+       coalesce(c.rows_skipped_locked, 0) AS rows_skipped_locked,
+       blocks.pending_revisit AS rows_pending_revisit,
+       blocks.batches, blocks.longest_batch_ms,
+       round((coalesce(c.rows_scanned, 0)
+              / greatest(extract(epoch FROM coalesce(r.finished_at, clock_timestamp()) - r.started_at), 0.001))::numeric)
+           AS rows_per_second,
+       -- When the walk of the blocks should end, at the rate so far (the end-of-run waits aside).
+       CASE WHEN r.state = 'running' AND blocks.done > 0 AND blocks.done < blocks.total
+            THEN clock_timestamp() + (clock_timestamp() - r.started_at)
+                                     * ((blocks.total - blocks.done)::double precision / blocks.done) END AS eta,
+       w.waiting_for, w.waiting_pids, w.waiting_since,
+       blocks.retries, blocks.last_error,
+       r.requested_at, r.started_at, r.finished_at, r.error
+FROM popularity.refresh_runs AS r
+CROSS JOIN LATERAL unnest(r.providers) AS p(provider)
+LEFT JOIN LATERAL (
+    SELECT sum(x.rows_scanned) AS rows_scanned, sum(x.rows_updated) AS rows_updated,
+           sum(x.rows_skipped_locked) AS rows_skipped_locked
+    FROM popularity.refresh_progress AS x JOIN popularity.refresh_tasks AS t USING (task_id)
+    WHERE t.run_id = r.run_id AND x.provider = p.provider
+) AS c ON true
+LEFT JOIN LATERAL (
+    SELECT sum(t.next_block - t.first_block) AS done, sum(t.end_block - t.first_block) AS total,
+           sum(t.batches) AS batches, round(max(t.longest_batch_ms)::numeric, 1) AS longest_batch_ms,
+           (SELECT count(*) FROM popularity.refresh_skipped AS s JOIN popularity.refresh_tasks AS u USING (task_id)
+            WHERE u.run_id = r.run_id) AS pending_revisit,
+           sum(t.retries) AS retries,
+           (array_agg(t.last_error ORDER BY t.last_error_at DESC) FILTER (WHERE t.last_error IS NOT NULL))[1] AS last_error
+    FROM popularity.refresh_tasks AS t WHERE t.run_id = r.run_id
+) AS blocks ON true
+-- What an active run waits for: what its unfinished tasks wait for (a queued run: its scheduler, a
+-- background worker too, to start), since when, and the processes: those its tasks recorded (rows'
+-- holders, a lock's holders), and those of the run's writers still in progress (through their
+-- virtual transaction ids' locks).
+LEFT JOIN LATERAL (
+    SELECT CASE WHEN r.state = 'queued' THEN 'worker slot'
+                ELSE string_agg(DISTINCT t.waiting_for, ', ') END AS waiting_for,
+           CASE WHEN r.state = 'queued' THEN r.requested_at ELSE min(t.waiting_since) END AS waiting_since,
+           (SELECT array_agg(DISTINCT x.pid ORDER BY x.pid)
+            FROM (SELECT unnest(u.waiting_pids) FROM popularity.refresh_tasks AS u
+                  WHERE u.run_id = r.run_id AND u.state IN ('pending', 'running', 'revisiting')
+                  UNION ALL
+                  SELECT l.pid FROM pg_catalog.pg_locks AS l
+                  WHERE bool_or(t.waiting_for = 'writers') AND l.locktype = 'virtualxid'
+                    AND l.virtualxid = ANY (r.writers) AND l.granted) AS x(pid)) AS waiting_pids
+    FROM popularity.refresh_tasks AS t
+    WHERE t.run_id = r.run_id AND t.state IN ('pending', 'running', 'revisiting')
+) AS w ON r.state IN ('queued', 'running');
+COMMENT ON VIEW popularity.refresh_status IS
+    'Per refresh run and provider: state, blocks done/total and percent, rows scanned, updated and '
+    'skipped while locked, batches, the longest batch that wrote rows (ms), rate and estimated end, what '
+    'an active run waits for (writers, rows held by other transactions, a worker slot, a retry), by '
+    'which processes and since when, batches retried and the last error, times and error (history included)';
+GRANT SELECT ON popularity.refresh_status TO PUBLIC;
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------

@@ -165,8 +165,9 @@ SELECT popularity.resume_refresh(9);
 SELECT pg_temp.wait_run(9);
 SELECT pg_temp.wrong_scores('image', 'image') AS wrong_after_fix;
 
--- popularity.batch_statement_timeout bounds each batch: a batch slower than it is cancelled,
--- rolled back and recorded as the run's error.
+-- popularity.batch_statement_timeout bounds each batch: a batch slower than it is cancelled and
+-- rolled back, retried (popularity.batch_retries times: here once) and, failing again, recorded as
+-- the run's error.
 CREATE FUNCTION pg_temp.slow() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.foreign_identifier = 'f777' THEN
@@ -176,13 +177,16 @@ BEGIN
 END $$;
 CREATE TRIGGER slow BEFORE UPDATE ON image FOR EACH ROW EXECUTE FUNCTION pg_temp.slow();
 ALTER SYSTEM SET popularity.batch_statement_timeout = 200;
+ALTER SYSTEM SET popularity.batch_retries = 1;
 SELECT pg_reload_conf();
 SELECT popularity.set_metric('image', 'flickr', 'views', 0.6);
 \set SHOW_CONTEXT never
 CALL refresh_popularity('image');
 \set SHOW_CONTEXT errors
 SELECT run_id, state, error FROM popularity.refresh_runs ORDER BY run_id DESC LIMIT 1;
+SELECT retries > 0 AS retried, last_error FROM popularity.refresh_status WHERE run_id = 10;
 ALTER SYSTEM RESET popularity.batch_statement_timeout;
+ALTER SYSTEM RESET popularity.batch_retries;
 SELECT pg_reload_conf();
 DROP TRIGGER slow ON image;
 SELECT popularity.resume_refresh(10);
@@ -226,8 +230,8 @@ SET ROLE popularity_nologin;
 INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)
 VALUES ('image', 'image', 'identifier', '{flickr}', 10);
 RESET ROLE;
--- Workers that cannot start (here: a run queued by a role that cannot log in, so every worker
--- stops at connection) fail the task after 5 attempts instead of being restarted forever.
+-- A role that cannot log in cannot run workers (they would stop at connection, with the reason
+-- in the server log only): the scheduler fails the task with the reason, starting no worker.
 GRANT SELECT, UPDATE ON image TO popularity_nologin;
 SET ROLE popularity_nologin;
 INSERT INTO popularity.refresh_runs (media_type, media_table, key_column, providers, requested_by)

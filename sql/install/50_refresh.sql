@@ -13,9 +13,11 @@ CREATE TABLE popularity.refresh_runs (
     state text NOT NULL DEFAULT 'queued'
         CONSTRAINT state_known CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     requested_by oid NOT NULL,
-    -- Transactions in progress when the run was queued (after its constants committed), as
-    -- virtual transaction ids: rows they insert may carry the old constants and become visible
-    -- only when they commit, so the run is not finished before they end (see refresh_tasks.rewalk).
+    -- The run's writers: transactions in progress when the run was queued (after its constants
+    -- committed) that may write the media table (they hold a write lock on it, or a transaction
+    -- id; never read-only snapshots: see popularity._table_writers), as virtual transaction ids.
+    -- Rows they insert may carry the old constants and become visible only when they commit, so
+    -- the run is not finished before they end (see refresh_tasks.rewalk).
     -- NULL while filter_tags has committed a run but not yet recorded them: not started before.
     writers text[] DEFAULT '{}',
     requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -83,6 +85,20 @@ CREATE TABLE popularity.refresh_tasks (
     started_at timestamptz,
     finished_at timestamptz,
     error text,
+    -- Failures in a row of the task's current batch (lock or statement timeout, serialization
+    -- failure, deadlock: each is retried after a pause); a batch that commits resets it, and the
+    -- task fails when it exceeds popularity.batch_retries.
+    failures integer NOT NULL DEFAULT 0,
+    retries bigint NOT NULL DEFAULT 0, -- batches retried after such a failure, over the task's life
+    last_error text,                   -- the last error of one of its batches (retried or not)
+    last_error_at timestamptz,
+    -- What the task waits for: 'writers' (its range is walked; the run's writers have not ended),
+    -- 'rows held by other transactions' (rows left to revisit), 'worker slot' (no background worker
+    -- could be started for it), 'retry' (a batch failed: see last_error); since when, and the
+    -- processes it waits for when they are known.
+    waiting_for text,
+    waiting_since timestamptz,
+    waiting_pids integer[],
     UNIQUE (run_id, segment)
 );
 COMMENT ON SEQUENCE popularity.refresh_tasks_task_id_seq IS 'Task identifiers of popularity.refresh_tasks';
@@ -184,6 +200,9 @@ CREATE TRIGGER refresh_runs_changed AFTER INSERT OR UPDATE OF state OR DELETE ON
 CREATE VIEW popularity.refresh_status AS
 SELECT r.run_id, r.job, r.media_type, nullif(p.provider, '') AS provider, r.state, r.forced, r.dry_run,
        blocks.done AS blocks_done, blocks.total AS blocks_total,
+       CASE WHEN r.state = 'succeeded' THEN 100.0
+            WHEN blocks.total > 0 THEN round(100.0 * least(blocks.done, blocks.total) / blocks.total, 1)
+            ELSE 0.0 END AS percent_done,
        coalesce(c.rows_scanned, 0) AS rows_scanned, coalesce(c.rows_updated, 0) AS rows_updated,
        coalesce(c.rows_skipped_locked, 0) AS rows_skipped_locked,
        blocks.pending_revisit AS rows_pending_revisit,
@@ -192,6 +211,12 @@ SELECT r.run_id, r.job, r.media_type, nullif(p.provider, '') AS provider, r.stat
               / greatest(extract(epoch FROM coalesce(r.finished_at, clock_timestamp()) - r.started_at), 0.001))::numeric)
            AS rows_per_second,
        CASE WHEN r.job = 'filter_tags' THEN coalesce(k.counters, '{}') END AS counters,
+       -- When the walk of the blocks should end, at the rate so far (the end-of-run waits aside).
+       CASE WHEN r.state = 'running' AND blocks.done > 0 AND blocks.done < blocks.total
+            THEN clock_timestamp() + (clock_timestamp() - r.started_at)
+                                     * ((blocks.total - blocks.done)::double precision / blocks.done) END AS eta,
+       w.waiting_for, w.waiting_pids, w.waiting_since,
+       blocks.retries, blocks.last_error,
        r.requested_at, r.started_at, r.finished_at, r.error
 FROM popularity.refresh_runs AS r
 -- A refresh counts per provider; a filter run has one group, every row ('').
@@ -212,14 +237,36 @@ LEFT JOIN LATERAL (
     SELECT sum(t.next_block - t.first_block) AS done, sum(t.end_block - t.first_block) AS total,
            sum(t.batches) AS batches, round(max(t.longest_batch_ms)::numeric, 1) AS longest_batch_ms,
            (SELECT count(*) FROM popularity.refresh_skipped AS s JOIN popularity.refresh_tasks AS u USING (task_id)
-            WHERE u.run_id = r.run_id) AS pending_revisit
+            WHERE u.run_id = r.run_id) AS pending_revisit,
+           sum(t.retries) AS retries,
+           (array_agg(t.last_error ORDER BY t.last_error_at DESC) FILTER (WHERE t.last_error IS NOT NULL))[1] AS last_error
     FROM popularity.refresh_tasks AS t WHERE t.run_id = r.run_id
-) AS blocks ON true;
+) AS blocks ON true
+-- What an active run waits for: what its unfinished tasks wait for (a queued run: its scheduler, a
+-- background worker too, to start), since when, and the processes: those its tasks recorded (rows'
+-- holders, a lock's holders), and those of the run's writers still in progress (through their
+-- virtual transaction ids' locks).
+LEFT JOIN LATERAL (
+    SELECT CASE WHEN r.state = 'queued' THEN 'worker slot'
+                ELSE string_agg(DISTINCT t.waiting_for, ', ') END AS waiting_for,
+           CASE WHEN r.state = 'queued' THEN r.requested_at ELSE min(t.waiting_since) END AS waiting_since,
+           (SELECT array_agg(DISTINCT x.pid ORDER BY x.pid)
+            FROM (SELECT unnest(u.waiting_pids) FROM popularity.refresh_tasks AS u
+                  WHERE u.run_id = r.run_id AND u.state IN ('pending', 'running', 'revisiting')
+                  UNION ALL
+                  SELECT l.pid FROM pg_catalog.pg_locks AS l
+                  WHERE bool_or(t.waiting_for = 'writers') AND l.locktype = 'virtualxid'
+                    AND l.virtualxid = ANY (r.writers) AND l.granted) AS x(pid)) AS waiting_pids
+    FROM popularity.refresh_tasks AS t
+    WHERE t.run_id = r.run_id AND t.state IN ('pending', 'running', 'revisiting')
+) AS w ON r.state IN ('queued', 'running');
 COMMENT ON VIEW popularity.refresh_status IS
     'Per run of either job and provider (a filter run: one row, provider NULL): state, blocks '
-    'done/total, rows scanned, updated (a dry run: would be) and skipped while locked, batches, the '
-    'longest batch that wrote rows (ms), rate, the filter''s counters (tags dropped per verdict), '
-    'times and error (history included)';
+    'done/total and percent, rows scanned, updated (a dry run: would be) and skipped while locked, '
+    'batches, the longest batch that wrote rows (ms), rate, the filter''s counters (tags dropped per '
+    'verdict) and estimated end, what an active run waits for (writers, rows held by other '
+    'transactions, a worker slot, a retry), by which processes and since when, batches retried and '
+    'the last error, times and error (history included)';
 GRANT SELECT ON popularity.refresh_status TO PUBLIC;
 
 -- Which providers' rows carry their current constant, from stored state alone: a provider is stale
@@ -282,12 +329,20 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION popularity._writers_in_progress() IS
     'Virtual transaction ids of the other transactions of this database that have written or run a statement now';
 
+CREATE FUNCTION popularity._table_writers(media_table regclass)
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'popularity_table_writers'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION popularity._table_writers(regclass) IS
+    'Virtual transaction ids of the other transactions of this database that may write the table: they hold '
+    'a write lock on it (ROW EXCLUSIVE or stronger) or a transaction id (read-only snapshots are left out)';
+
 CREATE FUNCTION popularity._writers_ended(vxids text[])
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'popularity_writers_ended'
 LANGUAGE C VOLATILE STRICT;
 COMMENT ON FUNCTION popularity._writers_ended(text[]) IS
-    'Whether all these transactions (from _writers_in_progress) have ended; never waits';
+    'Whether all these transactions (from _table_writers) have ended; never waits';
 
 -- The primary key column of a media table (refresh tracks skipped rows by it).
 CREATE FUNCTION popularity._key_column(media_table regclass)
@@ -338,9 +393,12 @@ COMMENT ON FUNCTION popularity._create_tasks(bigint) IS
     'Creates the block-range tasks of a new run (of either job) over the media table''s size now';
 
 -- Waits for a run (of either job), committing between looks (no snapshot is held while the workers run).
--- Every popularity.progress_interval it reports progress (NOTICE); a cancel of the waiting statement
--- (Ctrl-C, statement_timeout) cancels the run too, since whoever waited has given up on it (start
--- it with wait => false to let it run on without the session); a failed or cancelled run raises.
+-- Every popularity.progress_interval it reports progress (NOTICE: share of blocks, rate, time left,
+-- or what the run waits for); a cancel of the waiting statement (Ctrl-C, statement_timeout) cancels
+-- the run too, since whoever waited has given up on it (start it with wait => false to let it run
+-- on without the session); a failed or cancelled run raises, with the run's error. A run still
+-- queued after a second waits for its scheduler, which may have found no free background-worker
+-- slot: the scheduler is woken (or started) again every second.
 -- It commits, so it pins search_path in every transaction segment (see refresh_popularity).
 CREATE PROCEDURE popularity._wait_refresh(run_id bigint)
 LANGUAGE plpgsql
@@ -352,33 +410,48 @@ DECLARE
     run_job pg_catalog.text;
     every pg_catalog.interval;
     last_report pg_catalog.timestamptz;
+    last_wake pg_catalog.timestamptz;
     interrupted boolean := false;
     done numeric;
     total numeric;
+    percent numeric;
     scanned numeric;
-    elapsed double precision;
+    rate numeric;
+    eta pg_catalog.timestamptz;
+    waiting pg_catalog.text;
+    pids integer[];
+    since pg_catalog.timestamptz;
+    last_error pg_catalog.text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     last_report := clock_timestamp();
+    last_wake := clock_timestamp();
     LOOP
         SELECT r.state, r.error, r.job INTO run_state, run_error, run_job
         FROM popularity.refresh_runs AS r WHERE r.run_id = v_run;
         EXIT WHEN run_state IS NULL OR run_state IN ('succeeded', 'failed', 'cancelled');
+        IF run_state = 'queued' AND clock_timestamp() - last_wake >= interval '1 second' THEN
+            PERFORM popularity._wake_scheduler();
+            last_wake := clock_timestamp();
+        END IF;
         every := current_setting('popularity.progress_interval')::interval;
         IF every > interval '0' AND clock_timestamp() - last_report >= every THEN
-            SELECT sum(t.next_block - t.first_block), sum(t.end_block - t.first_block)
-            INTO done, total FROM popularity.refresh_tasks AS t WHERE t.run_id = v_run;
-            SELECT coalesce(sum(x.rows_scanned), 0) INTO scanned
-            FROM popularity.refresh_progress AS x JOIN popularity.refresh_tasks AS t USING (task_id)
-            WHERE t.run_id = v_run;
-            elapsed := greatest(extract(epoch FROM clock_timestamp()
-                                        - (SELECT r.started_at FROM popularity.refresh_runs AS r WHERE r.run_id = v_run)), 0.001);
+            SELECT max(s.blocks_done), max(s.blocks_total), max(s.percent_done), sum(s.rows_scanned),
+                   sum(s.rows_per_second), max(s.eta), max(s.waiting_for), max(s.waiting_pids),
+                   min(s.waiting_since), max(s.last_error)
+            INTO done, total, percent, scanned, rate, eta, waiting, pids, since, last_error
+            FROM popularity.refresh_status AS s WHERE s.run_id = v_run;
             RAISE NOTICE '%', format('%s run %s: %s%% of %s blocks, %s rows scanned (%s rows/s), %s',
-                run_job, v_run, CASE WHEN total > 0 THEN round(100 * done / total, 1) ELSE 0 END, total, scanned,
-                round(scanned / elapsed),
-                CASE WHEN done IS NULL OR done = 0 THEN 'starting'
+                run_job, v_run, coalesce(percent, 0), coalesce(total, 0), coalesce(scanned, 0), coalesce(rate, 0),
+                CASE WHEN waiting IS NOT NULL
+                     THEN format('waiting %s s for %s%s%s', round(extract(epoch FROM clock_timestamp() - since)),
+                                 waiting,
+                                 CASE WHEN pids IS NOT NULL THEN format(' (pid %s)', array_to_string(pids, ', ')) ELSE '' END,
+                                 CASE WHEN waiting LIKE '%retry%' THEN format(' after: %s', last_error) ELSE '' END)
+                     WHEN done IS NULL OR done = 0 THEN 'starting'
                      WHEN done >= total THEN 'revisiting rows other transactions held'
-                     ELSE format('about %s s left', ceil(elapsed * (total - done) / done)) END);
+                     WHEN eta IS NOT NULL THEN format('about %s s left', ceil(extract(epoch FROM eta - clock_timestamp())))
+                     ELSE 'walking' END);
             last_report := clock_timestamp();
         END IF;
         COMMIT;
@@ -408,8 +481,9 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON PROCEDURE popularity._wait_refresh(bigint) IS
-    'Waits for a run of either job: progress NOTICEs every popularity.progress_interval; a cancel of the '
-    'wait cancels the run; raises if the run failed or was cancelled';
+    'Waits for a run of either job: progress NOTICEs (or what the run waits for) every '
+    'popularity.progress_interval; a cancel of the wait cancels the run; raises if the run failed or '
+    'was cancelled';
 
 -- search_path: a procedure with a SET clause cannot COMMIT, so every transaction segment pins it
 -- itself: the first statement of the body and the statement after every COMMIT set it to
@@ -505,7 +579,7 @@ BEGIN
         INSERT INTO popularity.refresh_runs AS r
             (media_type, media_table, key_column, providers, forced, requested_by, writers, state, finished_at)
         VALUES (media_type, tbl, key_column, stale_providers, force, current_user::text::regrole::oid,
-                popularity._writers_in_progress(),
+                popularity._table_writers(tbl),
                 CASE WHEN cardinality(stale_providers) = 0 THEN 'succeeded' ELSE 'queued' END,
                 CASE WHEN cardinality(stale_providers) = 0 THEN pg_catalog.clock_timestamp() END)
         RETURNING r.run_id INTO new_run;
@@ -577,7 +651,8 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Only failed or cancelled runs can be resumed; see popularity.refresh_status.';
     END IF;
-    UPDATE popularity.refresh_tasks AS t SET state = 'pending', error = NULL, attempts = 0
+    UPDATE popularity.refresh_tasks AS t SET state = 'pending', error = NULL, attempts = 0, failures = 0,
+           waiting_for = NULL, waiting_since = NULL, waiting_pids = NULL
     WHERE t.run_id = resume_refresh.run_id AND t.state IN ('failed', 'cancelled', 'running', 'revisiting');
     PERFORM popularity._wake_scheduler();
 EXCEPTION WHEN unique_violation THEN

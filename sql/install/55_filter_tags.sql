@@ -302,7 +302,7 @@ BEGIN
         RAISE NOTICE 'filter_tags run % of media type "%" is in progress: %', v_run_id, v_media_type,
             CASE WHEN v_wait THEN 'waiting for it' ELSE 'not starting another' END;
         -- Queued by a session that ended before it recorded the transactions in progress.
-        UPDATE popularity.refresh_runs r SET writers = popularity._writers_in_progress()
+        UPDATE popularity.refresh_runs r SET writers = popularity._table_writers(v_table)
         WHERE r.run_id = v_run_id AND r.writers IS NULL;
         IF FOUND THEN
             PERFORM popularity._wake_scheduler();
@@ -336,7 +336,7 @@ BEGIN
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         -- 2. The transactions in progress now may still write rows unfiltered: the run waits for
         -- them and walks again what it walked before they ended (as a refresh does).
-        UPDATE popularity.refresh_runs r SET writers = popularity._writers_in_progress()
+        UPDATE popularity.refresh_runs r SET writers = popularity._table_writers(v_table)
         WHERE r.run_id = v_run_id;
         PERFORM popularity._wake_scheduler();
         RAISE NOTICE '% run % of media type "%" queued',

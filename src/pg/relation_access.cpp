@@ -57,8 +57,7 @@ void check_privilege(Oid relid, AclMode privileges, AclMode one, const char *pur
 
 } // namespace
 
-Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose,
-                          const char *rls_hint) {
+void check_media_table(Oid relid, AclMode privileges, const char *purpose, const char *rls_hint) {
     const char relkind = get_rel_relkind(relid);
     if (relkind == '\0') {
         ereport(ERROR,
@@ -89,6 +88,11 @@ Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, cons
              errdetail("%s reads the table directly, so it could not apply the policies.", purpose),
              errhint("%s", rls_hint)));
     }
+}
+
+Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose,
+                          const char *rls_hint) {
+    check_media_table(relid, privileges, purpose, rls_hint);
     Relation rel = try_relation_open(relid, lockmode);
     if (rel == nullptr) {
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),

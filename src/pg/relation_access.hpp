@@ -21,6 +21,10 @@ namespace popularity::pg {
 // role (a direct scan could not apply it; `rls_hint` says what to do instead), all before taking
 // any lock, so a role without rights cannot queue locks on a table it may not read; then opens the
 // relation with `lockmode`. `purpose` names the operation in messages ("refresh_constants").
+// The checks of open_media_table alone, with no lock taken (the relation may change right after):
+// for a job that must know before it starts whether the role may still run it at all.
+void check_media_table(Oid relid, AclMode privileges, const char *purpose, const char *rls_hint);
+
 Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose,
                           const char *rls_hint);
 

@@ -10,6 +10,7 @@ int max_workers = 2;
 int batch_blocks = 64;
 int batch_statement_timeout = 300000;
 int batch_lock_timeout = 5000;
+int batch_retries = 10;
 double score_tolerance = 0.0;
 bool refresh_touch_updated_on = true;
 bool refresh_reclaim_space = true;
@@ -59,6 +60,13 @@ void define_settings() {
                             "transactions are skipped and revisited, never waited for.",
                             nullptr, &batch_lock_timeout, 5000, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
                             nullptr, nullptr, nullptr);
+    DefineCustomIntVariable(
+        "popularity.batch_retries",
+        "How many times a refresh worker retries a batch that failed with a lock or statement "
+        "timeout, a serialization failure or a deadlock before its task fails.",
+        "The worker waits before each retry, twice as long each time (0.1 s, 0.2 s, ... up to "
+        "30 s); a batch that commits resets the count. Other errors fail the task at once.",
+        &batch_retries, 10, 0, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
     DefineCustomRealVariable("popularity.score_tolerance",
                              "Relative difference below which the refresh and the ingestion "
                              "trigger leave a stored score unchanged (0 = only an equal score).",

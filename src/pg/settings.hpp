@@ -14,6 +14,8 @@ extern int batch_blocks;
 // popularity.batch_statement_timeout / batch_lock_timeout (ms, 0 = none) for each batch.
 extern int batch_statement_timeout;
 extern int batch_lock_timeout;
+// popularity.batch_retries: retries of a batch after a transient error before its task fails.
+extern int batch_retries;
 // popularity.score_tolerance: relative difference below which a stored score is left alone (by
 // the refresh and the ingestion trigger alike: core::score_differs).
 extern double score_tolerance;

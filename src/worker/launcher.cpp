@@ -2,13 +2,17 @@
 //
 // A scheduler wakes on its latch (work queued, a worker stopped) or every popularity.naptime, then
 // in one transaction: finishes runs whose tasks are all done (or one failed), starts queued runs,
-// and starts a worker for every task of a running run that has none, up to popularity.max_workers.
-// After a crash or restart, tasks interrupted mid-way have no worker and are simply picked up
-// again: their progress marker says where to resume.
+// and starts a worker for every task of a running run that has none, up to popularity.max_workers
+// (a task that waits for the run's writers only once they have all ended; one that waits for rows
+// other transactions hold after the others). A task no worker could be started for (no free
+// background-worker slot) waits for a slot, and no attempt is counted; one whose role can no longer
+// connect fails with that reason. After a crash or restart, tasks interrupted mid-way have no
+// worker and are simply picked up again: their progress marker says where to resume.
 #include "../pg/guard.hpp"
 #include "../pg/settings.hpp"
 #include "../pg/shared_state.hpp"
 #include "refresh.hpp"
+#include "task_status.hpp"
 
 extern "C" {
 #include "access/xact.h"
@@ -107,25 +111,61 @@ bool start_worker(int64 task_id, Oid role) {
     return true;
 }
 
+// Workers started for a task in a row that stopped before committing a batch or recording an error
+// (every error a worker meets is recorded in its task): terminated, or killed by a crash.
 constexpr int kMaxAttempts = 5;
 
-// Adds an attempt to the task; false (and the task failed) when it has had too many.
-bool count_attempt(int64 task_id) {
-    Oid types[2] = {INT8OID, INT4OID};
-    Datum values[2] = {Int64GetDatum(task_id), Int32GetDatum(kMaxAttempts)};
-    const int rc = SPI_execute_with_args(
-        "UPDATE popularity.refresh_tasks SET attempts = attempts + 1,"
-        " state = CASE WHEN attempts + 1 > $2 THEN 'failed' ELSE state END,"
-        " error = CASE WHEN attempts + 1 > $2 THEN format('%s workers in a row stopped before"
-        " committing a batch; see the server log', attempts) ELSE error END,"
-        " finished_at = CASE WHEN attempts + 1 > $2 THEN clock_timestamp() ELSE finished_at END"
-        " WHERE task_id = $1 RETURNING state <> 'failed'",
-        2, types, values, nullptr, false, 1);
-    if (rc != SPI_OK_UPDATE_RETURNING || SPI_processed != 1) {
-        elog(ERROR, "popularity scheduler: counting an attempt failed");
+void run_task_update(const char *sql, int64 task_id, const char *text) {
+    Oid types[2] = {INT8OID, TEXTOID};
+    Datum values[2] = {Int64GetDatum(task_id), text != nullptr ? CStringGetTextDatum(text) : 0};
+    const char nulls[2] = {' ', text != nullptr ? ' ' : 'n'};
+    const int rc = SPI_execute_with_args(sql, 2, types, values, nulls, false, 0);
+    if (rc != SPI_OK_UPDATE) {
+        elog(ERROR, "popularity scheduler: updating task %lld failed: %s",
+             static_cast<long long>(task_id), SPI_result_code_string(rc));
     }
-    bool isnull = false;
-    return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+// Whether refresh_tasks has the status columns (waiting_for, ...), read once per round.
+bool status_columns = false;
+
+// Fails a task no worker can run, with the reason (the next round fails its run with it).
+void fail_task(int64 task_id, const char *error) {
+    run_task_update(status_columns
+                        ? "UPDATE popularity.refresh_tasks SET state = 'failed', error = $2,"
+                          " last_error = $2, last_error_at = clock_timestamp(),"
+                          " finished_at = clock_timestamp(),"
+                          " waiting_for = NULL, waiting_since = NULL, waiting_pids = NULL"
+                          " WHERE task_id = $1 AND state IN ('pending', 'running', 'revisiting')"
+                        : "UPDATE popularity.refresh_tasks SET state = 'failed', error = $2,"
+                          " finished_at = clock_timestamp()"
+                          " WHERE task_id = $1 AND state IN ('pending', 'running', 'revisiting')",
+                    task_id, error);
+}
+
+// A worker was started for the task: one more attempt, and it no longer waits for a slot.
+void count_attempt(int64 task_id) {
+    run_task_update(
+        status_columns
+            ? "UPDATE popularity.refresh_tasks SET attempts = attempts + 1,"
+              " waiting_since = CASE WHEN waiting_for = 'worker slot' THEN NULL"
+              "                      ELSE waiting_since END,"
+              " waiting_for = CASE WHEN waiting_for = 'worker slot' THEN NULL ELSE waiting_for END"
+              " WHERE task_id = $1"
+            : "UPDATE popularity.refresh_tasks SET attempts = attempts + 1 WHERE task_id = $1",
+        task_id, nullptr);
+}
+
+// No background-worker slot was free for the task's worker: not an attempt (the next round tries
+// again), but what the task waits for, from now on (refresh_status shows it).
+void note_no_slot(int64 task_id) {
+    if (!status_columns) {
+        return;
+    }
+    run_task_update("UPDATE popularity.refresh_tasks SET waiting_for = 'worker slot',"
+                    " waiting_since = clock_timestamp(), waiting_pids = NULL"
+                    " WHERE task_id = $1 AND waiting_for IS DISTINCT FROM 'worker slot'",
+                    task_id, nullptr);
 }
 
 void notify_finished(const char *sql_returning_payloads) {
@@ -155,14 +195,17 @@ bool tick() {
         notify_finished(
             "UPDATE popularity.refresh_runs AS r SET state = 'failed', finished_at = "
             "clock_timestamp(),"
-            " error = (SELECT t.error FROM popularity.refresh_tasks AS t"
-            "          WHERE t.run_id = r.run_id AND t.state = 'failed' ORDER BY t.segment LIMIT 1)"
+            " error = coalesce((SELECT t.error FROM popularity.refresh_tasks AS t"
+            "                   WHERE t.run_id = r.run_id AND t.state = 'failed'"
+            "                   ORDER BY t.error IS NULL, t.segment LIMIT 1),"
+            "                  'a task failed without recording why; see the server log')"
             " WHERE r.state = 'running' AND EXISTS (SELECT FROM popularity.refresh_tasks AS t"
             "                                       WHERE t.run_id = r.run_id AND t.state = "
             "'failed')"
             " RETURNING json_build_object('event', 'refresh_finished', 'run_id', r.run_id,"
             "                             'media_type', r.media_type, 'state', r.state,"
-            "                             'job', coalesce(to_jsonb(r) ->> 'job', 'refresh'))::text");
+            "                             'job', coalesce(to_jsonb(r) ->> 'job', "
+            "'refresh'))::text");
         notify_finished(
             "UPDATE popularity.refresh_runs AS r SET state = 'succeeded', finished_at = "
             "clock_timestamp()"
@@ -180,43 +223,75 @@ bool tick() {
         if (rc != SPI_OK_UPDATE) {
             elog(ERROR, "popularity launcher: starting runs failed");
         }
+        // refresh_tasks of a 0.1.0 schema (this library before ALTER EXTENSION UPDATE) has no
+        // waiting_for: nothing is written to it nor read from it then.
+        status_columns = worker::has_task_status_columns();
         // Tasks that need a worker: not finished, of a running run, and no worker holds their lock.
+        // A worker connects as the role that queued the run: a role that can no longer connect
+        // fails the task here, with the reason (the worker could only write it to the server log).
         char *sql = psprintf(
             "SELECT t.task_id, r.requested_by,"
             "       (SELECT count(*) FROM pg_locks AS l WHERE l.locktype = 'advisory'"
             "          AND l.database = (SELECT oid FROM pg_database WHERE datname = "
             "current_database())"
-            "          AND l.classid = %d AND l.objsubid = 2 AND l.granted) AS live"
+            "          AND l.classid = %d AND l.objsubid = 2 AND l.granted) AS live,"
+            "       t.attempts,"
+            "       CASE WHEN a.oid IS NULL THEN format('the role that queued the run (OID %%s)"
+            " no longer exists', r.requested_by)"
+            "            WHEN NOT a.rolcanlogin THEN format('role %%s cannot log in, and refresh"
+            " workers run as the role that queued the run (ALTER ROLE %%s LOGIN, then resume"
+            " the run)', quote_ident(a.rolname), quote_ident(a.rolname))"
+            "            WHEN NOT has_database_privilege(a.oid, current_database(), 'CONNECT')"
+            "            THEN format('role %%s may not connect to database %%s, and refresh workers"
+            " run as the role that queued the run', quote_ident(a.rolname),"
+            " quote_ident(current_database())) END AS cannot_start"
             " FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
+            " LEFT JOIN pg_roles AS a ON a.oid = r.requested_by"
             " WHERE r.state = 'running' AND t.state IN ('pending', 'running', 'revisiting')"
             "   AND NOT EXISTS (SELECT FROM pg_locks AS l WHERE l.locktype = 'advisory'"
             "          AND l.database = (SELECT oid FROM pg_database WHERE datname = "
             "current_database())"
             "          AND l.classid = %d AND l.objid = t.task_id::oid AND l.objsubid = 2 AND "
             "l.granted)"
-            " ORDER BY t.run_id, t.segment",
-            worker::kTaskLockSpace, worker::kTaskLockSpace);
-        rc = SPI_execute(sql, true, 0);
+            "%s"
+            " ORDER BY %s t.run_id, t.segment",
+            worker::kTaskLockSpace, worker::kTaskLockSpace,
+            // A task whose worker left it to wait for the run's writers needs one again once they
+            // have all ended; one waiting for rows other transactions hold, after the others.
+            status_columns ? " AND (t.waiting_for IS DISTINCT FROM 'writers'"
+                             "      OR popularity._writers_ended(r.writers))"
+                           : "",
+            status_columns ? "t.waiting_for IS NOT DISTINCT FROM 'rows held by other transactions',"
+                           : "");
+        // Not read-only: the statement must see the runs this round has just started (a read-only
+        // statement would run with the round's first snapshot, and a run queued just before the
+        // round would wait for the next one, popularity.naptime later).
+        rc = SPI_execute(sql, false, 0);
         if (rc != SPI_OK_SELECT) {
             elog(ERROR, "popularity launcher: listing tasks failed");
         }
         active = SPI_processed > 0;
         forget_stopped_workers();
-        // Copied out first: counting attempts runs statements that replace SPI_tuptable.
+        // Copied out first: the updates below run statements that replace SPI_tuptable (the
+        // strings SPI_getvalue returns live until SPI_finish).
         const uint64 candidates = SPI_processed;
         auto *task_ids = static_cast<int64 *>(palloc(sizeof(int64) * (candidates + 1)));
         auto *roles = static_cast<Oid *>(palloc(sizeof(Oid) * (candidates + 1)));
+        auto *attempts = static_cast<int *>(palloc(sizeof(int) * (candidates + 1)));
+        auto *cannot_start = static_cast<char **>(palloc(sizeof(char *) * (candidates + 1)));
         int live = 0;
         for (uint64 i = 0; i < candidates; ++i) {
+            HeapTuple tuple = SPI_tuptable->vals[i];
+            TupleDesc desc = SPI_tuptable->tupdesc;
             bool isnull = false;
-            task_ids[i] = DatumGetInt64(
-                SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-            roles[i] = DatumGetObjectId(
-                SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+            task_ids[i] = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+            roles[i] = DatumGetObjectId(SPI_getbinval(tuple, desc, 2, &isnull));
+            attempts[i] = DatumGetInt32(SPI_getbinval(tuple, desc, 4, &isnull));
+            cannot_start[i] = SPI_getvalue(tuple, desc, 5);
             if (i == 0) {
                 // Workers holding a task, or started by this scheduler and not yet holding one.
-                const int holding = static_cast<int>(DatumGetInt64(
-                    SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull)));
+                const int holding =
+                    static_cast<int>(DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull)));
                 live = Max(holding, started_count);
             }
         }
@@ -224,14 +299,29 @@ bool tick() {
             if (tracked(task_ids[i])) {
                 continue;
             }
-            // Count the attempt; a task whose workers keep stopping before they commit a batch
-            // (they cannot connect, or die at once) fails instead of being restarted forever.
-            if (!count_attempt(task_ids[i])) {
+            if (cannot_start[i] != nullptr) {
+                fail_task(task_ids[i], cannot_start[i]);
+                SetLatch(MyLatch); // the next round fails the run at once
                 continue;
             }
-            if (start_worker(task_ids[i], roles[i])) {
-                ++live;
+            // A task whose workers keep stopping before they commit a batch (terminated, or a
+            // crash) fails instead of being restarted forever.
+            if (attempts[i] >= kMaxAttempts) {
+                fail_task(task_ids[i],
+                          psprintf("%d workers in a row stopped before committing a batch or "
+                                   "recording an error (terminated, or the server crashed); see "
+                                   "the server log",
+                                   attempts[i]));
+                SetLatch(MyLatch);
+                continue;
             }
+            if (!start_worker(task_ids[i], roles[i])) {
+                // No free background-worker slot: not an attempt; the next round tries again.
+                note_no_slot(task_ids[i]);
+                break;
+            }
+            count_attempt(task_ids[i]);
+            ++live;
         }
     }
     if (!active) {

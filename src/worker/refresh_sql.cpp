@@ -3,6 +3,7 @@
 
 #include "../pg/guard.hpp"
 #include "../pg/shared_state.hpp"
+#include "writers.hpp"
 
 extern "C" {
 #include "access/xact.h"
@@ -13,8 +14,6 @@ extern "C" {
 #include "storage/sinvaladt.h"
 #include "utils/array.h"
 }
-
-#include <cstdio>
 
 using namespace popularity;
 
@@ -51,9 +50,10 @@ POPULARITY_FUNCTION(popularity_score_differs) {
 }
 
 // popularity._writers_in_progress(): the transactions of this database, other than the caller's,
-// that may still commit rows scored with constants older than the caller's: those that have
-// written (an xid) or are running a statement (a snapshot). VACUUM is left out. As text
-// "backend/local-xid" (virtual transaction ids), for popularity._writers_ended().
+// that have written (an xid) or are running a statement (a snapshot). VACUUM is left out. As text
+// "backend/local-xid" (virtual transaction ids), for popularity._writers_ended(). 0.1.0's
+// refresh_popularity records these; 0.2.0's records popularity._table_writers(table), which leaves
+// out read-only snapshots (a run waited for every REPEATABLE READ reader to end).
 POPULARITY_FUNCTION(popularity_writers_in_progress) {
     int count = 0;
     VirtualTransactionId *vxids = pg::pg_call([&] {
@@ -70,10 +70,24 @@ POPULARITY_FUNCTION(popularity_writers_in_progress) {
             !TransactionIdIsValid(proc->xmin)) {
             continue;
         }
-        items[kept++] = CStringGetTextDatum(
-            psprintf("%d/%u", vxid.backendId, static_cast<unsigned>(vxid.localTransactionId)));
+        items[kept++] = CStringGetTextDatum(worker::vxid_text(vxid));
     }
     PG_RETURN_ARRAYTYPE_P(construct_array(items, kept, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+// popularity._table_writers(media_table): the transactions of this database, other than the
+// caller's, that may commit rows of the table scored with constants older than the caller's: those
+// holding a write lock on it (ROW EXCLUSIVE or stronger) or a transaction id, never read-only
+// snapshots (see writers.cpp). As text "backend/local-xid", for popularity._writers_ended().
+POPULARITY_FUNCTION(popularity_table_writers) {
+    const Oid relid = PG_GETARG_OID(0);
+    int count = 0;
+    VirtualTransactionId *vxids = pg::pg_call([&] { return worker::table_writers(relid, &count); });
+    Datum *items = static_cast<Datum *>(palloc(sizeof(Datum) * Max(count, 1)));
+    for (int i = 0; i < count; i++) {
+        items[i] = CStringGetTextDatum(worker::vxid_text(vxids[i]));
+    }
+    PG_RETURN_ARRAYTYPE_P(construct_array(items, count, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
 // popularity._writers_ended(vxids): have all these transactions ended? Never waits.
@@ -88,16 +102,12 @@ POPULARITY_FUNCTION(popularity_writers_ended) {
             continue;
         }
         const char *item = TextDatumGetCString(items[i]);
-        int backend = 0;
-        unsigned local = 0;
-        if (sscanf(item, "%d/%u", &backend, &local) != 2) {
+        VirtualTransactionId vxid;
+        if (!worker::parse_vxid(item, &vxid)) {
             throw pg::SqlError(ERRCODE_INVALID_PARAMETER_VALUE,
                                pg::strprintf("invalid virtual transaction id \"%s\"", item), "",
-                               "Expected backend/local-xid, as _writers_in_progress() gives.");
+                               "Expected backend/local-xid, as _table_writers() gives.");
         }
-        VirtualTransactionId vxid;
-        vxid.backendId = backend;
-        vxid.localTransactionId = local;
         if (!pg::pg_call([&] { return VirtualXactLock(vxid, false); })) {
             PG_RETURN_BOOL(false);
         }

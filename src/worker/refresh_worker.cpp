@@ -1,12 +1,17 @@
 // A job worker: runs one task (a block range of a media table) of a run, refresh or tag filter,
 // in batches (the batch engine: engine.hpp). This file is the loop: it claims the task, runs one
 // transaction per step (a main-pass batch, a revisit of skipped rows, or the end-of-walk check),
-// and handles SIGTERM, SIGHUP, cancellation and postmaster death between steps.
+// and handles SIGTERM, SIGHUP, cancellation and postmaster death between steps. A step that fails
+// with a transient error is retried after a pause; every error is recorded in the task
+// (task_status.hpp).
 #include "../pg/guard.hpp"
+#include "../pg/owner_context.hpp"
+#include "../pg/relation_access.hpp"
 #include "../pg/score_trigger.hpp"
 #include "../pg/settings.hpp"
 #include "engine.hpp"
 #include "refresh.hpp"
+#include "task_status.hpp"
 
 extern "C" {
 #include "access/table.h"
@@ -62,10 +67,6 @@ void commit_transaction() {
     CommitTransactionCommand();
     pgstat_report_stat(false);
     pgstat_report_activity(STATE_IDLE, nullptr);
-}
-
-Datum text_datum(const char *value) {
-    return CStringGetTextDatum(value);
 }
 
 char *copy_value(int column) {
@@ -322,17 +323,6 @@ int64 revisit_batch(Task &task, const BatchContext &context) {
     return int64_value(1);
 }
 
-void set_task_state(const Task &task, const char *state, const char *error) {
-    Oid types[3] = {INT8OID, TEXTOID, TEXTOID};
-    Datum values[3] = {Int64GetDatum(task.task_id), text_datum(state),
-                       error ? text_datum(error) : Datum(0)};
-    const char nulls[3] = {' ', ' ', error ? ' ' : 'n'};
-    run("UPDATE popularity.refresh_tasks SET state = $2, error = $3,"
-        " finished_at = CASE WHEN $2 IN ('done', 'failed', 'cancelled') THEN clock_timestamp() END"
-        " WHERE task_id = $1",
-        3, types, values, nulls, SPI_OK_UPDATE);
-}
-
 enum class Step { more, wait, finished };
 
 // The task has walked its range and no skipped row is left. Rows that transactions in progress
@@ -376,30 +366,105 @@ Step finish_walk(Task &task, const BatchContext &context) {
     return strcmp(state, "done") == 0 ? Step::finished : Step::more;
 }
 
+// What task_status.cpp needs of the task.
+worker::TaskRef task_ref(const Task &task) {
+    return worker::TaskRef{task.task_id, task.run_id,     task.relid,
+                           task.table,   task.key_column, task.key_type};
+}
+
+constexpr const char *kRlsHint = "Run it as the table owner or a role with BYPASSRLS.";
+
+// The rights a task's role needs on its table: SELECT, and UPDATE unless the run is a dry run.
+AclMode task_rights(const Task &task) {
+    return task.dry_run ? ACL_SELECT : ACL_SELECT | ACL_UPDATE;
+}
+
 // One transaction of work. May raise (the caller records the error).
 Step do_step(Task &task) {
     begin_transaction(task.job->activity);
     set_batch_settings();
-    // A background worker runs no client statement, so statement_timeout is never armed for it:
-    // the batch arms it itself (the worker loop disarms it after the batch, whatever happened).
-    if (pg::batch_statement_timeout > 0) {
-        enable_timeout_after(STATEMENT_TIMEOUT, pg::batch_statement_timeout);
-    }
+    worker::arm_batch_timeout(); // the worker loop disarms it after the batch, whatever happened
+    // First, whatever the step: the role may still read and update the table (without these
+    // rights it could not even see its run, and would stop as if the run had been cancelled).
+    pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint);
     const BatchContext context = load_context(task);
     if (!context.active) {
         commit_transaction();
         return Step::finished;
     }
     Step step = Step::more;
+    worker::Wait wait = worker::Wait::none;
     if (task.next_block < task.end_block) {
         main_batch(task, context);
     } else if (revisit_batch(task, context) > 0) {
         step = Step::wait; // rows still held by other transactions: try again shortly
+        wait = worker::Wait::rows;
     } else {
         step = finish_walk(task, context);
+        if (step == Step::wait) {
+            wait = worker::Wait::writers;
+        }
+    }
+    if (worker::note_step(task_ref(task), wait)) {
+        step = Step::finished; // this worker's slot is better used elsewhere meanwhile
     }
     commit_transaction();
     return step;
+}
+
+// The start-up transaction: claims the task (a session lock: held until this process exits),
+// loads it and prepares the plans. False when another worker has it or there is nothing left to
+// do. *claimed says whether the lock was taken (an error after that belongs to the task).
+bool start_task(Task &task, volatile bool *claimed) {
+    begin_transaction("popularity worker: starting");
+    // Preparing the plans locks the table: with a batch's timeouts (a lock held long, by a CREATE
+    // INDEX say, makes the start-up retried like a batch).
+    set_batch_settings();
+    worker::arm_batch_timeout();
+    {
+        Oid types[2] = {INT4OID, INT4OID};
+        Datum values[2] = {Int32GetDatum(worker::kTaskLockSpace),
+                           Int32GetDatum(static_cast<int32>(task.task_id))};
+        run("SELECT pg_try_advisory_lock($1, $2)", 2, types, values, nullptr, SPI_OK_SELECT);
+        bool isnull = false;
+        *claimed =
+            DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    }
+    // The queue is read as the extension's owner: a role that lost its rights on the table no
+    // longer sees its run (the policies), and must fail it with the reason, not stop unseen.
+    bool found = false;
+    if (*claimed) {
+        const pg::SavedUser saved = pg::become_extension_owner();
+        found = load_task(task);
+        pg::restore_user(saved);
+    }
+    if (!found) {
+        commit_transaction();
+        return false;
+    }
+    pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint);
+    // Prepared once (a start-up that failed and is retried keeps those it made).
+    if (task.update_plan == nullptr) {
+        prepare_statements(task);
+    }
+    // A refresh writes the scores itself; a filter's UPDATE is scored by the trigger like any other.
+    pg::scoring_trigger_bypassed = task.kind == JobKind::refresh;
+    {
+        Oid types[1] = {INT8OID};
+        Datum values[1] = {Int64GetDatum(task.task_id)};
+        // Whatever the task waited for, a worker has it now (a 0.1.0 schema has no such columns).
+        run(worker::has_task_status_columns()
+                ? "UPDATE popularity.refresh_tasks SET"
+                  " state = CASE WHEN next_block >= end_block THEN 'revisiting' ELSE 'running' END,"
+                  " waiting_for = NULL, waiting_since = NULL, waiting_pids = NULL,"
+                  " started_at = coalesce(started_at, clock_timestamp()) WHERE task_id = $1"
+                : "UPDATE popularity.refresh_tasks SET"
+                  " state = CASE WHEN next_block >= end_block THEN 'revisiting' ELSE 'running' END,"
+                  " started_at = coalesce(started_at, clock_timestamp()) WHERE task_id = $1",
+            1, types, values, nullptr, SPI_OK_UPDATE);
+    }
+    commit_transaction();
+    return true;
 }
 
 void worker_main(Datum) {
@@ -415,37 +480,10 @@ void worker_main(Datum) {
     Task task{};
     task.task_id = args.task_id;
 
-    // Claim the task (a session lock: held until this process exits) and prepare the plans.
-    begin_transaction("popularity refresh: starting");
-    {
-        Oid types[2] = {INT4OID, INT4OID};
-        Datum values[2] = {Int32GetDatum(worker::kTaskLockSpace),
-                           Int32GetDatum(static_cast<int32>(task.task_id))};
-        run("SELECT pg_try_advisory_lock($1, $2)", 2, types, values, nullptr, SPI_OK_SELECT);
-        bool isnull = false;
-        if (!DatumGetBool(
-                SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) ||
-            !load_task(task)) {
-            commit_transaction();
-            proc_exit(0); // another worker has it, or there is nothing left to do
-        }
-    }
-    prepare_statements(task);
-    // A refresh writes the scores itself; a filter's UPDATE is scored by the trigger like any other.
-    pg::scoring_trigger_bypassed = task.kind == JobKind::refresh;
-    {
-        Oid types[1] = {INT8OID};
-        Datum values[1] = {Int64GetDatum(task.task_id)};
-        run("UPDATE popularity.refresh_tasks SET"
-            " state = CASE WHEN next_block >= end_block THEN 'revisiting' ELSE 'running' END,"
-            " started_at = coalesce(started_at, clock_timestamp()) WHERE task_id = $1",
-            1, types, values, nullptr, SPI_OK_UPDATE);
-    }
-    commit_transaction();
-
     long wait_ms = 50;
+    volatile bool claimed = false; // this worker holds the task's lock: its errors are the task's
+    volatile bool started = false;
     for (;;) {
-        CHECK_FOR_INTERRUPTS();
         if (!PostmasterIsAlive()) {
             proc_exit(1);
         }
@@ -463,7 +501,20 @@ void worker_main(Datum) {
         ErrorData *volatile failure = nullptr;
         volatile Step step = Step::more; // volatile: assigned between setjmp and a possible longjmp
         PG_TRY();
-        { step = do_step(task); }
+        {
+            // Here, not before the PG_TRY: a cancel request (pg_cancel_backend) between batches
+            // fails the task with its reason, as one during a batch does.
+            CHECK_FOR_INTERRUPTS();
+            if (worker::retry_pending()) {
+                step = worker::pause_for_retry(task_ref(task)) ? Step::more : Step::finished;
+            } else if (!started) {
+                // Nothing to do when another worker has the task or it is over.
+                started = start_task(task, &claimed);
+                step = started ? Step::more : Step::finished;
+            } else {
+                step = do_step(task);
+            }
+        }
         PG_CATCH();
         {
             MemoryContextSwitchTo(loop_context);
@@ -472,16 +523,25 @@ void worker_main(Datum) {
             AbortCurrentTransaction();
         }
         PG_END_TRY();
-        disable_timeout(STATEMENT_TIMEOUT, false);
+        const bool transient = failure != nullptr && worker::transient_error(failure);
+        worker::disarm_batch_timeout();
         if (failure != nullptr) {
-            // The batch rolled back as a whole; record why, and stop (the run is marked failed
-            // by the launcher and can be resumed once the cause is fixed).
-            ereport(LOG, (errmsg("popularity refresh task %lld failed: %s",
-                                 static_cast<long long>(task.task_id), failure->message)));
-            begin_transaction("popularity refresh: recording a failure");
-            set_task_state(task, "failed", failure->message);
-            commit_transaction();
-            proc_exit(0);
+            if (!claimed) {
+                ereport(LOG, (errmsg("popularity refresh worker of task %lld could not start: %s",
+                                     static_cast<long long>(task.task_id), failure->message)));
+                proc_exit(0);
+            }
+            // The batch (or the start-up) rolled back as a whole. A transient error (a lock or
+            // statement timeout, a serialization failure, a deadlock) is retried after a pause,
+            // up to popularity.batch_retries times in a row; any other error (the role lost its
+            // rights, row-level security now applies), or one too many, fails the task with its
+            // reason, and the scheduler fails the run with it (it can be resumed once the cause
+            // is fixed).
+            if (!worker::record_failure(task_ref(task), failure, transient)) {
+                proc_exit(0);
+            }
+            FreeErrorData(failure);
+            continue;
         }
         if (step == Step::finished) {
             proc_exit(0);

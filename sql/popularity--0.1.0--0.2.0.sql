@@ -1442,8 +1442,9 @@ COMMENT ON FUNCTION popularity._refresh_run_guard() IS
     'table of its media type, which that role may read and update (a dry run: read), with its '
     'providers'' current constants; its identity never changes';
 COMMENT ON PROCEDURE popularity._wait_refresh(bigint) IS
-    'Waits for a run of either job: progress NOTICEs every popularity.progress_interval; a cancel of the '
-    'wait cancels the run; raises if the run failed or was cancelled';
+    'Waits for a run of either job: progress NOTICEs (or what the run waits for) every '
+    'popularity.progress_interval; a cancel of the wait cancels the run; raises if the run failed or '
+    'was cancelled';
 
 -- stale state from stored state (issue 13, item 3): a refresh rescores every provider whose
 -- constant changed since the provider was last rescored, whoever changed it (refresh_constants
@@ -1707,7 +1708,7 @@ COMMENT ON FUNCTION popularity.resume_refresh(bigint) IS
 -- roles block).
 DROP VIEW popularity.refresh_status;
 CREATE VIEW popularity.refresh_status AS
-SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,
+SELECT r.run_id, r.job, r.media_type, nullif(p.provider, '') AS provider, r.state, r.forced, r.dry_run,
        blocks.done AS blocks_done, blocks.total AS blocks_total,
        CASE WHEN r.state = 'succeeded' THEN 100.0
             WHEN blocks.total > 0 THEN round(100.0 * least(blocks.done, blocks.total) / blocks.total, 1)
@@ -1719,6 +1720,7 @@ SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,
        round((coalesce(c.rows_scanned, 0)
               / greatest(extract(epoch FROM coalesce(r.finished_at, clock_timestamp()) - r.started_at), 0.001))::numeric)
            AS rows_per_second,
+       CASE WHEN r.job = 'filter_tags' THEN coalesce(k.counters, '{}') END AS counters,
        -- When the walk of the blocks should end, at the rate so far (the end-of-run waits aside).
        CASE WHEN r.state = 'running' AND blocks.done > 0 AND blocks.done < blocks.total
             THEN clock_timestamp() + (clock_timestamp() - r.started_at)
@@ -1727,13 +1729,20 @@ SELECT r.run_id, r.media_type, p.provider, r.state, r.forced,
        blocks.retries, blocks.last_error,
        r.requested_at, r.started_at, r.finished_at, r.error
 FROM popularity.refresh_runs AS r
-CROSS JOIN LATERAL unnest(r.providers) AS p(provider)
+-- A refresh counts per provider; a filter run has one group, every row ('').
+CROSS JOIN LATERAL unnest(CASE WHEN r.job = 'filter_tags' THEN ARRAY[''] ELSE r.providers END) AS p(provider)
 LEFT JOIN LATERAL (
     SELECT sum(x.rows_scanned) AS rows_scanned, sum(x.rows_updated) AS rows_updated,
            sum(x.rows_skipped_locked) AS rows_skipped_locked
     FROM popularity.refresh_progress AS x JOIN popularity.refresh_tasks AS t USING (task_id)
     WHERE t.run_id = r.run_id AND x.provider = p.provider
 ) AS c ON true
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(y.counter, y.total ORDER BY y.counter) AS counters
+    FROM (SELECT x.counter, sum(x.value) AS total
+          FROM popularity.refresh_counters AS x JOIN popularity.refresh_tasks AS t USING (task_id)
+          WHERE t.run_id = r.run_id GROUP BY x.counter) AS y
+) AS k ON true
 LEFT JOIN LATERAL (
     SELECT sum(t.next_block - t.first_block) AS done, sum(t.end_block - t.first_block) AS total,
            sum(t.batches) AS batches, round(max(t.longest_batch_ms)::numeric, 1) AS longest_batch_ms,
@@ -1762,10 +1771,12 @@ LEFT JOIN LATERAL (
     WHERE t.run_id = r.run_id AND t.state IN ('pending', 'running', 'revisiting')
 ) AS w ON r.state IN ('queued', 'running');
 COMMENT ON VIEW popularity.refresh_status IS
-    'Per refresh run and provider: state, blocks done/total and percent, rows scanned, updated and '
-    'skipped while locked, batches, the longest batch that wrote rows (ms), rate and estimated end, what '
-    'an active run waits for (writers, rows held by other transactions, a worker slot, a retry), by '
-    'which processes and since when, batches retried and the last error, times and error (history included)';
+    'Per run of either job and provider (a filter run: one row, provider NULL): state, blocks '
+    'done/total and percent, rows scanned, updated (a dry run: would be) and skipped while locked, '
+    'batches, the longest batch that wrote rows (ms), rate, the filter''s counters (tags dropped per '
+    'verdict) and estimated end, what an active run waits for (writers, rows held by other '
+    'transactions, a worker slot, a retry), by which processes and since when, batches retried and '
+    'the last error, times and error (history included)';
 GRANT SELECT ON popularity.refresh_status TO PUBLIC;
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).

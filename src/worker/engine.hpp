@@ -90,6 +90,7 @@ struct BatchContext {
     Datum metrics;
     Datum constants;
     bool writers_ended; // every transaction in progress when the run was queued has ended
+    bool refresh_active; // another run, a refresh, of the media type is queued or running
 };
 
 // A group of rows counted together in refresh_progress: a provider of a refresh run (with its

@@ -15,6 +15,7 @@
 
 extern "C" {
 #include "access/table.h"
+#include "storage/lmgr.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -185,6 +186,7 @@ BatchContext load_context(const Task &task) {
     context.metrics = SPI_getbinval(tuple, desc, 3, &isnull);
     context.constants = SPI_getbinval(tuple, desc, 4, &isnull);
     context.writers_ended = DatumGetBool(SPI_getbinval(tuple, desc, 5, &isnull));
+    context.refresh_active = DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
     return context;
 }
 
@@ -387,7 +389,19 @@ Step do_step(Task &task) {
     // First, whatever the step: the role may still read and update the table (without these
     // rights it could not even see its run, and would stop as if the run had been cancelled).
     pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint);
+    if (task.kind == JobKind::filter_tags && !task.dry_run) {
+        // The table's write lock first, then the look at the refresh runs: a refresh queued after
+        // the look counts this transaction among its writers (it waits for it and walks again
+        // what it walked meanwhile), so rows this batch writes unscored are rescored.
+        LockRelationOid(task.relid, RowExclusiveLock);
+    }
     const BatchContext context = load_context(task);
+    if (task.kind == JobKind::filter_tags) {
+        // With no refresh of the media type active, the trigger has nothing to do on this
+        // worker's rows: their tags are filtered already and their scores do not change.
+        pg::trigger_bypass =
+            context.refresh_active ? pg::TriggerBypass::none : pg::TriggerBypass::all;
+    }
     if (!context.active) {
         commit_transaction();
         return Step::finished;
@@ -447,8 +461,9 @@ bool start_task(Task &task, volatile bool *claimed) {
     if (task.update_plan == nullptr) {
         prepare_statements(task);
     }
-    // A refresh writes the scores itself; a filter's UPDATE is scored by the trigger like any other.
-    pg::scoring_trigger_bypassed = task.kind == JobKind::refresh;
+    // A refresh writes the scores itself (a filter worker decides per transaction: do_step).
+    pg::trigger_bypass =
+        task.kind == JobKind::refresh ? pg::TriggerBypass::score : pg::TriggerBypass::none;
     {
         Oid types[1] = {INT8OID};
         Datum values[1] = {Int64GetDatum(task.task_id)};

@@ -19,11 +19,17 @@ constexpr const char *kContextSql = "SELECT r.state = 'running',"
                                     "FILTER (WHERE m.constant IS NOT NULL), '{}'),"
                                     "       coalesce(array_agg(m.constant ORDER BY m.provider) "
                                     "FILTER (WHERE m.constant IS NOT NULL), '{}'),"
-                                    "       popularity._writers_ended(r.writers)"
+                                    "       popularity._writers_ended(r.writers),"
+                                    "       EXISTS (SELECT FROM popularity.refresh_runs AS o"
+                                    "               WHERE o.media_type = r.media_type"
+                                    "                 AND o.run_id <> r.run_id"
+                                    "                 AND o.state IN ('queued', 'running')"
+                                    "                 AND coalesce(to_jsonb(o) ->> 'job', "
+                                    "'refresh') = 'refresh')"
                                     " FROM popularity.refresh_runs AS r"
                                     " LEFT JOIN popularity.metrics AS m ON m.media_type = "
                                     "r.media_type AND m.provider = ANY (r.providers)"
-                                    " WHERE r.run_id = $1 GROUP BY r.state, r.writers";
+                                    " WHERE r.run_id = $1 GROUP BY r.run_id";
 
 // The progress marker of a main-pass batch: $2 the next block, $3 batches, $4 a writer of the run
 // was still in progress (rewalk), $5 the batch's duration when it wrote rows.

@@ -1075,27 +1075,40 @@ COMMENT ON FUNCTION popularity._create_tasks(bigint) IS
 -- undo: a run of filter_tags records what it removes from each row (popularity.tag_filter_removed,
 -- in the batch's transaction), popularity.undo_filter_tags puts it back on the rows not changed
 -- since, popularity.purge_filter_undo forgets old records (issue 13, item 8).
--- What each run removed, per changed row: written in the transaction of the batch that rewrote
--- the row, read by undo_filter_tags, deleted by purge_filter_undo after
--- popularity.tag_filter_undo_retention.
+-- What each run removed: one row per batch that rewrote rows, written in that batch's transaction
+-- (by the same statement as the rows), with one element per changed row in each array (compact: a
+-- batch of a thousand changed rows costs one row, not a thousand rows and index entries). Read by
+-- undo_filter_tags (per row: popularity.tag_filter_removed_rows), deleted by purge_filter_undo
+-- after popularity.tag_filter_undo_retention.
 CREATE TABLE popularity.tag_filter_removed (
     run_id bigint NOT NULL REFERENCES popularity.refresh_runs (run_id) ON DELETE CASCADE,
-    row_key text NOT NULL,
-    removed jsonb NOT NULL,
-    tags_hash bigint NOT NULL
+    row_keys text[] NOT NULL,
+    removed jsonb[] NOT NULL,
+    tags_hashes bigint[] NOT NULL,
+    CONSTRAINT one_element_per_row CHECK (cardinality(removed) = cardinality(row_keys)
+                                          AND cardinality(tags_hashes) = cardinality(row_keys))
 );
 CREATE INDEX tag_filter_removed_run ON popularity.tag_filter_removed (run_id);
 COMMENT ON TABLE popularity.tag_filter_removed IS
-    'The tags each run of filter_tags removed, per changed row (written in the batch''s '
-    'transaction), so that popularity.undo_filter_tags can put them back; kept for '
-    'popularity.tag_filter_undo_retention after the run (popularity.purge_filter_undo)';
-COMMENT ON COLUMN popularity.tag_filter_removed.row_key IS 'The row: its primary key, as text';
+    'The tags each run of filter_tags removed, one row per batch with one element per changed row '
+    '(written in the batch''s transaction), so that popularity.undo_filter_tags can put them back; '
+    'kept for popularity.tag_filter_undo_retention after the run (popularity.purge_filter_undo)';
+COMMENT ON COLUMN popularity.tag_filter_removed.row_keys IS 'The rows: their primary keys, as text';
 COMMENT ON COLUMN popularity.tag_filter_removed.removed IS
-    'The removed tags as [[position, tag], ...]: positions in the array before the run, increasing';
-COMMENT ON COLUMN popularity.tag_filter_removed.tags_hash IS
-    'popularity._tags_hash of the tags the run wrote (a 64-bit hash of the binary value): undo '
-    'restores only a row whose tags still hash to it';
+    'Per row, the removed tags as [[position, tag], ...]: positions in the array before the run, increasing';
+COMMENT ON COLUMN popularity.tag_filter_removed.tags_hashes IS
+    'Per row, popularity._tags_hash of the tags the run wrote (a 64-bit hash of the binary value): '
+    'undo restores only a row whose tags still hash to it';
 GRANT SELECT ON popularity.tag_filter_removed TO PUBLIC;
+
+CREATE VIEW popularity.tag_filter_removed_rows AS
+SELECT d.run_id, u.row_key, u.removed, u.tags_hash
+FROM popularity.tag_filter_removed AS d,
+     unnest(d.row_keys, d.removed, d.tags_hashes) AS u(row_key, removed, tags_hash);
+COMMENT ON VIEW popularity.tag_filter_removed_rows IS
+    'popularity.tag_filter_removed one row per changed row: the run, the row''s key, the tags it lost '
+    'with their positions, the hash of the tags the run wrote';
+GRANT SELECT ON popularity.tag_filter_removed_rows TO PUBLIC;
 
 CREATE FUNCTION popularity._removed_tags(tags jsonb, record_provider text, media_type text)
 RETURNS jsonb

@@ -4,27 +4,40 @@
 
 -- Undo ---------------------------------------------------------------------------------------------
 
--- What each run removed, per changed row: written in the transaction of the batch that rewrote
--- the row, read by undo_filter_tags, deleted by purge_filter_undo after
--- popularity.tag_filter_undo_retention.
+-- What each run removed: one row per batch that rewrote rows, written in that batch's transaction
+-- (by the same statement as the rows), with one element per changed row in each array (compact: a
+-- batch of a thousand changed rows costs one row, not a thousand rows and index entries). Read by
+-- undo_filter_tags (per row: popularity.tag_filter_removed_rows), deleted by purge_filter_undo
+-- after popularity.tag_filter_undo_retention.
 CREATE TABLE popularity.tag_filter_removed (
     run_id bigint NOT NULL REFERENCES popularity.refresh_runs (run_id) ON DELETE CASCADE,
-    row_key text NOT NULL,
-    removed jsonb NOT NULL,
-    tags_hash bigint NOT NULL
+    row_keys text[] NOT NULL,
+    removed jsonb[] NOT NULL,
+    tags_hashes bigint[] NOT NULL,
+    CONSTRAINT one_element_per_row CHECK (cardinality(removed) = cardinality(row_keys)
+                                          AND cardinality(tags_hashes) = cardinality(row_keys))
 );
 CREATE INDEX tag_filter_removed_run ON popularity.tag_filter_removed (run_id);
 COMMENT ON TABLE popularity.tag_filter_removed IS
-    'The tags each run of filter_tags removed, per changed row (written in the batch''s '
-    'transaction), so that popularity.undo_filter_tags can put them back; kept for '
-    'popularity.tag_filter_undo_retention after the run (popularity.purge_filter_undo)';
-COMMENT ON COLUMN popularity.tag_filter_removed.row_key IS 'The row: its primary key, as text';
+    'The tags each run of filter_tags removed, one row per batch with one element per changed row '
+    '(written in the batch''s transaction), so that popularity.undo_filter_tags can put them back; '
+    'kept for popularity.tag_filter_undo_retention after the run (popularity.purge_filter_undo)';
+COMMENT ON COLUMN popularity.tag_filter_removed.row_keys IS 'The rows: their primary keys, as text';
 COMMENT ON COLUMN popularity.tag_filter_removed.removed IS
-    'The removed tags as [[position, tag], ...]: positions in the array before the run, increasing';
-COMMENT ON COLUMN popularity.tag_filter_removed.tags_hash IS
-    'popularity._tags_hash of the tags the run wrote (a 64-bit hash of the binary value): undo '
-    'restores only a row whose tags still hash to it';
+    'Per row, the removed tags as [[position, tag], ...]: positions in the array before the run, increasing';
+COMMENT ON COLUMN popularity.tag_filter_removed.tags_hashes IS
+    'Per row, popularity._tags_hash of the tags the run wrote (a 64-bit hash of the binary value): '
+    'undo restores only a row whose tags still hash to it';
 GRANT SELECT ON popularity.tag_filter_removed TO PUBLIC;
+
+CREATE VIEW popularity.tag_filter_removed_rows AS
+SELECT d.run_id, u.row_key, u.removed, u.tags_hash
+FROM popularity.tag_filter_removed AS d,
+     unnest(d.row_keys, d.removed, d.tags_hashes) AS u(row_key, removed, tags_hash);
+COMMENT ON VIEW popularity.tag_filter_removed_rows IS
+    'popularity.tag_filter_removed one row per changed row: the run, the row''s key, the tags it lost '
+    'with their positions, the hash of the tags the run wrote';
+GRANT SELECT ON popularity.tag_filter_removed_rows TO PUBLIC;
 
 CREATE FUNCTION popularity._removed_tags(tags jsonb, record_provider text, media_type text)
 RETURNS jsonb
@@ -155,27 +168,36 @@ BEGIN
         RAISE WARNING 'media type "%" filters tags at ingestion: its trigger applies the rules again to the rows this undo rewrites', v_run.media_type
             USING HINT = 'Fix the rules (popularity.tag_rules) before undoing, or turn filter_tags_at_ingestion off for the undo.';
     END IF;
-    -- One statement: restores the rows whose tags still hash to what the run wrote and forgets
-    -- their records. The records left are the rows not restored (changed or deleted since).
+    -- One statement: restores the rows whose tags still hash to what the run wrote, and replaces
+    -- the run's records by one holding the rows not restored (changed or deleted since).
     EXECUTE format(
-        'WITH restored AS ('
+        'WITH d AS ('
+        '    SELECT u.row_key, u.removed, u.tags_hash FROM popularity.tag_filter_removed r,'
+        '           pg_catalog.unnest(r.row_keys, r.removed, r.tags_hashes) AS u(row_key, removed, tags_hash)'
+        '    WHERE r.run_id OPERATOR(pg_catalog.=) $1'
+        '), restored AS ('
         '    UPDATE %1$s t SET tags = popularity._restored_tags(t.tags, d.removed)'
-        '    FROM popularity.tag_filter_removed d'
-        '    WHERE d.run_id = $1 AND t.%2$I = d.row_key::%3$s'
+        '    FROM d WHERE t.%2$I OPERATOR(pg_catalog.=) d.row_key::%3$s'
         '      AND popularity._tags_hash(t.tags) OPERATOR(pg_catalog.=) d.tags_hash'
         '      AND pg_catalog.jsonb_typeof(t.tags) OPERATOR(pg_catalog.=) ''array'''
-        '    RETURNING t.%2$I::text AS row_key'
+        '    RETURNING d.row_key'
         '), forgotten AS ('
-        '    DELETE FROM popularity.tag_filter_removed d USING restored r'
-        '    WHERE d.run_id = $1 AND d.row_key OPERATOR(pg_catalog.=) r.row_key'
+        '    DELETE FROM popularity.tag_filter_removed r WHERE r.run_id OPERATOR(pg_catalog.=) $1'
+        '), kept AS ('
+        '    INSERT INTO popularity.tag_filter_removed (run_id, row_keys, removed, tags_hashes)'
+        '    SELECT $1, pg_catalog.array_agg(d.row_key ORDER BY d.row_key),'
+        '           pg_catalog.array_agg(d.removed ORDER BY d.row_key),'
+        '           pg_catalog.array_agg(d.tags_hash ORDER BY d.row_key)'
+        '    FROM d WHERE NOT EXISTS (SELECT FROM restored x WHERE x.row_key OPERATOR(pg_catalog.=) d.row_key)'
+        '    HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0'
+        '    RETURNING row_keys'
         ') '
-        'SELECT pg_catalog.count(*) FROM restored', v_run.media_table, v_run.key_column,
+        'SELECT (SELECT pg_catalog.count(*) FROM restored), coalesce((SELECT k.row_keys FROM kept k), ''{}'')',
+        v_run.media_table, v_run.key_column,
         (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
          WHERE a.attrelid = v_run.media_table AND a.attname = v_run.key_column))
-    INTO rows_restored USING v_run_id;
-    SELECT pg_catalog.count(*), coalesce(pg_catalog.array_agg(d.row_key ORDER BY d.row_key), '{}')
-    INTO rows_not_restored, not_restored
-    FROM popularity.tag_filter_removed d WHERE d.run_id = v_run_id;
+    INTO rows_restored, not_restored USING v_run_id;
+    rows_not_restored := pg_catalog.cardinality(not_restored);
     UPDATE popularity.refresh_runs r SET undone_at = pg_catalog.clock_timestamp()
     WHERE r.run_id = v_run_id;
     RAISE NOTICE 'tag filter run % of media type "%" undone: % rows restored, % not restored (changed or deleted since the run)',

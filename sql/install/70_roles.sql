@@ -178,6 +178,7 @@ CREATE POLICY writers ON popularity.stats_corrections FOR ALL
 ALTER VIEW popularity.refresh_status SET (security_invoker = true);
 ALTER VIEW popularity.provider_stats SET (security_invoker = true);
 ALTER VIEW popularity.effective_tag_rules SET (security_invoker = true);
+ALTER VIEW popularity.tag_filter_removed_rows SET (security_invoker = true);
 ALTER VIEW popularity.rescore_state SET (security_invoker = true);
 
 -- Operator rights -----------------------------------------------------------------------------------

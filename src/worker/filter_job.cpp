@@ -113,13 +113,18 @@ char *update_sql(const Task &task, Oid *types, int *nargs) {
     types[2] = JSONBARRAYOID;
     types[3] = INT8OID;
     *nargs = 4;
-    return psprintf(
-        "WITH w AS (UPDATE %s AS t SET tags = u.tags"
-        " FROM unnest($1::tid[], $2::jsonb[], $3::jsonb[]) AS u(tid, tags, removed)"
-        " WHERE t.ctid = u.tid RETURNING t.%s AS row_key, t.tags, u.removed)"
-        " INSERT INTO popularity.tag_filter_removed (run_id, row_key, removed, tags_hash)"
-        " SELECT $4, w.row_key::text, w.removed, popularity._tags_hash(w.tags) FROM w",
-        task.table, task.key_column);
+    // The record is one row for the batch (arrays with one element per row), written by the
+    // statement that rewrites the rows; it returns how many rows the UPDATE wrote.
+    return psprintf("WITH w AS (UPDATE %s AS t SET tags = u.tags"
+                    " FROM unnest($1::tid[], $2::jsonb[], $3::jsonb[]) AS u(tid, tags, removed)"
+                    " WHERE t.ctid = u.tid RETURNING t.%s AS row_key, t.tags, u.removed),"
+                    " r AS (INSERT INTO popularity.tag_filter_removed"
+                    "   (run_id, row_keys, removed, tags_hashes)"
+                    "   SELECT $4, array_agg(w.row_key::text), array_agg(w.removed),"
+                    "          array_agg(popularity._tags_hash(w.tags)) FROM w HAVING count(*) > 0"
+                    "   RETURNING cardinality(row_keys) AS n)"
+                    " SELECT coalesce((SELECT n FROM r), 0)",
+                    task.table, task.key_column);
 }
 
 uint64 write(const Task &task, Batch &batch, int changing) {
@@ -149,11 +154,16 @@ uint64 write(const Task &task, Batch &batch, int changing) {
                                            : Datum(0),
                        Int64GetDatum(task.run_id)};
     const int rc = SPI_execute_plan(task.update_plan, values, nullptr, false, 0);
-    if (rc != (task.record_removed ? SPI_OK_INSERT : SPI_OK_UPDATE)) {
+    if (rc != (task.record_removed ? SPI_OK_SELECT : SPI_OK_UPDATE)) {
         elog(ERROR, "popularity tag filter: updating a batch failed: %s",
              SPI_result_code_string(rc));
     }
-    return SPI_processed;
+    if (!task.record_removed) {
+        return SPI_processed;
+    }
+    bool isnull = false;
+    const Datum rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    return isnull ? 0 : static_cast<uint64>(DatumGetInt32(rows));
 }
 
 // Tags dropped per verdict (by name) and rows whose tags are not an array.

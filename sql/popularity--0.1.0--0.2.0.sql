@@ -1239,27 +1239,37 @@ BEGIN
         RAISE WARNING 'media type "%" filters tags at ingestion: its trigger applies the rules again to the rows this undo rewrites', v_run.media_type
             USING HINT = 'Fix the rules (popularity.tag_rules) before undoing, or turn filter_tags_at_ingestion off for the undo.';
     END IF;
-    -- One statement: restores the rows whose tags still hash to what the run wrote and forgets
-    -- their records. The records left are the rows not restored (changed or deleted since).
+    -- One statement: restores the rows whose tags still hash to what the run wrote, and replaces
+    -- the run's records by one holding the rows not restored (changed or deleted since).
     EXECUTE format(
-        'WITH restored AS ('
+        'WITH d AS ('
+        '    SELECT u.row_key, u.removed, u.tags_hash FROM popularity.tag_filter_removed r,'
+        '           ROWS FROM (pg_catalog.unnest(r.row_keys), pg_catalog.unnest(r.removed),'
+        '                      pg_catalog.unnest(r.tags_hashes)) AS u(row_key, removed, tags_hash)'
+        '    WHERE r.run_id OPERATOR(pg_catalog.=) $1'
+        '), restored AS ('
         '    UPDATE %1$s t SET tags = popularity._restored_tags(t.tags, d.removed)'
-        '    FROM popularity.tag_filter_removed d'
-        '    WHERE d.run_id = $1 AND t.%2$I = d.row_key::%3$s'
+        '    FROM d WHERE t.%2$I OPERATOR(pg_catalog.=) d.row_key::%3$s'
         '      AND popularity._tags_hash(t.tags) OPERATOR(pg_catalog.=) d.tags_hash'
         '      AND pg_catalog.jsonb_typeof(t.tags) OPERATOR(pg_catalog.=) ''array'''
-        '    RETURNING t.%2$I::text AS row_key'
+        '    RETURNING d.row_key'
         '), forgotten AS ('
-        '    DELETE FROM popularity.tag_filter_removed d USING restored r'
-        '    WHERE d.run_id = $1 AND d.row_key OPERATOR(pg_catalog.=) r.row_key'
+        '    DELETE FROM popularity.tag_filter_removed r WHERE r.run_id OPERATOR(pg_catalog.=) $1'
+        '), kept AS ('
+        '    INSERT INTO popularity.tag_filter_removed (run_id, row_keys, removed, tags_hashes)'
+        '    SELECT $1, pg_catalog.array_agg(d.row_key ORDER BY d.row_key),'
+        '           pg_catalog.array_agg(d.removed ORDER BY d.row_key),'
+        '           pg_catalog.array_agg(d.tags_hash ORDER BY d.row_key)'
+        '    FROM d WHERE NOT EXISTS (SELECT FROM restored x WHERE x.row_key OPERATOR(pg_catalog.=) d.row_key)'
+        '    HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0'
+        '    RETURNING row_keys'
         ') '
-        'SELECT pg_catalog.count(*) FROM restored', v_run.media_table, v_run.key_column,
+        'SELECT (SELECT pg_catalog.count(*) FROM restored), coalesce((SELECT k.row_keys FROM kept k), ''{}'')',
+        v_run.media_table, v_run.key_column,
         (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
          WHERE a.attrelid = v_run.media_table AND a.attname = v_run.key_column))
-    INTO rows_restored USING v_run_id;
-    SELECT pg_catalog.count(*), coalesce(pg_catalog.array_agg(d.row_key ORDER BY d.row_key), '{}')
-    INTO rows_not_restored, not_restored
-    FROM popularity.tag_filter_removed d WHERE d.run_id = v_run_id;
+    INTO rows_restored, not_restored USING v_run_id;
+    rows_not_restored := pg_catalog.cardinality(not_restored);
     UPDATE popularity.refresh_runs r SET undone_at = pg_catalog.clock_timestamp()
     WHERE r.run_id = v_run_id;
     RAISE NOTICE 'tag filter run % of media type "%" undone: % rows restored, % not restored (changed or deleted since the run)',
@@ -1964,6 +1974,7 @@ CREATE POLICY writers ON popularity.stats_corrections FOR ALL
 ALTER VIEW popularity.refresh_status SET (security_invoker = true);
 ALTER VIEW popularity.provider_stats SET (security_invoker = true);
 ALTER VIEW popularity.effective_tag_rules SET (security_invoker = true);
+ALTER VIEW popularity.tag_filter_removed_rows SET (security_invoker = true);
 ALTER VIEW popularity.rescore_state SET (security_invoker = true);
 
 -- Operator rights -----------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ SELECT job, media_type, provider, dry_run, state, blocks_done = blocks_total AS 
 FROM popularity.refresh_status WHERE job = 'filter_tags' ORDER BY run_id;
 -- The dry run recorded nothing; the real run recorded what each changed row lost.
 SELECT r.dry_run, count(d.*) AS rows_recorded
-FROM popularity.refresh_runs r LEFT JOIN popularity.tag_filter_removed d USING (run_id)
+FROM popularity.refresh_runs r LEFT JOIN popularity.tag_filter_removed_rows d USING (run_id)
 WHERE r.job = 'filter_tags' GROUP BY r.run_id, r.dry_run ORDER BY r.run_id;
 
 -- A second run finds nothing to do and writes nothing.

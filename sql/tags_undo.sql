@@ -42,31 +42,31 @@ RESET client_min_messages;
 -- Every changed row has a record (keyed by its primary key as text), and the records describe the
 -- change exactly: the tags before the run are the tags after it with the removed ones put back.
 SELECT r.run_id, r.media_type, r.dry_run, r.records_removed, s.rows_updated,
-       (SELECT count(*) FROM popularity.tag_filter_removed d WHERE d.run_id = r.run_id) AS records
+       (SELECT count(*) FROM popularity.tag_filter_removed_rows d WHERE d.run_id = r.run_id) AS records
 FROM popularity.refresh_runs r JOIN popularity.refresh_status s USING (run_id) ORDER BY r.run_id;
 SELECT count(*) AS changed,
        count(*) FILTER (WHERE popularity._restored_tags(i.tags, d.removed) = b.tags) AS restorable
-FROM popularity.tag_filter_removed d JOIN image i ON i.identifier::text = d.row_key
+FROM popularity.tag_filter_removed_rows d JOIN image i ON i.identifier::text = d.row_key
 JOIN image_before b USING (identifier)
 WHERE d.run_id = 1002;
 SELECT count(*) AS unchanged_rows_without_record
 FROM image i JOIN image_before b USING (identifier)
 WHERE i.tags IS NOT DISTINCT FROM b.tags
-  AND NOT EXISTS (SELECT FROM popularity.tag_filter_removed d WHERE d.row_key = i.identifier::text);
+  AND NOT EXISTS (SELECT FROM popularity.tag_filter_removed_rows d WHERE d.row_key = i.identifier::text);
 -- The record is compact: positions and the removed tags only.
-SELECT removed FROM popularity.tag_filter_removed
+SELECT removed FROM popularity.tag_filter_removed_rows
 WHERE run_id = 1002 ORDER BY jsonb_array_length(removed) DESC, row_key LIMIT 1;
 
 -- Rows changed or deleted after the run are reported and left alone.
 UPDATE image SET tags = tags || '[{"name": "added later"}]'
-WHERE identifier IN (SELECT row_key::uuid FROM popularity.tag_filter_removed WHERE run_id = 1002
+WHERE identifier IN (SELECT row_key::uuid FROM popularity.tag_filter_removed_rows WHERE run_id = 1002
                      ORDER BY row_key LIMIT 2);
 DELETE FROM image
-WHERE identifier IN (SELECT row_key::uuid FROM popularity.tag_filter_removed WHERE run_id = 1002
+WHERE identifier IN (SELECT row_key::uuid FROM popularity.tag_filter_removed_rows WHERE run_id = 1002
                      ORDER BY row_key OFFSET 2 LIMIT 1);
 CREATE TEMP TABLE changed_later AS
 SELECT identifier, tags FROM image
-WHERE identifier IN (SELECT row_key::uuid FROM popularity.tag_filter_removed WHERE run_id = 1002
+WHERE identifier IN (SELECT row_key::uuid FROM popularity.tag_filter_removed_rows WHERE run_id = 1002
                      ORDER BY row_key LIMIT 3);
 SELECT rows_restored > 0 AS restored_some, rows_not_restored, cardinality(not_restored)
 FROM popularity.undo_filter_tags(1002);
@@ -75,7 +75,7 @@ SELECT count(*) FILTER (WHERE i.tags IS NOT DISTINCT FROM b.tags) = count(*) - 2
        count(*) AS rows
 FROM image i JOIN image_before b USING (identifier);
 SELECT count(*) AS untouched FROM changed_later c JOIN image i USING (identifier) WHERE i.tags = c.tags;
-SELECT count(*) AS records_left FROM popularity.tag_filter_removed WHERE run_id = 1002;
+SELECT count(*) AS records_left FROM popularity.tag_filter_removed_rows WHERE run_id = 1002;
 SELECT state, undone_at IS NOT NULL AS undone FROM popularity.refresh_runs WHERE run_id = 1002;
 
 -- Refused: a dry run, a run undone already, an unknown run, NULL, a run that is not a filter run.
@@ -102,7 +102,7 @@ CALL filter_tags('image', batch_blocks => 3);
 RESET client_min_messages;
 RESET popularity.tag_filter_undo;
 SELECT r.run_id, r.records_removed, s.rows_updated > 0 AS changed,
-       (SELECT count(*) FROM popularity.tag_filter_removed d WHERE d.run_id = r.run_id) AS records
+       (SELECT count(*) FROM popularity.tag_filter_removed_rows d WHERE d.run_id = r.run_id) AS records
 FROM popularity.refresh_runs r JOIN popularity.refresh_status s USING (run_id) WHERE r.run_id = 1004;
 SELECT * FROM popularity.undo_filter_tags(1004);
 
@@ -116,7 +116,7 @@ SELECT popularity.purge_filter_undo() AS purged_with_default_retention;
 SHOW popularity.tag_filter_undo_retention;
 SELECT popularity.purge_filter_undo('image', interval '0') > 0 AS purged;
 SELECT run_id, state, records_purged_at IS NOT NULL AS purged,
-       (SELECT count(*) FROM popularity.tag_filter_removed d WHERE d.run_id = r.run_id) AS records
+       (SELECT count(*) FROM popularity.tag_filter_removed_rows d WHERE d.run_id = r.run_id) AS records
 FROM popularity.refresh_runs r WHERE run_id = 1005;
 SELECT * FROM popularity.undo_filter_tags(1005);
 RESET ROLE;

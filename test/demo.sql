@@ -174,7 +174,7 @@ CALL filter_tags('image');
 SELECT run_id, dry_run, state, blocks_done, blocks_total, rows_scanned, rows_updated, batches, counters
 FROM popularity.refresh_status WHERE job = 'filter_tags' ORDER BY run_id;
 SELECT run_id, count(*) AS rows_recorded, sum(jsonb_array_length(removed)) AS tags_recorded
-FROM popularity.tag_filter_removed GROUP BY run_id;
+FROM popularity.tag_filter_removed_rows GROUP BY run_id;
 
 \echo
 \echo '=== 7. Counts and freshness ===================================================================='

@@ -173,7 +173,8 @@ BEGIN
     EXECUTE format(
         'WITH d AS ('
         '    SELECT u.row_key, u.removed, u.tags_hash FROM popularity.tag_filter_removed r,'
-        '           pg_catalog.unnest(r.row_keys, r.removed, r.tags_hashes) AS u(row_key, removed, tags_hash)'
+        '           ROWS FROM (pg_catalog.unnest(r.row_keys), pg_catalog.unnest(r.removed),'
+        '                      pg_catalog.unnest(r.tags_hashes)) AS u(row_key, removed, tags_hash)'
         '    WHERE r.run_id OPERATOR(pg_catalog.=) $1'
         '), restored AS ('
         '    UPDATE %1$s t SET tags = popularity._restored_tags(t.tags, d.removed)'

@@ -221,7 +221,7 @@ CALL refresh_popularity('image', force => true);
 INSERT INTO fuzz.probe_runs
 SELECT r.media_type, max(r.run_id) FROM popularity.refresh_runs AS r
 WHERE r.job = 'filter_tags' AND NOT r.dry_run AND r.state = 'succeeded' AND r.media_type IN ('image', 'secret')
-  AND EXISTS (SELECT FROM popularity.tag_filter_removed AS d WHERE d.run_id = r.run_id)
+  AND EXISTS (SELECT FROM popularity.tag_filter_removed_rows AS d WHERE d.run_id = r.run_id)
 GROUP BY r.media_type
 UNION ALL
 SELECT 'refresh', max(r.run_id) FROM popularity.refresh_runs AS r WHERE r.job = 'refresh';

@@ -123,9 +123,9 @@ DECLARE
     v_bad bigint;
 BEGIN
     SELECT count(*), count(DISTINCT d.row_key) INTO v_records, v_rows
-    FROM popularity.tag_filter_removed AS d WHERE d.run_id = record_check.run_id;
+    FROM popularity.tag_filter_removed_rows AS d WHERE d.run_id = record_check.run_id;
     EXECUTE format('SELECT count(*) FROM source s LEFT JOIN %I t USING (identifier)
-                    LEFT JOIN popularity.tag_filter_removed d ON d.run_id = $1 AND d.row_key = s.identifier::text
+                    LEFT JOIN popularity.tag_filter_removed_rows d ON d.run_id = $1 AND d.row_key = s.identifier::text
                     WHERE d.row_key IS NULL
                        OR popularity._restored_tags(t.tags, d.removed) IS DISTINCT FROM s.tags', tbl)
         INTO v_bad USING run_id;
@@ -231,7 +231,7 @@ state=$(q "SELECT state || ' ' || (blocks_done > 0) || ' ' || (blocks_done < blo
 progress=$(q "SELECT (SELECT rows_updated FROM popularity.refresh_status WHERE run_id = $run) || ' '
                      || (SELECT count(*) FROM source s JOIN image_cancel t USING (identifier)
                          WHERE t.tags IS DISTINCT FROM s.tags) || ' '
-                     || (SELECT count(*) FROM popularity.tag_filter_removed WHERE run_id = $run)")
+                     || (SELECT count(*) FROM popularity.tag_filter_removed_rows WHERE run_id = $run)")
 read -r counted changed recorded <<<"$progress"
 [ "$counted" = "$changed" ] && [ "$recorded" = "$changed" ] ||
     fail "after the cancel: rows updated by the progress $counted, rows changed $changed, rows recorded $recorded"

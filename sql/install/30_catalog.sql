@@ -168,6 +168,16 @@ BEGIN
             USING ERRCODE = 'wrong_object_type', HINT = 'Register an ordinary or partitioned table.';
     END IF;
     PERFORM popularity._require_owner(media_table, 'register a media type');
+    -- A foreign partition would break ingestion of the whole tree (see _refuse_foreign_partitions).
+    IF EXISTS (SELECT FROM pg_partition_tree(media_table) AS p JOIN pg_class AS c ON c.oid = p.relid
+               WHERE c.relkind = 'f') THEN
+        RAISE EXCEPTION 'media table % has a foreign partition', media_table
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = (SELECT format('Foreign: %s.', string_agg(p.relid::regclass::text, ', ' ORDER BY p.relid::regclass::text))
+                            FROM pg_partition_tree(media_table) AS p JOIN pg_class AS c ON c.oid = p.relid
+                            WHERE c.relkind = 'f'),
+                  HINT = 'Rows routed to a foreign partition could not be counted (no transition tables for foreign partitions) nor rescored: detach it first.';
+    END IF;
     -- The columns scoring reads, with the types it reads them as.
     FOR required IN
         SELECT * FROM (VALUES ('provider', ARRAY['text', 'character varying']::regtype[]),
@@ -467,3 +477,47 @@ CREATE EVENT TRIGGER popularity_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION popularity._forget_dropped_tables();
 COMMENT ON EVENT TRIGGER popularity_forget_dropped_tables IS
     'Unregisters the media types of dropped tables';
+
+-- A foreign partition under a registered table would break ingestion of every partition: the
+-- provider counts' statement triggers collect transition tables, which PostgreSQL cannot do for a
+-- foreign partition ("cannot collect transition tuples from child foreign tables"), and the batch
+-- engine cannot walk its blocks. register_media_type refuses such a tree, and this event trigger
+-- refuses the DDL that would put a foreign table under a registered one (ATTACH PARTITION, CREATE
+-- FOREIGN TABLE ... PARTITION OF), before it commits. It reads the registry with the extension
+-- owner's rights (the registry's row-level security must not hide a table from the check) and
+-- names only the tables this command touched.
+CREATE FUNCTION popularity._refuse_foreign_partitions()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found record;
+BEGIN
+    SELECT m.media_type, m.media_table, p.relid AS partition INTO found
+    FROM pg_event_trigger_ddl_commands() AS d
+    JOIN pg_class AS c ON c.oid = d.objid AND d.classid = 'pg_class'::regclass
+    CROSS JOIN LATERAL pg_partition_ancestors(c.oid) AS a(relid)
+    JOIN popularity.media_types AS m ON m.media_table = a.relid
+    CROSS JOIN LATERAL pg_partition_tree(m.media_table) AS p
+    JOIN pg_class AS f ON f.oid = p.relid AND f.relkind = 'f'
+    LIMIT 1;
+    IF found.media_type IS NOT NULL THEN
+        RAISE EXCEPTION 'a foreign table cannot be a partition of media table % (media type "%")',
+            found.media_table, found.media_type
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('%s is a foreign table: rows routed to it could not be counted '
+                                             '(no transition tables for foreign partitions) nor rescored.',
+                                             found.partition),
+                  HINT = 'Keep foreign data in a table of its own, or unregister the media type first.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._refuse_foreign_partitions() IS
+    'Event trigger: refuses a foreign partition under a registered media table (ATTACH PARTITION, '
+    'CREATE FOREIGN TABLE ... PARTITION OF)';
+CREATE EVENT TRIGGER popularity_refuse_foreign_partitions ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE FOREIGN TABLE')
+    EXECUTE FUNCTION popularity._refuse_foreign_partitions();
+COMMENT ON EVENT TRIGGER popularity_refuse_foreign_partitions IS
+    'Refuses a foreign partition under a registered media table';

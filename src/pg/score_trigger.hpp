@@ -9,8 +9,7 @@ enum class TriggerBypass {
     none,  // ingestion, and a filter worker while a refresh of its media type is active
     score, // a refresh worker: it writes the score itself (tags are still filtered while a tag
            // filter run is active)
-    all,   // a filter worker while no refresh of its media type is active: its rows' tags are
-           // filtered already, and their scores are unchanged and not being refreshed
+    all,   // a worker of one job while no run of the other job is active on its media type
 };
 extern TriggerBypass trigger_bypass;
 

@@ -90,7 +90,7 @@ struct BatchContext {
     Datum metrics;
     Datum constants;
     bool writers_ended; // every transaction in progress when the run was queued has ended
-    bool refresh_active; // another run, a refresh, of the media type is queued or running
+    bool other_job_active; // a run of the other job (not a dry run) on the media type is active
 };
 
 // A group of rows counted together in refresh_progress: a provider of a refresh run (with its

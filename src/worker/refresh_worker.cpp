@@ -186,7 +186,7 @@ BatchContext load_context(const Task &task) {
     context.metrics = SPI_getbinval(tuple, desc, 3, &isnull);
     context.constants = SPI_getbinval(tuple, desc, 4, &isnull);
     context.writers_ended = DatumGetBool(SPI_getbinval(tuple, desc, 5, &isnull));
-    context.refresh_active = DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
+    context.other_job_active = DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
     return context;
 }
 
@@ -389,18 +389,24 @@ Step do_step(Task &task) {
     // First, whatever the step: the role may still read and update the table (without these
     // rights it could not even see its run, and would stop as if the run had been cancelled).
     pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint);
-    if (task.kind == JobKind::filter_tags && !task.dry_run) {
-        // The table's write lock first, then the look at the refresh runs: a refresh queued after
-        // the look counts this transaction among its writers (it waits for it and walks again
-        // what it walked meanwhile), so rows this batch writes unscored are rescored.
+    if (!task.dry_run) {
+        // The table's write lock first, then the look at the other job's runs: a run of the other
+        // job queued after the look counts this transaction among its writers (it waits for it
+        // and walks again what it walked meanwhile), so what this batch writes past the ingestion
+        // trigger is caught by that run.
         LockRelationOid(task.relid, RowExclusiveLock);
     }
     const BatchContext context = load_context(task);
-    if (task.kind == JobKind::filter_tags) {
-        // With no refresh of the media type active, the trigger has nothing to do on this
-        // worker's rows: their tags are filtered already and their scores do not change.
+    // The ingestion trigger on this worker's own rows: it has nothing to add while the other job
+    // is not running on the media type (a refresh worker writes the score itself, a filter
+    // worker's rows have their tags filtered already and keep their scores); while it is, the
+    // rows this worker moves must carry what that job establishes (a refresh worker's rows get
+    // their tags filtered, a filter worker's rows their scores).
+    if (!context.other_job_active) {
+        pg::trigger_bypass = pg::TriggerBypass::all;
+    } else {
         pg::trigger_bypass =
-            context.refresh_active ? pg::TriggerBypass::none : pg::TriggerBypass::all;
+            task.kind == JobKind::refresh ? pg::TriggerBypass::score : pg::TriggerBypass::none;
     }
     if (!context.active) {
         commit_transaction();
@@ -461,9 +467,7 @@ bool start_task(Task &task, volatile bool *claimed) {
     if (task.update_plan == nullptr) {
         prepare_statements(task);
     }
-    // A refresh writes the scores itself (a filter worker decides per transaction: do_step).
-    pg::trigger_bypass =
-        task.kind == JobKind::refresh ? pg::TriggerBypass::score : pg::TriggerBypass::none;
+    // (What the ingestion trigger does on this worker's rows is decided per transaction: do_step.)
     {
         Oid types[1] = {INT8OID};
         Datum values[1] = {Int64GetDatum(task.task_id)};

@@ -12,6 +12,7 @@ extern "C" {
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "storage/freespace.h"
 #include "utils/acl.h"
@@ -21,6 +22,26 @@ extern "C" {
 }
 
 namespace popularity::worker {
+
+// A worker's own transaction, with an SPI connection and a snapshot (a background worker has no
+// client statement to provide them).
+void begin_transaction(const char *activity) {
+    SetCurrentStatementStartTimestamp();
+    StartTransactionCommand();
+    if (SPI_connect() != SPI_OK_CONNECT) {
+        elog(ERROR, "SPI_connect failed");
+    }
+    PushActiveSnapshot(GetTransactionSnapshot());
+    pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+void commit_transaction() {
+    SPI_finish();
+    PopActiveSnapshot();
+    CommitTransactionCommand();
+    pgstat_report_stat(false);
+    pgstat_report_activity(STATE_IDLE, nullptr);
+}
 
 uint64 run(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected) {
     const int rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);

@@ -157,6 +157,10 @@ const Job &filter_job();
 
 // Shared mechanics (engine.cpp).
 
+// Starts and commits a worker's transaction (SPI connected, a snapshot pushed, the activity shown
+// in pg_stat_activity).
+void begin_transaction(const char *activity);
+void commit_transaction();
 // Runs a statement with parameters; raises on failure. Returns SPI_processed.
 uint64 run(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected);
 // Prepares the task's statements (statements.cpp); after load_task.

@@ -3,6 +3,7 @@
 
 #include "../pg/owner_context.hpp"
 #include "../pg/settings.hpp"
+#include "engine.hpp"
 #include "writers.hpp"
 
 extern "C" {
@@ -99,22 +100,6 @@ bool failures_pending = true;
 TimestampTz retry_at = 0;
 TimestampTz statement_deadline = 0;
 
-void begin_transaction(const char *activity) {
-    SetCurrentStatementStartTimestamp();
-    StartTransactionCommand();
-    if (SPI_connect() != SPI_OK_CONNECT) {
-        elog(ERROR, "SPI_connect failed");
-    }
-    PushActiveSnapshot(GetTransactionSnapshot());
-    pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-void commit_transaction() {
-    SPI_finish();
-    PopActiveSnapshot();
-    CommitTransactionCommand();
-    pgstat_report_activity(STATE_IDLE, nullptr);
-}
 
 bool same_text(const char *a, const char *b) {
     return a == b || (a != nullptr && b != nullptr && strcmp(a, b) == 0);

@@ -35,6 +35,8 @@ BEGIN
                       HINT = 'A run has the rights of the role that queues it: it needs SELECT and UPDATE on the media table (a dry run: SELECT).';
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
+        -- The key the workers revisit rows by: the table's own, whatever the INSERT said.
+        NEW.key_column := popularity._key_column(NEW.media_table);
         -- The constants the run rescores with, as they are now (after the caller's constants committed).
         SELECT coalesce(array_agg(m.constant ORDER BY p.ord), '{}'),
                coalesce(array_agg(m.constant_version ORDER BY p.ord), '{}')
@@ -70,7 +72,8 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT pg_has_role((SELECT c.relowner FROM pg_class AS c WHERE c.oid = media_table), 'USAGE') THEN
+    IF NOT coalesce(pg_has_role((SELECT c.relowner FROM pg_class AS c WHERE c.oid = media_table), 'USAGE'),
+                    false) THEN
         RAISE EXCEPTION 'permission denied to % for table %', action, media_table
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Only the table''s owner (or a member of the owning role) registers and configures its media type.';
@@ -335,6 +338,13 @@ BEGIN
         RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Register and refresh each partition as a media type of its own.';
+    END IF;
+    -- The workers read the table directly: a row-level security policy would apply to their
+    -- UPDATE but not to their scan (said before the constants are committed).
+    IF pg_catalog.row_security_active(tbl) THEN
+        RAISE EXCEPTION 'row-level security applies to % for role "%"', tbl, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Refresh as the table owner or a role with BYPASSRLS.';
     END IF;
     IF EXISTS (SELECT FROM popularity.refresh_runs AS r
                WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
@@ -692,6 +702,13 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
+    -- The workers read the table directly: a row-level security policy would apply to their
+    -- UPDATE but not to their scan (said before the constants are committed).
+    IF pg_catalog.row_security_active(tbl) THEN
+        RAISE EXCEPTION 'row-level security applies to % for role "%"', tbl, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Refresh as the table owner or a role with BYPASSRLS.';
+    END IF;
     IF EXISTS (SELECT FROM popularity.refresh_runs AS r
                WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
                  AND r.state IN ('queued', 'running')) THEN
@@ -875,6 +892,7 @@ BEGIN
         IF interrupted THEN
             PERFORM popularity.cancel_refresh(v_run);
             COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             RAISE EXCEPTION '% run % cancelled: the statement waiting for it was cancelled', run_job, v_run
                 USING ERRCODE = 'query_canceled',
                       HINT = 'Resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true); '
@@ -1210,6 +1228,11 @@ BEGIN
             MESSAGE = format('unknown tag filter run %s', v_run_id),
             HINT = 'popularity.refresh_status lists the runs of filter_tags (job filter_tags; those of media tables you may read).';
     END IF;
+    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_table',
+            MESSAGE = format('the table of tag filter run %s no longer exists', v_run_id),
+            HINT = 'Its records stay in popularity.tag_filter_removed until they are purged.';
+    END IF;
     IF NOT (has_table_privilege(v_run.media_table, 'SELECT')
             AND has_table_privilege(v_run.media_table, 'UPDATE')) THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
@@ -1385,10 +1408,10 @@ BEGIN
     -- Fail early on rules that cannot be loaded.
     PERFORM popularity.filtered_tags('[]'::jsonb, NULL, v_media_type);
     -- It commits, so it must be called on its own (like VACUUM).
-    IF popularity._in_transaction_block() THEN
+    IF v_wait AND popularity._in_transaction_block() THEN
         RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
             MESSAGE = 'filter_tags() cannot run inside a transaction block',
-            HINT = 'Call it on its own: it commits the run before it records the transactions in progress.';
+            HINT = 'Call it on its own, or with wait => false (the workers start when the transaction commits).';
     END IF;
 
     -- A run in progress for this media type: wait for it (the same kind), or refuse.
@@ -1405,12 +1428,6 @@ BEGIN
     IF v_run_id IS NOT NULL THEN
         RAISE NOTICE 'filter_tags run % of media type "%" is in progress: %', v_run_id, v_media_type,
             CASE WHEN v_wait THEN 'waiting for it' ELSE 'not starting another' END;
-        -- Queued by a session that ended before it recorded the transactions in progress.
-        UPDATE popularity.refresh_runs r SET writers = popularity._table_writers(v_table)
-        WHERE r.run_id = v_run_id AND r.writers IS NULL;
-        IF FOUND THEN
-            PERFORM popularity._wake_scheduler();
-        END IF;
     ELSE
         -- The records of removed tags of this media type's old runs go first.
         IF NOT v_dry_run THEN
@@ -1432,16 +1449,11 @@ BEGIN
                       HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
         END;
         PERFORM popularity._create_tasks(v_run_id);
-        -- 1. The run, committed: from now on the ingestion trigger filters every row it writes
-        -- (not for a dry run), so a row that ingestion moves behind the walk is filtered anyway.
-        -- The scheduler does not start a run before its writers are recorded.
-        COMMIT;
-        v_caller_path := pg_catalog.current_setting('search_path');
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        -- 2. The transactions in progress now may still write rows unfiltered: the run waits for
-        -- them and walks again what it walked before they ended (as a refresh does).
-        UPDATE popularity.refresh_runs r SET writers = popularity._table_writers(v_table)
-        WHERE r.run_id = v_run_id;
+        -- The run commits with writers NULL: from its commit on, the ingestion trigger filters every
+        -- row it writes (not for a dry run), so a row that ingestion moves behind the walk is
+        -- filtered anyway; then the scheduler records the transactions in progress (they may still
+        -- write rows unfiltered), the run waits for them and walks again what it walked before
+        -- they ended (as a refresh does), and only then starts.
         PERFORM popularity._wake_scheduler();
         RAISE NOTICE '% run % of media type "%" queued',
             CASE WHEN v_dry_run THEN 'dry filter_tags' ELSE 'filter_tags' END, v_run_id, v_media_type;
@@ -1723,17 +1735,38 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_job text;
 BEGIN
-    UPDATE popularity.refresh_runs AS r SET state = 'queued', finished_at = NULL, error = NULL
-    WHERE r.run_id = resume_refresh.run_id AND r.state IN ('failed', 'cancelled');
+    -- Workers run as the role that queued the run: only that role (or a member of it) resumes it.
+    IF EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = resume_refresh.run_id
+               AND NOT pg_has_role(r.requested_by, 'MEMBER')) THEN
+        RAISE EXCEPTION 'run % was queued by another role', run_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Its workers act with the rights of the role that queued it: resume it as that role, or start a new run.';
+    END IF;
+    UPDATE popularity.refresh_runs AS r SET state = 'queued', finished_at = NULL, error = NULL,
+           -- A filter run's writers are recorded again by the scheduler, once the run is queued
+           -- (the ingestion trigger filters again from then on).
+           writers = CASE WHEN r.job = 'filter_tags' THEN NULL ELSE r.writers END
+    WHERE r.run_id = resume_refresh.run_id AND r.state IN ('failed', 'cancelled')
+      AND r.undone_at IS NULL AND r.records_purged_at IS NULL
+      AND r.media_table = (SELECT m.media_table FROM popularity.media_types AS m WHERE m.media_type = r.media_type)
+    RETURNING r.job INTO v_job;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'refresh run % cannot be resumed', run_id
+        RAISE EXCEPTION 'run % cannot be resumed', run_id
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Only failed or cancelled runs can be resumed; see popularity.refresh_status.';
+                  HINT = 'Only failed or cancelled runs of a table still registered, not undone, can be resumed; see popularity.refresh_status.';
     END IF;
     UPDATE popularity.refresh_tasks AS t SET state = 'pending', error = NULL, attempts = 0, failures = 0,
            waiting_for = NULL, waiting_since = NULL, waiting_pids = NULL
     WHERE t.run_id = resume_refresh.run_id AND t.state IN ('failed', 'cancelled', 'running', 'revisiting');
+    IF v_job = 'filter_tags' THEN
+        -- While the run was stopped the ingestion trigger did not filter: rows written meanwhile
+        -- may be anywhere, so the whole table is walked again (rows already filtered cost no write).
+        UPDATE popularity.refresh_tasks AS t SET state = 'pending', next_block = t.first_block, rewalk = false
+        WHERE t.run_id = resume_refresh.run_id;
+    END IF;
     PERFORM popularity._wake_scheduler();
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'another refresh of the same media type is in progress'
@@ -1901,11 +1934,17 @@ BEGIN
         RAISE EXCEPTION 'popularity._metrics_guard() guards popularity.metrics only'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    -- The owner of the table of the row as it was and as it becomes: a role that owns one media
+    -- type's table and may only update another's must not move a row to the other one. (NULL, a
+    -- table that is gone, is no ownership.)
     IF (NEW.media_type, NEW.provider, NEW.metric, NEW.percentile)
            IS DISTINCT FROM (OLD.media_type, OLD.provider, OLD.metric, OLD.percentile)
-       AND NOT pg_has_role((SELECT c.relowner FROM popularity.media_types AS m
-                            JOIN pg_class AS c ON c.oid = m.media_table
-                            WHERE m.media_type = OLD.media_type), 'USAGE') THEN
+       AND NOT (coalesce(pg_has_role((SELECT c.relowner FROM popularity.media_types AS m
+                                      JOIN pg_class AS c ON c.oid = m.media_table
+                                      WHERE m.media_type = OLD.media_type), 'USAGE'), false)
+                AND coalesce(pg_has_role((SELECT c.relowner FROM popularity.media_types AS m
+                                          JOIN pg_class AS c ON c.oid = m.media_table
+                                          WHERE m.media_type = NEW.media_type), 'USAGE'), false)) THEN
         RAISE EXCEPTION 'only the owner of media type "%"''s table may change its metrics', OLD.media_type
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'A role that may update the table may refresh the constants, not choose the metric or percentile.';

@@ -80,6 +80,25 @@ SELECT rows FROM popularity.provider_stats WHERE media_type = 'roles_image' AND 
 SET ROLE pop_refresher;
 SELECT popularity.set_metric('roles_image', 'flickr', 'views', 0.6);
 UPDATE popularity.metrics SET percentile = 0.6 WHERE media_type = 'roles_image' AND provider = 'flickr';
+-- ... nor moves a provider of a media type whose table it owns to one whose table it may only
+-- update (the guard checks the owner of the row as it was and as it becomes).
+RESET ROLE;
+CREATE TABLE roles_catalog.own_image (identifier uuid PRIMARY KEY, provider text, meta_data jsonb,
+                                      updated_on timestamptz);
+ALTER TABLE roles_catalog.own_image OWNER TO pop_refresher;
+SET client_min_messages = warning;
+SELECT popularity.register_media_type('roles_own', 'roles_catalog.own_image', default_metrics => false);
+RESET client_min_messages;
+SELECT popularity.set_metric('roles_own', 'own_provider', 'views', 0.5);
+SET ROLE pop_refresher;
+UPDATE popularity.metrics SET media_type = 'roles_image', percentile = 0.99
+WHERE media_type = 'roles_own' AND provider = 'own_provider';
+UPDATE popularity.metrics SET percentile = 0.7 WHERE media_type = 'roles_own' AND provider = 'own_provider';
+RESET ROLE;
+SELECT media_type, provider, percentile FROM popularity.metrics WHERE provider = 'own_provider';
+SELECT popularity.unregister_media_type('roles_own');
+DROP TABLE roles_catalog.own_image;
+SET ROLE pop_refresher;
 SELECT popularity.register_media_type('roles_image2', 'roles_catalog.image');
 SELECT popularity.unregister_media_type('roles_image');
 SET client_min_messages = warning;
@@ -89,6 +108,19 @@ CALL filter_tags('roles_image', dry_run => true);
 RESET client_min_messages;
 SELECT state, requested_by::regrole FROM popularity.refresh_runs ORDER BY run_id DESC LIMIT 1;
 RESET ROLE;
+-- Only the role that queued a run (or a member of it) resumes it: its workers act with that
+-- role's rights, so even the table's owner may not set another role's run going again.
+UPDATE popularity.refresh_runs SET state = 'cancelled' WHERE run_id = (SELECT max(run_id) FROM popularity.refresh_runs);
+SET ROLE pop_owner;
+DO $$
+BEGIN
+    PERFORM popularity.resume_refresh((SELECT max(run_id) FROM popularity.refresh_runs));
+    RAISE NOTICE 'resumed';
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'refused (%)', SQLSTATE;
+END $$;
+RESET ROLE;
+UPDATE popularity.refresh_runs SET state = 'succeeded' WHERE run_id = (SELECT max(run_id) FROM popularity.refresh_runs);
 
 -- A reader sees its media type's configuration and status, and changes nothing.
 SET ROLE pop_reader;

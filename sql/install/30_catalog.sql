@@ -116,7 +116,8 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT pg_has_role((SELECT c.relowner FROM pg_class AS c WHERE c.oid = media_table), 'USAGE') THEN
+    IF NOT coalesce(pg_has_role((SELECT c.relowner FROM pg_class AS c WHERE c.oid = media_table), 'USAGE'),
+                    false) THEN
         RAISE EXCEPTION 'permission denied to % for table %', action, media_table
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Only the table''s owner (or a member of the owning role) registers and configures its media type.';

@@ -168,6 +168,8 @@ BEGIN
                       HINT = 'A run has the rights of the role that queues it: it needs SELECT and UPDATE on the media table (a dry run: SELECT).';
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
+        -- The key the workers revisit rows by: the table's own, whatever the INSERT said.
+        NEW.key_column := popularity._key_column(NEW.media_table);
         -- The constants the run rescores with, as they are now (after the caller's constants committed).
         SELECT coalesce(array_agg(m.constant ORDER BY p.ord), '{}'),
                coalesce(array_agg(m.constant_version ORDER BY p.ord), '{}')
@@ -469,6 +471,7 @@ BEGIN
         IF interrupted THEN
             PERFORM popularity.cancel_refresh(v_run);
             COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             RAISE EXCEPTION '% run % cancelled: the statement waiting for it was cancelled', run_job, v_run
                 USING ERRCODE = 'query_canceled',
                       HINT = 'Resume it with CALL popularity.resume_refresh(' || v_run || ', wait => true); '
@@ -527,6 +530,13 @@ BEGIN
         RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Register and refresh each partition as a media type of its own.';
+    END IF;
+    -- The workers read the table directly: a row-level security policy would apply to their
+    -- UPDATE but not to their scan (said before the constants are committed).
+    IF pg_catalog.row_security_active(tbl) THEN
+        RAISE EXCEPTION 'row-level security applies to % for role "%"', tbl, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Refresh as the table owner or a role with BYPASSRLS.';
     END IF;
     IF EXISTS (SELECT FROM popularity.refresh_runs AS r
                WHERE r.media_type = refresh_popularity.media_type AND r.job = 'refresh'
@@ -648,17 +658,38 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_job text;
 BEGIN
-    UPDATE popularity.refresh_runs AS r SET state = 'queued', finished_at = NULL, error = NULL
-    WHERE r.run_id = resume_refresh.run_id AND r.state IN ('failed', 'cancelled');
+    -- Workers run as the role that queued the run: only that role (or a member of it) resumes it.
+    IF EXISTS (SELECT FROM popularity.refresh_runs AS r WHERE r.run_id = resume_refresh.run_id
+               AND NOT pg_has_role(r.requested_by, 'MEMBER')) THEN
+        RAISE EXCEPTION 'run % was queued by another role', run_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Its workers act with the rights of the role that queued it: resume it as that role, or start a new run.';
+    END IF;
+    UPDATE popularity.refresh_runs AS r SET state = 'queued', finished_at = NULL, error = NULL,
+           -- A filter run's writers are recorded again by the scheduler, once the run is queued
+           -- (the ingestion trigger filters again from then on).
+           writers = CASE WHEN r.job = 'filter_tags' THEN NULL ELSE r.writers END
+    WHERE r.run_id = resume_refresh.run_id AND r.state IN ('failed', 'cancelled')
+      AND r.undone_at IS NULL AND r.records_purged_at IS NULL
+      AND r.media_table = (SELECT m.media_table FROM popularity.media_types AS m WHERE m.media_type = r.media_type)
+    RETURNING r.job INTO v_job;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'refresh run % cannot be resumed', run_id
+        RAISE EXCEPTION 'run % cannot be resumed', run_id
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Only failed or cancelled runs can be resumed; see popularity.refresh_status.';
+                  HINT = 'Only failed or cancelled runs of a table still registered, not undone, can be resumed; see popularity.refresh_status.';
     END IF;
     UPDATE popularity.refresh_tasks AS t SET state = 'pending', error = NULL, attempts = 0, failures = 0,
            waiting_for = NULL, waiting_since = NULL, waiting_pids = NULL
     WHERE t.run_id = resume_refresh.run_id AND t.state IN ('failed', 'cancelled', 'running', 'revisiting');
+    IF v_job = 'filter_tags' THEN
+        -- While the run was stopped the ingestion trigger did not filter: rows written meanwhile
+        -- may be anywhere, so the whole table is walked again (rows already filtered cost no write).
+        UPDATE popularity.refresh_tasks AS t SET state = 'pending', next_block = t.first_block, rewalk = false
+        WHERE t.run_id = resume_refresh.run_id;
+    END IF;
     PERFORM popularity._wake_scheduler();
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'another refresh of the same media type is in progress'

@@ -129,6 +129,11 @@ BEGIN
             MESSAGE = format('unknown tag filter run %s', v_run_id),
             HINT = 'popularity.refresh_status lists the runs of filter_tags (job filter_tags; those of media tables you may read).';
     END IF;
+    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_table',
+            MESSAGE = format('the table of tag filter run %s no longer exists', v_run_id),
+            HINT = 'Its records stay in popularity.tag_filter_removed until they are purged.';
+    END IF;
     IF NOT (has_table_privilege(v_run.media_table, 'SELECT')
             AND has_table_privilege(v_run.media_table, 'UPDATE')) THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
@@ -304,10 +309,10 @@ BEGIN
     -- Fail early on rules that cannot be loaded.
     PERFORM popularity.filtered_tags('[]'::jsonb, NULL, v_media_type);
     -- It commits, so it must be called on its own (like VACUUM).
-    IF popularity._in_transaction_block() THEN
+    IF v_wait AND popularity._in_transaction_block() THEN
         RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
             MESSAGE = 'filter_tags() cannot run inside a transaction block',
-            HINT = 'Call it on its own: it commits the run before it records the transactions in progress.';
+            HINT = 'Call it on its own, or with wait => false (the workers start when the transaction commits).';
     END IF;
 
     -- A run in progress for this media type: wait for it (the same kind), or refuse.
@@ -324,12 +329,6 @@ BEGIN
     IF v_run_id IS NOT NULL THEN
         RAISE NOTICE 'filter_tags run % of media type "%" is in progress: %', v_run_id, v_media_type,
             CASE WHEN v_wait THEN 'waiting for it' ELSE 'not starting another' END;
-        -- Queued by a session that ended before it recorded the transactions in progress.
-        UPDATE popularity.refresh_runs r SET writers = popularity._table_writers(v_table)
-        WHERE r.run_id = v_run_id AND r.writers IS NULL;
-        IF FOUND THEN
-            PERFORM popularity._wake_scheduler();
-        END IF;
     ELSE
         -- The records of removed tags of this media type's old runs go first.
         IF NOT v_dry_run THEN
@@ -351,16 +350,11 @@ BEGIN
                       HINT = 'Wait for it (popularity.refresh_status), or stop it with popularity.cancel_refresh().';
         END;
         PERFORM popularity._create_tasks(v_run_id);
-        -- 1. The run, committed: from now on the ingestion trigger filters every row it writes
-        -- (not for a dry run), so a row that ingestion moves behind the walk is filtered anyway.
-        -- The scheduler does not start a run before its writers are recorded.
-        COMMIT;
-        v_caller_path := pg_catalog.current_setting('search_path');
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        -- 2. The transactions in progress now may still write rows unfiltered: the run waits for
-        -- them and walks again what it walked before they ended (as a refresh does).
-        UPDATE popularity.refresh_runs r SET writers = popularity._table_writers(v_table)
-        WHERE r.run_id = v_run_id;
+        -- The run commits with writers NULL: from its commit on, the ingestion trigger filters every
+        -- row it writes (not for a dry run), so a row that ingestion moves behind the walk is
+        -- filtered anyway; then the scheduler records the transactions in progress (they may still
+        -- write rows unfiltered), the run waits for them and walks again what it walked before
+        -- they ended (as a refresh does), and only then starts.
         PERFORM popularity._wake_scheduler();
         RAISE NOTICE '% run % of media type "%" queued',
             CASE WHEN v_dry_run THEN 'dry filter_tags' ELSE 'filter_tags' END, v_run_id, v_media_type;

@@ -48,11 +48,17 @@ BEGIN
         RAISE EXCEPTION 'popularity._metrics_guard() guards popularity.metrics only'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    -- The owner of the table of the row as it was and as it becomes: a role that owns one media
+    -- type's table and may only update another's must not move a row to the other one. (NULL, a
+    -- table that is gone, is no ownership.)
     IF (NEW.media_type, NEW.provider, NEW.metric, NEW.percentile)
            IS DISTINCT FROM (OLD.media_type, OLD.provider, OLD.metric, OLD.percentile)
-       AND NOT pg_has_role((SELECT c.relowner FROM popularity.media_types AS m
-                            JOIN pg_class AS c ON c.oid = m.media_table
-                            WHERE m.media_type = OLD.media_type), 'USAGE') THEN
+       AND NOT (coalesce(pg_has_role((SELECT c.relowner FROM popularity.media_types AS m
+                                      JOIN pg_class AS c ON c.oid = m.media_table
+                                      WHERE m.media_type = OLD.media_type), 'USAGE'), false)
+                AND coalesce(pg_has_role((SELECT c.relowner FROM popularity.media_types AS m
+                                          JOIN pg_class AS c ON c.oid = m.media_table
+                                          WHERE m.media_type = NEW.media_type), 'USAGE'), false)) THEN
         RAISE EXCEPTION 'only the owner of media type "%"''s table may change its metrics', OLD.media_type
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'A role that may update the table may refresh the constants, not choose the metric or percentile.';

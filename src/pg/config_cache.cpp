@@ -89,11 +89,23 @@ std::uint64_t current_generation() {
 struct Loaded {
     std::uint64_t generation = 0; // 0: never loaded
     // Loaded in parallel mode, with the statement's snapshot (the latest one cannot be taken
-    // there): good for this statement only.
+    // there): good for that statement only, which the transaction and the statement's start
+    // identify (a later parallel statement must not take it for current: a change committed
+    // after that snapshot, whose invalidation was read, would be missing).
     bool statement_snapshot = false;
+    LocalTransactionId lxid = InvalidLocalTransactionId;
+    TimestampTz statement_start = 0;
+
+    Loaded() = default;
+    Loaded(std::uint64_t loaded_generation, bool in_statement_snapshot)
+        : generation(loaded_generation), statement_snapshot(in_statement_snapshot),
+          lxid(MyProc->lxid), statement_start(GetCurrentStatementStartTimestamp()) {}
 
     bool current(std::uint64_t now) const {
-        return generation == now && (!statement_snapshot || IsInParallelMode());
+        return generation == now &&
+               (!statement_snapshot ||
+                (IsInParallelMode() && lxid == MyProc->lxid &&
+                 statement_start == GetCurrentStatementStartTimestamp()));
     }
 };
 

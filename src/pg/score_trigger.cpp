@@ -26,6 +26,7 @@ extern "C" {
 using namespace popularity;
 
 popularity::pg::TriggerBypass popularity::pg::trigger_bypass = popularity::pg::TriggerBypass::none;
+Oid popularity::pg::trigger_bypass_relid = InvalidOid;
 
 namespace {
 
@@ -113,7 +114,10 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
                            "popularity._score_trigger() needs the media type as its argument", {},
                            "Register the table with popularity.register_media_type().");
     }
-    if (pg::trigger_bypass == pg::TriggerBypass::all) {
+    const pg::TriggerBypass bypass = RelationGetRelid(trigger_data->tg_relation) == pg::trigger_bypass_relid
+                                         ? pg::trigger_bypass
+                                         : pg::TriggerBypass::none;
+    if (bypass == pg::TriggerBypass::all) {
         return PointerGetDatum(TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple
                                                               : trigger_data->tg_newtuple);
     }
@@ -122,7 +126,7 @@ POPULARITY_FUNCTION(popularity_score_trigger) {
     const std::string_view media_type(trigger_data->tg_trigger->tgargs[0]);
     // A refresh worker writes the scores itself: the trigger leaves them alone, but still filters
     // the tags of a media type that filters them now (a tag filter run may be walking the table).
-    const bool score_bypassed = pg::trigger_bypass == pg::TriggerBypass::score;
+    const bool score_bypassed = bypass == pg::TriggerBypass::score;
     if (score_bypassed && !constants.filters_tags(media_type)) {
         return PointerGetDatum(TRIGGER_FIRED_BY_INSERT(event) ? trigger_data->tg_trigtuple
                                                               : trigger_data->tg_newtuple);

@@ -1,6 +1,8 @@
 // The ingestion trigger's process-wide switch.
 #pragma once
 
+#include "pg_includes.hpp"
+
 namespace popularity::pg {
 
 // What the ingestion trigger skips for the rows this process writes: set by the batch engine's
@@ -12,5 +14,8 @@ enum class TriggerBypass {
     all,   // a worker of one job while no run of the other job is active on its media type
 };
 extern TriggerBypass trigger_bypass;
+// The media table trigger_bypass applies to (the worker's own table): rows the worker's UPDATE
+// makes other triggers write to other tables are never bypassed.
+extern Oid trigger_bypass_relid;
 
 } // namespace popularity::pg

@@ -17,6 +17,11 @@ extern "C" {
 #include "storage/freespace.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/typcache.h"
+#include "utils/syscache.h"
+#include "catalog/pg_operator.h"
+#include "access/htup_details.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 }
@@ -41,6 +46,25 @@ void commit_transaction() {
     CommitTransactionCommand();
     pgstat_report_stat(false);
     pgstat_report_activity(STATE_IDLE, nullptr);
+}
+
+char *qualified_equality(Oid type) {
+    const TypeCacheEntry *entry = lookup_type_cache(type, TYPECACHE_EQ_OPR);
+    if (!OidIsValid(entry->eq_opr)) {
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_FUNCTION),
+                        errmsg("type %s has no equality operator", format_type_be(type))));
+    }
+    HeapTuple tuple = SearchSysCache1(OPEROID, ObjectIdGetDatum(entry->eq_opr));
+    if (!HeapTupleIsValid(tuple)) {
+        elog(ERROR, "cache lookup failed for operator %u", entry->eq_opr);
+    }
+    const Form_pg_operator op = reinterpret_cast<Form_pg_operator>(GETSTRUCT(tuple));
+    char *result = MemoryContextStrdup(
+        TopMemoryContext, psprintf("OPERATOR(%s.%s)",
+                                   quote_identifier(get_namespace_name(op->oprnamespace)),
+                                   NameStr(op->oprname)));
+    ReleaseSysCache(tuple);
+    return result;
 }
 
 uint64 run(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected) {

@@ -53,11 +53,11 @@ struct Task {
     char *table;      // qualified, quoted name
     char *key_column; // quoted
     char *key_type;   // e.g. uuid
-    char *ext_schema; // quoted
     int64 end_block;
     int64 next_block;
     Oid relid;
-    char *key_name; // unquoted
+    char *key_name;   // unquoted
+    char *key_equals; // the key type's equality operator, qualified: OPERATOR(schema.=)
     Oid key_type_id;
     Oid relfilenode; // the table's file when the run was queued (InvalidOid: not recorded)
     // Attribute numbers in the media table, looked up again (with their types checked) by every
@@ -163,7 +163,10 @@ void begin_transaction(const char *activity);
 void commit_transaction();
 // Runs a statement with parameters; raises on failure. Returns SPI_processed.
 uint64 run(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected);
-// Prepares the task's statements (statements.cpp); after load_task.
+// The equality operator of a type, schema-qualified for SQL text ("OPERATOR(pg_catalog.=)"), in
+// TopMemoryContext; raises when the type has none.
+char *qualified_equality(Oid type);
+// Prepares the task's statements (statements.cpp) that are not prepared yet; after load_task.
 void prepare_statements(Task &task);
 // Prepares and keeps a plan; raises on failure.
 SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *types);

@@ -215,9 +215,20 @@ bool tick() {
             " RETURNING json_build_object('event', 'refresh_finished', 'run_id', r.run_id,"
             "                             'media_type', r.media_type, 'state', r.state,"
             "                             'job', coalesce(to_jsonb(r) ->> 'job', 'refresh'))::text");
+        // A filter run is queued without its writers (filter_tags, resume_refresh): they are the
+        // transactions in progress once the queued run is committed (from then on the ingestion
+        // trigger filters), which is now. (A 0.1.0 schema has no such runs, nor the function.)
+        if (worker::has_task_status_columns()) {
+            rc = SPI_execute("UPDATE popularity.refresh_runs AS r"
+                             " SET writers = popularity._table_writers(r.media_table)"
+                             " WHERE r.state = 'queued' AND r.writers IS NULL",
+                             false, 0);
+            if (rc != SPI_OK_UPDATE) {
+                elog(ERROR, "popularity launcher: recording the writers of runs failed");
+            }
+        }
         rc = SPI_execute("UPDATE popularity.refresh_runs SET state = 'running',"
                          " started_at = coalesce(started_at, clock_timestamp())"
-                         // writers NULL: filter_tags has not recorded them yet.
                          " WHERE state = 'queued' AND writers IS NOT NULL",
                          false, 0);
         if (rc != SPI_OK_UPDATE) {

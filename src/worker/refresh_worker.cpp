@@ -85,8 +85,6 @@ bool load_task(Task &task) {
     run("SELECT r.run_id, r.media_type, r.media_table::text, quote_ident(r.key_column),"
         "       format_type(a.atttypid, NULL), r.providers, t.end_block, t.next_block,"
         "       r.state, t.state,"
-        "       (SELECT quote_ident(n.nspname) FROM pg_extension AS e"
-        "        JOIN pg_namespace AS n ON n.oid = e.extnamespace WHERE e.extname = 'popularity'),"
         // relfilenode is read through to_jsonb: a 0.1.0 schema (new library, ALTER EXTENSION
         // UPDATE not run yet) has no such column, and then gives NULL.
         "       r.media_table::oid, r.key_column, a.atttypid, (to_jsonb(r) ->> 'relfilenode')::oid,"
@@ -116,16 +114,15 @@ bool load_task(Task &task) {
     bool isnull = false;
     task.end_block = int64_value(7);
     task.next_block = int64_value(8);
-    task.ext_schema = copy_value(11);
     task.relid =
-        DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 12, &isnull));
-    task.key_name = copy_value(13);
+        DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11, &isnull));
+    task.key_name = copy_value(12);
     task.key_type_id =
-        DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14, &isnull));
+        DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 13, &isnull));
     const Datum relfilenode =
-        SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15, &isnull);
+        SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14, &isnull);
     task.relfilenode = isnull ? InvalidOid : DatumGetObjectId(relfilenode);
-    const char *job = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 16);
+    const char *job = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15);
     if (strcmp(job, "refresh") == 0) {
         task.kind = JobKind::refresh;
         task.job = &refresh_job();
@@ -138,12 +135,13 @@ bool load_task(Task &task) {
                                static_cast<long long>(task.run_id), job)));
     }
     task.dry_run =
-        DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 17, &isnull));
+        DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 16, &isnull));
     task.record_removed = !task.dry_run && DatumGetBool(SPI_getbinval(
-                                               SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 18,
+                                               SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 17,
                                                &isnull));
-    const Datum blocks = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 19, &isnull);
+    const Datum blocks = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 18, &isnull);
     task.batch_blocks = isnull ? 0 : DatumGetInt32(blocks);
+    task.key_equals = qualified_equality(task.key_type_id);
     bool key_varlena = false;
     getTypeOutputInfo(task.key_type_id, &task.key_output, &key_varlena);
     return true;
@@ -353,8 +351,8 @@ Step finish_walk(Task &task, const BatchContext &context) {
 
 // What task_status.cpp needs of the task.
 worker::TaskRef task_ref(const Task &task) {
-    return worker::TaskRef{task.task_id, task.run_id,     task.relid,
-                           task.table,   task.key_column, task.key_type};
+    return worker::TaskRef{task.task_id,    task.run_id,   task.relid,     task.table,
+                           task.key_column, task.key_type, task.key_equals};
 }
 
 constexpr const char *kRlsHint = "Run it as the table owner or a role with BYPASSRLS.";
@@ -385,6 +383,7 @@ Step do_step(Task &task) {
     // worker's rows have their tags filtered already and keep their scores); while it is, the
     // rows this worker moves must carry what that job establishes (a refresh worker's rows get
     // their tags filtered, a filter worker's rows their scores).
+    pg::trigger_bypass_relid = task.relid;
     if (!context.other_job_active) {
         pg::trigger_bypass = pg::TriggerBypass::all;
     } else {
@@ -447,9 +446,7 @@ bool start_task(Task &task, volatile bool *claimed) {
     }
     pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint);
     // Prepared once (a start-up that failed and is retried keeps those it made).
-    if (task.update_plan == nullptr) {
-        prepare_statements(task);
-    }
+    prepare_statements(task);
     // (What the ingestion trigger does on this worker's rows is decided per transaction: do_step.)
     {
         Oid types[1] = {INT8OID};

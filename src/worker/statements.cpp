@@ -68,29 +68,44 @@ constexpr const char *kSkipSql = "INSERT INTO popularity.refresh_skipped (task_i
 } // namespace
 
 void prepare_statements(Task &task) {
-    Oid update_types[4];
-    int update_nargs = 0;
-    const char *update = task.job->update_sql(task, update_types, &update_nargs);
-    task.update_plan = prepare_kept(update, update_nargs, update_types);
-    Oid counts_types[5] = {INT8OID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
-    task.counts_plan = prepare_kept(kCountsSql, 5, counts_types);
+    // Each plan once: a start-up that failed part-way and is retried prepares only the rest.
+    if (task.update_plan == nullptr) {
+        Oid update_types[4];
+        int update_nargs = 0;
+        const char *update = task.job->update_sql(task, update_types, &update_nargs);
+        task.update_plan = prepare_kept(update, update_nargs, update_types);
+    }
+    if (task.counts_plan == nullptr) {
+        Oid counts_types[5] = {INT8OID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+        task.counts_plan = prepare_kept(kCountsSql, 5, counts_types);
+    }
     // Only a filter run has counters of its own (and a 0.1.0 schema, which can only have refresh
     // runs, has no refresh_counters table).
-    if (task.kind == JobKind::filter_tags) {
+    if (task.kind == JobKind::filter_tags && task.counters_plan == nullptr) {
         Oid counters_types[3] = {INT8OID, TEXTARRAYOID, INT8ARRAYOID};
         task.counters_plan = prepare_kept(kCountersSql, 3, counters_types);
     }
-    Oid skip_types[2] = {INT8OID, TEXTARRAYOID};
-    task.skip_plan = prepare_kept(kSkipSql, 2, skip_types);
-    // The current versions of skipped rows, by key (their text form, as recorded).
-    Oid keys_types[1] = {TEXTARRAYOID};
-    task.keys_plan = prepare_kept(psprintf("SELECT t.ctid FROM %s AS t WHERE t.%s = ANY ($1::%s[])",
-                                           task.table, task.key_column, task.key_type),
-                                  1, keys_types);
-    Oid context_types[1] = {INT8OID};
-    task.context_plan = prepare_kept(kContextSql, 1, context_types);
-    Oid progress_types[5] = {INT8OID, INT8OID, INT4OID, BOOLOID, FLOAT8OID};
-    task.progress_plan = prepare_kept(kProgressSql, 5, progress_types);
+    if (task.skip_plan == nullptr) {
+        Oid skip_types[2] = {INT8OID, TEXTARRAYOID};
+        task.skip_plan = prepare_kept(kSkipSql, 2, skip_types);
+    }
+    if (task.keys_plan == nullptr) {
+        // The current versions of skipped rows, by key (their text form, as recorded), with the
+        // key type's own equality operator.
+        Oid keys_types[1] = {TEXTARRAYOID};
+        task.keys_plan = prepare_kept(
+            psprintf("SELECT t.ctid FROM %s AS t WHERE t.%s %s ANY ($1::%s[])", task.table,
+                     task.key_column, task.key_equals, task.key_type),
+            1, keys_types);
+    }
+    if (task.context_plan == nullptr) {
+        Oid context_types[1] = {INT8OID};
+        task.context_plan = prepare_kept(kContextSql, 1, context_types);
+    }
+    if (task.progress_plan == nullptr) {
+        Oid progress_types[5] = {INT8OID, INT8OID, INT4OID, BOOLOID, FLOAT8OID};
+        task.progress_plan = prepare_kept(kProgressSql, 5, progress_types);
+    }
 }
 
 } // namespace popularity::worker

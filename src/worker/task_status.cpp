@@ -153,9 +153,10 @@ void add_row_holders(Relation rel, ItemPointerData tid, Pids &pids) {
 // the step's snapshot, then the holders of the versions found.
 void row_holder_pids(const TaskRef &task, Pids &pids) {
     const char *sql = psprintf(
-        "SELECT t.ctid FROM %s AS t WHERE t.%s = ANY (ARRAY(SELECT s.row_key FROM"
-        " popularity.refresh_skipped AS s WHERE s.task_id = $1 LIMIT %d)::pg_catalog.text[]::%s[])",
-        task.table, task.key_column, kRowsLookedUp, task.key_type);
+        "SELECT t.ctid FROM %s AS t WHERE t.%s %s ANY (ARRAY(SELECT s.row_key FROM"
+        " popularity.refresh_skipped AS s WHERE s.task_id OPERATOR(pg_catalog.=) $1 LIMIT %d)"
+        "::pg_catalog.text[]::%s[])",
+        task.table, task.key_column, task.key_equals, kRowsLookedUp, task.key_type);
     Oid types[1] = {INT8OID};
     Datum values[1] = {Int64GetDatum(task.task_id)};
     const int rc = SPI_execute_with_args(sql, 1, types, values, nullptr, true, 0);

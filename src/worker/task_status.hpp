@@ -19,6 +19,7 @@ struct TaskRef {
     const char *table;      // qualified, quoted
     const char *key_column; // quoted
     const char *key_type;   // e.g. uuid
+    const char *key_equals; // OPERATOR(schema.=) of the key type
 };
 
 // What a step that committed leaves the task waiting for.

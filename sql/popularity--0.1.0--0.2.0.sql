@@ -493,7 +493,8 @@ BEGIN
     -- Every new media_types row was marked (popularity._stats_media_type_added); a table that
     -- gets its counts triggers now and is empty is exact from the start.
     IF NOT installed THEN
-        EXECUTE format('SELECT EXISTS (SELECT FROM %s)', media_table) INTO has_rows;
+        -- (SELECT 1: Citus cannot plan a distributed query without target columns.)
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', media_table) INTO has_rows;
         IF NOT has_rows THEN
             DELETE FROM popularity.stats_marks AS k
             WHERE k.media_type = $1 AND k.provider IS NULL AND k.reason = 'registered';

@@ -156,6 +156,7 @@ DECLARE
     required record;
     found_type regtype;
     existing regclass;
+    citus_triggers text;
 BEGIN
     IF media_type IS NULL OR media_type = '' THEN
         RAISE EXCEPTION 'media type must be a non-empty name'
@@ -225,11 +226,14 @@ BEGIN
     -- The ingestion trigger; named to fire after the table's own BEFORE triggers (they fire in
     -- name order), so it scores the row exactly as it will be stored. It fires on every UPDATE: a
     -- row version written after a constant changed then never carries a score from the old one.
+    -- (A Citus distributed table: Citus creates the triggers on every shard, 80_citus.sql.)
+    citus_triggers := popularity._citus_allow_triggers(media_table);
     EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_score BEFORE INSERT OR UPDATE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION popularity._score_trigger(%L)',
                    media_table, media_type);
     -- The provider counts' delta triggers (60_stats.sql).
     PERFORM popularity._install_stats_triggers(media_type, media_table);
+    PERFORM popularity._citus_triggers_done(citus_triggers);
 
     -- Scoring at ingestion needs no key, but the refresh does: say so now, not at the first refresh.
     IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary
@@ -256,11 +260,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     tbl regclass := popularity._media_table(media_type);
+    citus_triggers text;
 BEGIN
     PERFORM popularity._require_owner(tbl, 'unregister media type "' || media_type || '"');
     IF EXISTS (SELECT FROM pg_class WHERE oid = tbl) THEN
+        citus_triggers := popularity._citus_allow_triggers(tbl);
         EXECUTE format('DROP TRIGGER IF EXISTS zz_popularity_score ON %s', tbl);
         PERFORM popularity._remove_stats_triggers(tbl);
+        PERFORM popularity._citus_triggers_done(citus_triggers);
     END IF;
     DELETE FROM popularity.media_types AS m WHERE m.media_type = $1; -- metrics go with it (cascade)
 END $$;
@@ -320,6 +327,7 @@ DECLARE
     tbl regclass := popularity._media_table(media_type);
     m record;
     single_pass boolean;
+    distributed boolean;
     source text;
     -- The rows to write (changed, or whose error changed), written by one UPDATE at the end.
     write_providers text[] := '{}';
@@ -354,7 +362,11 @@ BEGIN
     SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END
            <= current_setting('popularity.constants_single_pass_rows')::float8
     INTO single_pass FROM pg_class AS c WHERE c.oid = tbl;
-    IF single_pass AND (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
+    -- A Citus distributed table: one distributed query over every shard on every worker, whatever
+    -- the table's size (popularity._citus_metric_percentiles, same results as the C++ scan).
+    distributed := popularity._citus_distributed(tbl);
+    IF single_pass AND NOT distributed
+       AND (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
         -- Row-level security (the executor applies the policies), or a partitioned table (the
         -- executor reads every partition; the C++ scan reads one ordinary table).
         source := format('SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error,'
@@ -363,7 +375,7 @@ BEGIN
                          ' FROM popularity.metrics AS x LEFT JOIN %s AS t ON t.provider = x.provider'
                          ' WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
                          ' GROUP BY x.media_type, x.provider ORDER BY x.provider', tbl);
-    ELSIF single_pass THEN
+    ELSIF single_pass OR distributed THEN
         -- The same values read by one C++ scan of the table, without the executor; its result is
         -- in the order of its input arrays, which unnest zips with them (the arrays are aligned,
         -- being aggregated from the same rows; sorted once, as a provider name may be long).
@@ -374,7 +386,10 @@ BEGIN
                   '        FROM popularity.metrics AS x'
                   '        WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
                   '        ORDER BY x.provider) AS x) AS a,'
-                  ' LATERAL unnest(a.p, a.mt, a.pc, a.v, a.c, a.e, popularity._metric_percentiles($3, a.p, a.mt, a.pc))'
+                  ' LATERAL unnest(a.p, a.mt, a.pc, a.v, a.c, a.e, '
+                  || CASE WHEN distributed THEN 'popularity._citus_metric_percentiles'
+                          ELSE 'popularity._metric_percentiles' END
+                  || '($3, a.p, a.mt, a.pc))'
                   '     AS u(provider, metric, percentile, val, constant, last_error, pv)';
     ELSE
         source := format('SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error,'

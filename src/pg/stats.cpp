@@ -25,6 +25,7 @@ extern "C" {
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -38,6 +39,8 @@ extern "C" {
 }
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -189,6 +192,47 @@ struct JournalRows {
 
 SPIPlanPtr journal_plan = nullptr;
 
+// The table whose counts a statement on `relid` changes: relid itself, or, for a shard of a Citus
+// distributed table, the distributed table (the one registered). Citus creates a distributed
+// table's triggers on each of its shards, where they fire with the shard as their relation
+// (sql/install/80_citus.sql). A shard is the relation named <table>_<shard id> in the table's
+// schema whose shard id Citus's metadata lists for that table. Without Citus: relid. Plain C:
+// may raise; inside SPI.
+Oid counted_relation(Oid relid) {
+    if (!OidIsValid(get_extension_oid("citus", true))) {
+        return relid;
+    }
+    const char *name = get_rel_name(relid);
+    if (name == nullptr) {
+        return relid;
+    }
+    const std::size_t len = std::strlen(name);
+    std::size_t digits = len;
+    while (digits > 0 && name[digits - 1] >= '0' && name[digits - 1] <= '9') {
+        --digits;
+    }
+    if (digits == len || digits < 2 || name[digits - 1] != '_' || len - digits > 18) {
+        return relid;
+    }
+    char *base = pnstrdup(name, digits - 1);
+    const Oid logical = get_relname_relid(base, get_rel_namespace(relid));
+    if (!OidIsValid(logical)) {
+        return relid;
+    }
+    Oid types[2] = {OIDOID, INT8OID};
+    Datum values[2] = {ObjectIdGetDatum(logical),
+                       Int64GetDatum(std::strtoll(name + digits, nullptr, 10))};
+    const int rc = SPI_execute_with_args(
+        "SELECT FROM pg_catalog.pg_dist_shard AS s"
+        " WHERE s.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+        "   AND s.shardid OPERATOR(pg_catalog.=) $2",
+        2, types, values, nullptr, true, 1);
+    if (rc != SPI_OK_SELECT) {
+        elog(ERROR, "reading pg_dist_shard failed: %s", SPI_result_code_string(rc));
+    }
+    return SPI_processed == 1 ? logical : relid;
+}
+
 // Appends the deltas in one INSERT, as the extension's owner (pg::become_extension_owner)
 // (ingestion roles need no right on the extension's tables, as with foreign-key checks). The
 // statement is fully schema-qualified because it runs with the owner's rights under the caller's
@@ -232,9 +276,9 @@ void write_journal(const char *media_type, Oid relid, const JournalRows *rows) {
         values[2 + c] = PointerGetDatum(construct_array(
             rows->counts[c], rows->n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
     }
-    values[6] = ObjectIdGetDatum(relid);
 
     const pg::SavedUser saved = pg::become_extension_owner();
+    values[6] = ObjectIdGetDatum(counted_relation(relid));
     const int rc = SPI_execute_plan(journal_plan, values, nulls, false, 0);
     pg::restore_user(saved);
     if (rc != SPI_OK_INSERT) {

@@ -232,10 +232,9 @@ BEGIN
     PERFORM popularity._install_stats_triggers(media_type, media_table);
 
     -- Scoring at ingestion needs no key, but the refresh does: say so now, not at the first refresh.
-    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary
-                   AND i.indnkeyatts = 1) THEN
-        RAISE WARNING 'table % has no single-column primary key: refresh_popularity() will refuse it', media_table
-            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY); ingestion scores rows without it.';
+    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary) THEN
+        RAISE WARNING 'table % has no primary key: refresh_popularity() and filter_tags() will refuse it', media_table
+            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY; a partitioned table''s includes the partition key); ingestion scores rows without it.';
     END IF;
 
     IF default_metrics THEN

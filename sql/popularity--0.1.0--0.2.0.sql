@@ -1993,6 +1993,43 @@ COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
 -- replaced where they are defined above.)
 DROP FUNCTION popularity._key_column(regclass);
 
+-- 0.2.0: the provider counts of a media type are marked for reconciliation when a partition is
+-- attached to or detached from its table.
+CREATE FUNCTION popularity._attaches_or_detaches(command pg_ddl_command)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'popularity_attaches_or_detaches'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION popularity._attaches_or_detaches(pg_ddl_command) IS
+    'Whether an ALTER TABLE command (from pg_event_trigger_ddl_commands) attaches or detaches a partition';
+
+-- The rows of a partition attached under a registered media table (or detached from it) join (or
+-- leave) the table without a row trigger firing: the provider counts of its media type are marked
+-- for popularity.reconcile_stats (provider_stats.reconcile_pending says so until it runs). As the
+-- extension owner, like the check above; only the media types of the tables the command altered.
+CREATE FUNCTION popularity._partitions_changed()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO popularity.stats_marks (media_type, provider, reason)
+    SELECT DISTINCT m.media_type, NULL::text, 'partition attached or detached'
+    FROM pg_event_trigger_ddl_commands() AS d
+    CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
+    JOIN popularity.media_types AS m ON m.media_table = t.relid
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE'
+      AND popularity._attaches_or_detaches(d.command);
+END $$;
+COMMENT ON FUNCTION popularity._partitions_changed() IS
+    'Event trigger: marks the provider counts of a media type for reconciliation when a partition is '
+    'attached to or detached from its table';
+CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION popularity._partitions_changed();
+COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
+    'Marks the provider counts of a media type for reconciliation when a partition is attached or detached';
+
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
 

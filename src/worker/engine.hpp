@@ -1,6 +1,7 @@
 // The batch engine of the background workers, shared by the two jobs a run can be: the popularity
 // refresh (rescore the rows of the providers whose constant changed) and the tag filter (apply the
-// tag rules in place). A task is a block range of the media table; each batch is one transaction:
+// tag rules in place). A task is a block range of the media table, or of one of its leaf partitions
+// (a partitioned media table has tasks per leaf); each batch is one transaction:
 //
 //   scan a block range with the transaction's snapshot -> the job decides per row (nothing locked)
 //   -> lock the rows to change by TID, FOR UPDATE SKIP LOCKED (a row updated since the snapshot is

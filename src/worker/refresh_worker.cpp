@@ -138,12 +138,17 @@ bool load_task(Task &task) {
     task.leaf = DatumGetObjectId(SPI_getbinval(row, desc, 15, &isnull));
     // The leaf's name as it is now (a leaf dropped since has none: its task ends, see do_step).
     const char *leaf_name = get_rel_name(task.leaf);
-    task.leaf_table =
-        task.leaf == task.relid || leaf_name == nullptr
-            ? task.table
-            : MemoryContextStrdup(TopMemoryContext,
-                                  quote_qualified_identifier(
-                                      get_namespace_name(get_rel_namespace(task.leaf)), leaf_name));
+    if (task.leaf == task.relid) {
+        task.leaf_table = task.table;
+    } else if (leaf_name == nullptr) {
+        task.leaf_table = MemoryContextStrdup(
+            TopMemoryContext, psprintf("dropped partition (OID %u)", task.leaf));
+    } else {
+        task.leaf_table = MemoryContextStrdup(
+            TopMemoryContext,
+            quote_qualified_identifier(get_namespace_name(get_rel_namespace(task.leaf)),
+                                       leaf_name));
+    }
     ArrayType *key_array = DatumGetArrayTypeP(SPI_getbinval(row, desc, 16, &isnull));
     Datum *key_items = nullptr;
     int key_count = 0;

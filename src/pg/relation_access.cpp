@@ -67,13 +67,12 @@ void check_media_table(Oid relid, AclMode privileges, const char *purpose, const
                  errhint("%s takes a media table; popularity.media_types lists them.", purpose)));
     }
     if (relkind != RELKIND_RELATION && !(partitioned_ok && relkind == RELKIND_PARTITIONED_TABLE)) {
-        ereport(ERROR,
-                (errcode(ERRCODE_WRONG_OBJECT_TYPE),
-                 errmsg("%s is not an ordinary table", display_name(relid)),
-                 errdetail("It is %s.", relkind_name(relkind)),
-                 errhint("%s reads the rows of an ordinary media table (or of the leaf "
-                         "partitions of a partitioned one).",
-                         purpose)));
+        ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+                        errmsg("%s is not an ordinary table", display_name(relid)),
+                        errdetail("It is %s.", relkind_name(relkind)),
+                        errhint("%s reads the rows of an ordinary media table (or of the leaf "
+                                "partitions of a partitioned one).",
+                                purpose)));
     }
     check_privilege(relid, privileges, ACL_SELECT, purpose);
     check_privilege(relid, privileges, ACL_UPDATE, purpose);

@@ -117,15 +117,15 @@ Relation open_batch_table(Task &task) {
                              writes ? ACL_SELECT | ACL_UPDATE : ACL_SELECT, task.job->name,
                              "Run it as the table owner or a role with BYPASSRLS.");
     if (task.relfilenode != InvalidOid && rel->rd_node.relNode != task.relfilenode) {
-        ereport(ERROR,
-                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                 errmsg("table %s was rewritten while the %s run ran", task.leaf_table,
-                        task.job->name),
-                 errdetail("VACUUM FULL, CLUSTER or an ALTER TABLE that rewrites the table moves "
-                           "rows between the block ranges the walk has passed and those it has "
-                           "not."),
-                 errhint("Start a new run of %s for media type \"%s\".", task.job->name,
-                         task.media_type)));
+        ereport(
+            ERROR,
+            (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+             errmsg("table %s was rewritten while the %s run ran", task.leaf_table, task.job->name),
+             errdetail("VACUUM FULL, CLUSTER or an ALTER TABLE that rewrites the table moves "
+                       "rows between the block ranges the walk has passed and those it has "
+                       "not."),
+             errhint("Start a new run of %s for media type \"%s\".", task.job->name,
+                     task.media_type)));
     }
     task.provider_att = pg::media_column(rel, "provider", TEXTOID, VARCHAROID);
     for (int i = 0; i < task.key_count; i++) {

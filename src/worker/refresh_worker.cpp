@@ -141,13 +141,12 @@ bool load_task(Task &task) {
     if (task.leaf == task.relid) {
         task.leaf_table = task.table;
     } else if (leaf_name == nullptr) {
-        task.leaf_table = MemoryContextStrdup(
-            TopMemoryContext, psprintf("dropped partition (OID %u)", task.leaf));
+        task.leaf_table = MemoryContextStrdup(TopMemoryContext,
+                                              psprintf("dropped partition (OID %u)", task.leaf));
     } else {
         task.leaf_table = MemoryContextStrdup(
-            TopMemoryContext,
-            quote_qualified_identifier(get_namespace_name(get_rel_namespace(task.leaf)),
-                                       leaf_name));
+            TopMemoryContext, quote_qualified_identifier(
+                                  get_namespace_name(get_rel_namespace(task.leaf)), leaf_name));
     }
     ArrayType *key_array = DatumGetArrayTypeP(SPI_getbinval(row, desc, 16, &isnull));
     Datum *key_items = nullptr;
@@ -358,10 +357,9 @@ Step finish_walk(Task &task, const BatchContext &context) {
         Datum run_id[1] = {Int64GetDatum(task.run_id)};
         run("SELECT popularity._create_tasks($1)", 1, types, run_id, nullptr, SPI_OK_SELECT);
         bool isnull = false;
-        if (DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-                                        &isnull)) > 0) {
-            run("SELECT popularity._wake_scheduler()", 0, nullptr, nullptr, nullptr,
-                SPI_OK_SELECT);
+        if (DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) >
+            0) {
+            run("SELECT popularity._wake_scheduler()", 0, nullptr, nullptr, nullptr, SPI_OK_SELECT);
         }
     }
     // The last task of each leaf (a 0.1.0 schema has no leaves: the table's last task).
@@ -400,8 +398,8 @@ Step finish_walk(Task &task, const BatchContext &context) {
 
 // What task_status.cpp needs of the task.
 worker::TaskRef task_ref(const Task &task) {
-    return worker::TaskRef{task.task_id, task.run_id, task.relid, task.leaf, task.leaf_table,
-                           task.key_match_sql};
+    return worker::TaskRef{task.task_id, task.run_id,     task.relid,
+                           task.leaf,    task.leaf_table, task.key_match_sql};
 }
 
 constexpr const char *kRlsHint = "Run it as the table owner or a role with BYPASSRLS.";

@@ -350,12 +350,12 @@ BEGIN
     -- value, bounded by popularity.constants_single_pass_rows); one query per provider above that.
     -- Each way is one query giving every provider with its percentile value (NULL without values),
     -- in provider order.
-    SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END
-           <= current_setting('popularity.constants_single_pass_rows')::float8
-    INTO single_pass FROM pg_class AS c WHERE c.oid = tbl;
-    IF single_pass AND (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
-        -- Row-level security (the executor applies the policies), or a partitioned table (the
-        -- executor reads every partition; the C++ scan reads one ordinary table).
+    -- (The rows of the table, or of all the leaves of a partitioned one.)
+    SELECT coalesce(sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END)
+                    <= current_setting('popularity.constants_single_pass_rows')::float8, true)
+    INTO single_pass FROM popularity._media_leaves(tbl) AS l(leaf) JOIN pg_class AS c ON c.oid = l.leaf;
+    IF single_pass AND (SELECT c.relrowsecurity FROM pg_class AS c WHERE c.oid = tbl) THEN
+        -- Row-level security: the executor applies the policies.
         source := format('SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error,'
                          '       @extschema@.popularity_percentile('
                          '           @extschema@.popularity_metric_value(t.meta_data, x.metric), x.percentile) AS pv'
@@ -363,7 +363,8 @@ BEGIN
                          ' WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
                          ' GROUP BY x.media_type, x.provider ORDER BY x.provider', tbl);
     ELSIF single_pass THEN
-        -- The same values read by one C++ scan of the table, without the executor; its result is
+        -- The same values read by one C++ scan of the table (of each leaf of a partitioned one,
+        -- gathered per provider), without the executor; its result is
         -- in the order of its input arrays, which unnest zips with them (the arrays are aligned,
         -- being aggregated from the same rows; sorted once, as a provider name may be long).
         source := 'SELECT u.* FROM ('

@@ -36,19 +36,21 @@ BEGIN
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
         -- The key the workers revisit rows by: the table's own, whatever the INSERT said.
-        NEW.key_column := popularity._key_column(NEW.media_table);
+        NEW.key_columns := popularity._key_columns(NEW.media_table);
+        NEW.key_column := NEW.key_columns[1];
         -- The constants the run rescores with, as they are now (after the caller's constants committed).
         SELECT coalesce(array_agg(m.constant ORDER BY p.ord), '{}'),
                coalesce(array_agg(m.constant_version ORDER BY p.ord), '{}')
         INTO NEW.constants, NEW.constant_versions
         FROM unnest(NEW.providers) WITH ORDINALITY AS p(provider, ord)
         LEFT JOIN popularity.metrics AS m ON m.media_type = NEW.media_type AND m.provider = p.provider;
-    ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers,
-           NEW.requested_by, NEW.relfilenode, NEW.constants, NEW.constant_versions, NEW.dry_run,
-           NEW.records_removed, NEW.batch_blocks)
+    ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.key_columns,
+           NEW.providers, NEW.requested_by, NEW.relfilenode, NEW.constants, NEW.constant_versions,
+           NEW.dry_run, NEW.records_removed, NEW.batch_blocks)
           IS DISTINCT FROM (OLD.run_id, OLD.job, OLD.media_type, OLD.media_table, OLD.key_column,
-                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.constants,
-                            OLD.constant_versions, OLD.dry_run, OLD.records_removed, OLD.batch_blocks) THEN
+                            OLD.key_columns, OLD.providers, OLD.requested_by, OLD.relfilenode,
+                            OLD.constants, OLD.constant_versions, OLD.dry_run, OLD.records_removed,
+                            OLD.batch_blocks) THEN
         RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, their constants, options and requesting role) cannot be changed'
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Cancel the run with popularity.cancel_refresh() and start another.';
@@ -171,10 +173,9 @@ BEGIN
     PERFORM popularity._citus_triggers_done(citus_triggers);
 
     -- Scoring at ingestion needs no key, but the refresh does: say so now, not at the first refresh.
-    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary
-                   AND i.indnkeyatts = 1) THEN
-        RAISE WARNING 'table % has no single-column primary key: refresh_popularity() will refuse it', media_table
-            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY); ingestion scores rows without it.';
+    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary) THEN
+        RAISE WARNING 'table % has no primary key: refresh_popularity() and filter_tags() will refuse it', media_table
+            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY; a partitioned table''s includes the partition key); ingestion scores rows without it.';
     END IF;
 
     IF default_metrics THEN
@@ -333,18 +334,13 @@ BEGIN
     -- Background workers rescore: without the preloaded library none would ever run the run.
     PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
-    key_column := popularity._key_column(tbl);
+    key_column := (popularity._key_columns(tbl))[1];
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
     IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
         RAISE EXCEPTION 'refresh workers run as the calling role, and role "%" cannot log in', current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
-    END IF;
-    IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = tbl) <> 'r' THEN
-        RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
     -- The workers read the table directly: a row-level security policy would apply to their
     -- UPDATE but not to their scan (said before the constants are committed).
@@ -565,16 +561,16 @@ BEGIN
     -- value, bounded by popularity.constants_single_pass_rows); one query per provider above that.
     -- Each way is one query giving every provider with its percentile value (NULL without values),
     -- in provider order.
-    SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END
-           <= current_setting('popularity.constants_single_pass_rows')::float8
-    INTO single_pass FROM pg_class AS c WHERE c.oid = tbl;
-    -- A Citus distributed table: one distributed query over every shard on every worker, whatever
-    -- the table's size (popularity._citus_metric_percentiles, same results as the C++ scan).
-    distributed := popularity._citus_distributed(tbl);
-    IF single_pass AND NOT distributed
-       AND (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
-        -- Row-level security (the executor applies the policies), or a partitioned table (the
-        -- executor reads every partition; the C++ scan reads one ordinary table).
+    -- (The rows of the table, or of all the leaves of a partitioned one.)
+    SELECT coalesce(sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END)
+                    <= current_setting('popularity.constants_single_pass_rows')::float8, true)
+    INTO single_pass FROM popularity._media_leaves(tbl) AS l(leaf) JOIN pg_class AS c ON c.oid = l.leaf;
+    -- A Citus distributed table, on the coordinator: one distributed query over every shard on
+    -- every worker, whatever the table's size (popularity._citus_metric_percentiles, the same
+    -- results as the C++ scan).
+    distributed := popularity._citus_distributed(tbl) AND popularity._citus_coordinator();
+    IF single_pass AND NOT distributed AND (SELECT c.relrowsecurity FROM pg_class AS c WHERE c.oid = tbl) THEN
+        -- Row-level security: the executor applies the policies.
         source := format('SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error,'
                          '       @extschema@.popularity_percentile('
                          '           @extschema@.popularity_metric_value(t.meta_data, x.metric), x.percentile) AS pv'
@@ -582,7 +578,8 @@ BEGIN
                          ' WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
                          ' GROUP BY x.media_type, x.provider ORDER BY x.provider', tbl);
     ELSIF single_pass OR distributed THEN
-        -- The same values read by one C++ scan of the table, without the executor; its result is
+        -- The same values read by one C++ scan of the table (of each leaf of a partitioned one,
+        -- gathered per provider), without the executor; its result is
         -- in the order of its input arrays, which unnest zips with them (the arrays are aligned,
         -- being aggregated from the same rows; sorted once, as a provider name may be long).
         source := 'SELECT u.* FROM ('
@@ -705,18 +702,13 @@ BEGIN
     -- Background workers rescore: without the preloaded library none would ever run the run.
     PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
-    key_column := popularity._key_column(tbl);
+    key_column := (popularity._key_columns(tbl))[1];
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
     IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
         RAISE EXCEPTION 'refresh workers run as the calling role, and role "%" cannot log in', current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
-    END IF;
-    IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = tbl) <> 'r' THEN
-        RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
     -- The workers read the table directly: a row-level security policy would apply to their
     -- UPDATE but not to their scan (said before the constants are committed).
@@ -1089,32 +1081,55 @@ COMMENT ON VIEW popularity.refresh_status IS
     'times and error (history included)';
 GRANT SELECT ON popularity.refresh_status TO PUBLIC;
 
--- The block-range tasks of a new run: up to 4 per allowed worker, of at least 64 blocks each, over
--- the table's size now (rows added later are covered by the last task's tail walk).
+-- The block-range tasks of a run, per leaf (see below). Serialized per run: the workers that
+-- finish their walk call it to cover partitions created or attached meanwhile.
 CREATE FUNCTION popularity._create_tasks(run_id bigint)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    nblocks bigint;
-    segments integer;
-    per_segment bigint;
     created integer;
 BEGIN
-    SELECT pg_relation_size(r.media_table) / current_setting('block_size')::bigint INTO nblocks
-    FROM popularity.refresh_runs AS r WHERE r.run_id = _create_tasks.run_id;
-    segments := greatest(1, least(current_setting('popularity.max_workers')::integer * 4, (nblocks + 63) / 64));
-    per_segment := greatest(1, (nblocks + segments - 1) / segments);
-    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
-    SELECT _create_tasks.run_id, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
-    FROM generate_series(0, segments - 1) AS s
-    WHERE s * per_segment < nblocks OR s = 0;
+    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('popularity._create_tasks'), (_create_tasks.run_id % 2147483647)::integer);
+    -- Block ranges over every leaf that has none yet in the run (all of them when the run is
+    -- queued; later, the partitions created or attached while it ran). A run has about 4 tasks
+    -- per allowed worker, shared between leaves by size, of at least 64 blocks, and at least one
+    -- per leaf (the last one of a leaf also walks the blocks added to it during the run).
+    WITH leaves AS (
+        SELECT l.leaf, pg_relation_size(l.leaf) / current_setting('block_size')::bigint AS nblocks,
+               pg_relation_filenode(l.leaf) AS filenode
+        FROM popularity.refresh_runs AS r CROSS JOIN LATERAL popularity._media_leaves(r.media_table) AS l(leaf)
+        WHERE r.run_id = _create_tasks.run_id
+          AND NOT EXISTS (SELECT FROM popularity.refresh_tasks AS t
+                          WHERE t.run_id = _create_tasks.run_id AND t.leaf = l.leaf)
+    ), sized AS (
+        SELECT l.*, greatest(1, least((l.nblocks + 63) / 64,
+                   ceil(current_setting('popularity.max_workers')::integer * 4
+                        * l.nblocks::numeric / greatest(1, sum(l.nblocks) OVER ()))::bigint)) AS segments
+        FROM leaves AS l
+    ), ranges AS (
+        SELECT z.leaf, z.filenode, s * per_segment AS first_block,
+               least((s + 1) * per_segment, z.nblocks) AS end_block
+        FROM sized AS z
+        CROSS JOIN LATERAL (SELECT greatest(1, (z.nblocks + z.segments - 1) / z.segments) AS per_segment) AS p
+        CROSS JOIN LATERAL generate_series(0, z.segments - 1) AS s
+        WHERE s * per_segment < z.nblocks OR s = 0
+    )
+    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block, leaf,
+                                          leaf_relfilenode)
+    SELECT _create_tasks.run_id,
+           coalesce((SELECT max(t.segment) + 1 FROM popularity.refresh_tasks AS t
+                     WHERE t.run_id = _create_tasks.run_id), 0)
+             + row_number() OVER (ORDER BY g.leaf::oid, g.first_block) - 1,
+           g.first_block, g.end_block, g.first_block, g.leaf, g.filenode
+    FROM ranges AS g;
     GET DIAGNOSTICS created = ROW_COUNT;
     RETURN created;
 END $$;
 COMMENT ON FUNCTION popularity._create_tasks(bigint) IS
-    'Creates the block-range tasks of a new run (of either job) over the media table''s size now';
+    'Creates the block-range tasks of a run (of either job) over the leaves of the media table that '
+    'have none yet: all of them when the run is queued, the partitions created or attached since later';
 
 -- undo: a run of filter_tags records what it removes from each row (popularity.tag_filter_removed,
 -- in the batch's transaction), popularity.undo_filter_tags puts it back on the rows not changed
@@ -1244,7 +1259,8 @@ BEGIN
             MESSAGE = format('unknown tag filter run %s', v_run_id),
             HINT = 'popularity.refresh_status lists the runs of filter_tags (job filter_tags; those of media tables you may read).';
     END IF;
-    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'r' THEN
+    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'r'
+       AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'p' THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_table',
             MESSAGE = format('the table of tag filter run %s no longer exists', v_run_id),
             HINT = 'Its records stay in popularity.tag_filter_removed until they are purged.';
@@ -1298,7 +1314,7 @@ BEGIN
         '    WHERE r.run_id OPERATOR(pg_catalog.=) $1'
         '), restored AS ('
         '    UPDATE %1$s t SET tags = popularity._restored_tags(t.tags, d.removed)'
-        '    FROM d WHERE t.%2$I OPERATOR(pg_catalog.=) d.row_key::%3$s'
+        '    FROM d WHERE %2$s'
         '      AND popularity._tags_hash(t.tags) OPERATOR(pg_catalog.=) d.tags_hash'
         '      AND pg_catalog.jsonb_typeof(t.tags) OPERATOR(pg_catalog.=) ''array'''
         '    RETURNING d.row_key'
@@ -1314,9 +1330,9 @@ BEGIN
         '    RETURNING row_keys'
         ') '
         'SELECT (SELECT pg_catalog.count(*) FROM restored), coalesce((SELECT k.row_keys FROM kept k), ''{}'')',
-        v_run.media_table, v_run.key_column,
-        (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
-         WHERE a.attrelid = v_run.media_table AND a.attname = v_run.key_column))
+        v_run.media_table,
+        popularity._key_match_sql(v_run.media_table,
+                                  coalesce(v_run.key_columns, ARRAY[v_run.key_column]), 'd.row_key'))
     INTO rows_restored, not_restored USING v_run_id;
     rows_not_restored := pg_catalog.cardinality(not_restored);
     UPDATE popularity.refresh_runs r SET undone_at = pg_catalog.clock_timestamp()
@@ -1376,12 +1392,6 @@ BEGIN
             HINT = 'batch_blocks is the number of table blocks (8 kB pages) per committed batch; NULL: popularity.batch_blocks.';
     END IF;
     v_table := popularity._media_table(v_media_type);
-    IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = v_table) <> 'r' THEN
-        RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
-            MESSAGE = pg_catalog.format('media table %s of media type "%s" is not a plain table',
-                                        v_table, v_media_type),
-            HINT = 'filter_tags walks the blocks of a heap table; register each partition as a media type.';
-    END IF;
     -- The rights it needs, said in one sentence before anything runs.
     IF NOT pg_catalog.has_table_privilege(v_table, 'SELECT')
        OR NOT (v_dry_run OR pg_catalog.has_table_privilege(v_table, 'UPDATE')) THEN
@@ -1410,9 +1420,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'undefined_column',
             MESSAGE = pg_catalog.format('media table %s lacks columns that filter_tags needs', v_table),
             DETAIL = pg_catalog.format('Missing or of another type: %s.', v_missing),
-            HINT = 'A media table has a single-column primary key, provider text or varchar, and tags jsonb.';
+            HINT = 'A media table has a primary key, provider text or varchar, and tags jsonb.';
     END IF;
-    v_key := popularity._key_column(v_table);
+    v_key := (popularity._key_columns(v_table))[1];
     -- Background workers run it: without the preloaded library none would ever run.
     PERFORM popularity._require_preload();
     -- The workers connect as the calling role, which must be able to log in.
@@ -1912,6 +1922,485 @@ CREATE EVENT TRIGGER popularity_refuse_foreign_partitions ON ddl_command_end
     EXECUTE FUNCTION popularity._refuse_foreign_partitions();
 COMMENT ON EVENT TRIGGER popularity_refuse_foreign_partitions IS
     'Refuses a foreign partition under a registered media table';
+
+-- 0.2.0: partitioned media tables. A run walks every leaf partition (tasks per leaf, a leaf's own
+-- relfilenode), rows are named by a primary key of any width (key_columns), and the workers cover
+-- partitions created or attached during a run.
+ALTER TABLE popularity.refresh_runs ADD COLUMN key_columns name[];
+ALTER TABLE popularity.refresh_runs DISABLE TRIGGER refresh_run_guard;
+UPDATE popularity.refresh_runs SET key_columns = ARRAY[key_column];
+ALTER TABLE popularity.refresh_runs ENABLE TRIGGER refresh_run_guard;
+ALTER TABLE popularity.refresh_tasks ADD COLUMN leaf regclass, ADD COLUMN leaf_relfilenode oid;
+UPDATE popularity.refresh_tasks AS t SET leaf = r.media_table, leaf_relfilenode = r.relfilenode
+FROM popularity.refresh_runs AS r WHERE r.run_id = t.run_id;
+CREATE INDEX refresh_tasks_leaf ON popularity.refresh_tasks (run_id, leaf);
+COMMENT ON TABLE popularity.refresh_tasks IS
+    'A run''s units of work: contiguous block ranges of the media table or of one of its leaf partitions '
+    '(leaf), each with its progress marker (next_block) committed in the same transaction as each batch';
+
+-- The primary key of a media table, its columns in order (any number of them: a partitioned
+-- table's includes the partition key). The workers find rows they could not lock again by it.
+CREATE FUNCTION popularity._key_columns(media_table regclass)
+RETURNS name[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result name[];
+BEGIN
+    SELECT array_agg(a.attname ORDER BY k.n) INTO result
+    FROM pg_index AS i
+    CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, n)
+    JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = media_table AND i.indisprimary;
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', media_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The workers find rows they could not lock again by the primary key; add one (Openverse: identifier; on a partitioned table it includes the partition key).';
+    END IF;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION popularity._key_columns(regclass) IS
+    'The primary key columns of a media table, in order';
+
+-- The rows of `t` whose primary key equals the key written as text in the expression `key_text`
+-- (SQL), each key column compared with its type's equality operator: one column, the column's text
+-- form; several, a text array of their text forms. The workers write and read keys so too
+-- (src/worker/key.cpp).
+CREATE FUNCTION popularity._key_match_sql(media_table regclass, key_columns name[], key_text text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(
+        CASE WHEN cardinality(key_columns) = 1
+             THEN format('t.%I OPERATOR(%s) (%s)::%s', k.name, e.op, key_text, format_type(a.atttypid, NULL))
+             ELSE format('t.%I OPERATOR(%s) ((%s)::pg_catalog.text[])[%s]::%s', k.name, e.op, key_text, k.n,
+                         format_type(a.atttypid, NULL)) END,
+        ' AND ' ORDER BY k.n)
+    FROM unnest(key_columns) WITH ORDINALITY AS k(name, n)
+    JOIN pg_attribute AS a ON a.attrelid = media_table AND a.attname = k.name AND NOT a.attisdropped
+    CROSS JOIN LATERAL (
+        SELECT coalesce((SELECT format('%I.%s', ns.nspname, o.oprname)
+                         FROM pg_operator AS o JOIN pg_namespace AS ns ON ns.oid = o.oprnamespace
+                         WHERE o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
+                         ORDER BY ns.nspname <> 'pg_catalog', ns.nspname LIMIT 1),
+                        'pg_catalog.=') AS op) AS e
+$$;
+COMMENT ON FUNCTION popularity._key_match_sql(regclass, name[], text) IS
+    'SQL comparing the primary key of alias t with a key written as text (one column: its text; '
+    'several: a text array)';
+
+-- The relations a run walks for a media table: the table itself, or the leaf partitions of a
+-- partitioned one (at any depth; foreign partitions are refused under registered tables).
+CREATE FUNCTION popularity._media_leaves(media_table regclass)
+RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass FROM pg_class AS c WHERE c.oid = media_table AND c.relkind = 'r'
+    UNION ALL
+    SELECT t.relid FROM pg_partition_tree(media_table) AS t JOIN pg_class AS c ON c.oid = t.relid
+    WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table
+$$;
+COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
+    'The relations a run walks: the media table, or the leaf partitions of a partitioned one';
+
+-- (_create_tasks, the run guard, refresh_popularity, filter_tags and undo_filter_tags are
+-- replaced where they are defined above.)
+DROP FUNCTION popularity._key_column(regclass);
+
+-- 0.2.0: the provider counts of a media type are marked for reconciliation when a partition is
+-- attached to or detached from its table.
+CREATE FUNCTION popularity._attaches_or_detaches(command pg_ddl_command)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'popularity_attaches_or_detaches'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION popularity._attaches_or_detaches(pg_ddl_command) IS
+    'Whether an ALTER TABLE command (from pg_event_trigger_ddl_commands) attaches or detaches a partition';
+
+-- The rows of a partition attached under a registered media table (or detached from it) join (or
+-- leave) the table without a row trigger firing: the provider counts of its media type are marked
+-- for popularity.reconcile_stats (provider_stats.reconcile_pending says so until it runs). As the
+-- extension owner, like the check above; only the media types of the tables the command altered.
+CREATE FUNCTION popularity._partitions_changed()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO popularity.stats_marks (media_type, provider, reason)
+    SELECT DISTINCT m.media_type, NULL::text, 'partition attached or detached'
+    FROM pg_event_trigger_ddl_commands() AS d
+    CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
+    JOIN popularity.media_types AS m ON m.media_table = t.relid
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE'
+      AND popularity._attaches_or_detaches(d.command);
+END $$;
+COMMENT ON FUNCTION popularity._partitions_changed() IS
+    'Event trigger: marks the provider counts of a media type for reconciliation when a partition is '
+    'attached to or detached from its table';
+CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION popularity._partitions_changed();
+COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
+    'Marks the provider counts of a media type for reconciliation when a partition is attached or detached';
+
+-- Citus: distributed media tables (issue 14, item 2): sql/install/65_citus.sql
+-- Citus: media tables distributed over worker nodes (issue 14, item 2; docs/scale-out.md).
+--
+-- What runs where. The coordinator holds the configuration every node scores with: the registry,
+-- the metrics and constants, the tag rules. CREATE EXTENSION popularity on the coordinator is
+-- propagated by Citus to every node, so each node has its own (local) configuration tables; they
+-- are not made Citus reference tables (Citus refuses: "cannot distribute relation "media_types"
+-- because it has triggers", and row-level security policies on them: "cannot create policy"; their
+-- regclass columns would also name the coordinator's OIDs). Instead the coordinator copies a media
+-- type's configuration to every worker whenever it changes (a deferred trigger at commit of the
+-- coordinator's transaction, through run_command_on_workers), and before every run it dispatches.
+-- The ingestion and counts triggers run on the shards, on the worker nodes, and read that copy.
+--
+-- Every routine here first checks at run time that the citus extension is installed in this
+-- database: without Citus none of them does anything. (Before 70_roles.sql, whose REVOKE from
+-- PUBLIC covers every internal routine created before it.)
+
+CREATE FUNCTION popularity._citus_present()
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'citus') $$;
+COMMENT ON FUNCTION popularity._citus_present() IS
+    'True when the citus extension is installed in this database (internal)';
+
+-- A hash-distributed Citus table (reference and Citus-local tables are single-placement copies
+-- that the extension treats like ordinary tables on the node that runs it).
+CREATE FUNCTION popularity._citus_distributed(media_table regclass)
+RETURNS boolean
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result boolean;
+BEGIN
+    IF NOT popularity._citus_present() THEN
+        RETURN false;
+    END IF;
+    -- Dynamic: pg_dist_partition exists only with Citus.
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition AS p'
+            '               WHERE p.logicalrelid = $1 AND p.partmethod = ''h'')'
+        INTO result USING media_table;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION popularity._citus_distributed(regclass) IS
+    'True when the table is a hash-distributed Citus table (false without Citus) (internal)';
+
+CREATE FUNCTION popularity._citus_coordinator()
+RETURNS boolean
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result boolean;
+BEGIN
+    IF NOT popularity._citus_present() THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO result;
+    RETURN coalesce(result, false);
+END $$;
+COMMENT ON FUNCTION popularity._citus_coordinator() IS
+    'True on a Citus coordinator (false without Citus) (internal)';
+
+-- The shards of a distributed table placed on this node, as relations (none on the coordinator
+-- unless it holds shards). These are what a worker node's triggers, counts and jobs work on.
+CREATE FUNCTION popularity._citus_local_shards(media_table regclass)
+RETURNS SETOF regclass
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT popularity._citus_distributed(media_table) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE
+        'SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid, false)::pg_catalog.regclass'
+        ' FROM pg_catalog.pg_dist_shard AS s'
+        ' JOIN pg_catalog.pg_dist_placement AS p ON p.shardid = s.shardid'
+        ' WHERE s.logicalrelid = $1'
+        '   AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group AS g)'
+        ' ORDER BY s.shardid'
+        USING media_table;
+END $$;
+COMMENT ON FUNCTION popularity._citus_local_shards(regclass) IS
+    'The shards of a Citus distributed table placed on this node (none without Citus) (internal)';
+
+-- refresh_constants on a Citus distributed table, on the coordinator: what
+-- popularity._metric_percentiles gives (per provider, popularity_percentile of its metric, NULL
+-- without values, aligned with the input arrays), by one distributed query grouped by provider, in
+-- which Citus reads every shard on every worker. (Citus does not combine partial states of an
+-- aggregate whose state type is internal, as popularity_percentile's: the workers send each
+-- row's value, which is what a partial state of an exact percentile holds anyway.) The metric and
+-- percentile of each provider are literals of the query, so that it reads the distributed table
+-- alone.
+CREATE FUNCTION popularity._citus_metric_percentiles(media_table regclass, providers text[], metrics text[],
+                                                     percentiles double precision[])
+RETURNS double precision[]
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    metric_case text;
+    percentile_case text;
+    result double precision[];
+BEGIN
+    IF cardinality(providers) IS NULL OR cardinality(providers) = 0 THEN
+        RETURN '{}';
+    END IF;
+    SELECT ' CASE t.provider::text' || string_agg(format(' WHEN %L THEN %L::text', u.p, u.m), '') || ' END',
+           ' CASE t.provider::text' || string_agg(format(' WHEN %L THEN %L::float8', u.p, u.pc::text), '') || ' END'
+    INTO metric_case, percentile_case
+    FROM unnest(providers, metrics, percentiles) AS u(p, m, pc);
+    EXECUTE format('SELECT array_agg(r.pv ORDER BY u.i)'
+                   ' FROM unnest($1) WITH ORDINALITY AS u(provider, i)'
+                   ' LEFT JOIN (SELECT t.provider::text AS provider,'
+                   '                   @extschema@.popularity_percentile('
+                   '                       @extschema@.popularity_metric_value(t.meta_data,%s),%s) AS pv'
+                   '            FROM %s AS t WHERE t.provider::text = ANY ($1)'
+                   '            GROUP BY t.provider::text) AS r ON r.provider = u.provider',
+                   metric_case, percentile_case, media_table)
+        INTO result USING providers;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION popularity._citus_metric_percentiles(regclass, text[], text[], double precision[]) IS
+    'popularity._metric_percentiles over a Citus distributed table: one distributed query over every shard (internal)';
+
+-- Registering (or unregistering) a distributed table creates (drops) triggers on it, which Citus
+-- propagates to every shard only with citus.enable_unsafe_triggers on ("triggers are not supported
+-- on distributed tables" otherwise). "Unsafe" is Citus's warning that a trigger on a shard sees only
+-- its node; ours are written for that: the score trigger reads the row alone, the counts triggers
+-- append to their node's journal. Sets it for the rest of the caller's transaction; returns the
+-- previous value for popularity._citus_triggers_done to restore (NULL: nothing was changed).
+CREATE FUNCTION popularity._citus_allow_triggers(media_table regclass)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    previous text;
+BEGIN
+    IF NOT popularity._citus_distributed(media_table) THEN
+        RETURN NULL;
+    END IF;
+    previous := current_setting('citus.enable_unsafe_triggers');
+    PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    RETURN previous;
+END $$;
+COMMENT ON FUNCTION popularity._citus_allow_triggers(regclass) IS
+    'Lets triggers be created on a Citus distributed table (and its shards) in this transaction (internal)';
+
+CREATE FUNCTION popularity._citus_triggers_done(previous text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF previous IS NOT NULL THEN
+        PERFORM set_config('citus.enable_unsafe_triggers', previous, true);
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._citus_triggers_done(text) IS
+    'Restores citus.enable_unsafe_triggers after popularity._citus_allow_triggers (internal)';
+
+-- A media type's configuration as the coordinator holds it: its registry row (the table by name,
+-- which each node resolves to its own relation), its metrics, its tag rules and the global ones.
+-- NULL when the media type is not registered.
+CREATE FUNCTION popularity._citus_config(media_type text)
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+               'table', (SELECT format('%I.%I', n.nspname, c.relname)
+                         FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                         WHERE c.oid = m.media_table),
+               'media_type', to_jsonb(m) - 'media_table',
+               'metrics', coalesce((SELECT jsonb_agg(to_jsonb(x) - 'constant_version' ORDER BY x.provider)
+                                    FROM popularity.metrics AS x WHERE x.media_type = m.media_type), '[]'),
+               'tag_rules', coalesce((SELECT jsonb_agg(to_jsonb(r))
+                                      FROM popularity.tag_rules AS r
+                                      WHERE r.media_type = m.media_type OR r.media_type IS NULL), '[]'),
+               -- Whether the rows present at registration still wait to be counted.
+               'counts_pending', EXISTS (SELECT FROM popularity.stats_marks AS k
+                                         WHERE k.media_type = m.media_type AND k.provider IS NULL
+                                           AND k.reason = 'registered'))
+    FROM popularity.media_types AS m WHERE m.media_type = $1
+$$;
+COMMENT ON FUNCTION popularity._citus_config(text) IS
+    'A media type''s configuration (registry row, metrics, tag rules) as JSON, for the workers (internal)';
+
+-- On a worker: makes its copy of a media type's configuration equal the coordinator's (NULL: the
+-- media type is no longer registered). Writes only what differs, so unchanged metrics keep their
+-- constant_version (a run in progress on this node then goes on). A media type registered while
+-- its table was empty starts with exact counts here too. It touches nothing but the configuration.
+CREATE FUNCTION popularity._citus_apply_config(media_type text, config jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl regclass;
+    added boolean;
+BEGIN
+    IF NOT popularity._citus_present() OR popularity._citus_coordinator() THEN
+        RAISE EXCEPTION 'popularity._citus_apply_config runs on Citus worker nodes only'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF config IS NULL THEN
+        DELETE FROM popularity.media_types AS m WHERE m.media_type = $1;
+        RETURN;
+    END IF;
+    tbl := (config->>'table')::regclass;
+    added := NOT EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = $1);
+    INSERT INTO popularity.media_types AS m (media_type, media_table, filter_tags_at_ingestion, registered_at)
+    SELECT $1, tbl, r.filter_tags_at_ingestion, r.registered_at
+    FROM jsonb_populate_record(NULL::popularity.media_types, config->'media_type') AS r
+    ON CONFLICT ON CONSTRAINT media_types_pkey DO UPDATE
+        SET media_table = excluded.media_table, filter_tags_at_ingestion = excluded.filter_tags_at_ingestion,
+            registered_at = excluded.registered_at
+        WHERE (m.media_table, m.filter_tags_at_ingestion, m.registered_at)
+              IS DISTINCT FROM (excluded.media_table, excluded.filter_tags_at_ingestion, excluded.registered_at);
+    -- The coordinator found the table empty when it registered it (it cleared its own mark, with
+    -- every writer of the table waited for): so are this node's shards. (Never looked at here: the
+    -- coordinator's transaction that registered the table may still hold its shards' locks.)
+    IF added AND NOT (config->>'counts_pending')::boolean THEN
+        DELETE FROM popularity.stats_marks AS k
+        WHERE k.media_type = $1 AND k.provider IS NULL AND k.reason = 'registered';
+    END IF;
+
+    DELETE FROM popularity.metrics AS x
+    WHERE x.media_type = $1
+      AND x.provider NOT IN (SELECT r.provider FROM jsonb_to_recordset(config->'metrics') AS r(provider text));
+    INSERT INTO popularity.metrics AS x (media_type, provider, metric, percentile, val, constant, computed_at,
+                                         constant_changed_at, created_at, last_error)
+    SELECT $1, r.provider, r.metric, r.percentile, r.val, r.constant, r.computed_at, r.constant_changed_at,
+           r.created_at, r.last_error
+    FROM jsonb_populate_recordset(NULL::popularity.metrics, config->'metrics') AS r
+    ON CONFLICT ON CONSTRAINT metrics_pkey DO UPDATE
+        SET metric = excluded.metric, percentile = excluded.percentile, val = excluded.val,
+            constant = excluded.constant, computed_at = excluded.computed_at,
+            constant_changed_at = excluded.constant_changed_at, created_at = excluded.created_at,
+            last_error = excluded.last_error
+        WHERE (x.metric, x.percentile, x.val, x.constant, x.computed_at, x.constant_changed_at, x.created_at,
+               x.last_error)
+              IS DISTINCT FROM
+              (excluded.metric, excluded.percentile, excluded.val, excluded.constant, excluded.computed_at,
+               excluded.constant_changed_at, excluded.created_at, excluded.last_error);
+
+    DELETE FROM popularity.tag_rules AS t
+    WHERE (t.media_type = $1 OR t.media_type IS NULL)
+      AND NOT EXISTS (SELECT FROM jsonb_populate_recordset(NULL::popularity.tag_rules, config->'tag_rules') AS r
+                      WHERE r.media_type IS NOT DISTINCT FROM t.media_type);
+    INSERT INTO popularity.tag_rules AS t
+    SELECT r.* FROM jsonb_populate_recordset(NULL::popularity.tag_rules, config->'tag_rules') AS r
+    ON CONFLICT ON CONSTRAINT tag_rules_media_type_key DO UPDATE
+        SET min_accuracy = excluded.min_accuracy, filtered_providers = excluded.filtered_providers,
+            exact_denylist = excluded.exact_denylist, substring_denylist = excluded.substring_denylist,
+            machine_labels = excluded.machine_labels
+        WHERE (t.min_accuracy, t.filtered_providers, t.exact_denylist, t.substring_denylist, t.machine_labels)
+              IS DISTINCT FROM
+              (excluded.min_accuracy, excluded.filtered_providers, excluded.exact_denylist,
+               excluded.substring_denylist, excluded.machine_labels);
+END $$;
+COMMENT ON FUNCTION popularity._citus_apply_config(text, jsonb) IS
+    'On a Citus worker: makes its copy of a media type''s configuration equal the coordinator''s (internal)';
+
+-- On the coordinator: copies a media type's configuration to every worker (run_command_on_workers:
+-- one connection per worker, each committing on its own, outside the caller's transaction).
+-- Raises when a worker fails. A no-op without Citus, on a worker, and for a media type whose table
+-- is not distributed.
+CREATE FUNCTION popularity._citus_push_config(media_type text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl regclass;
+    failed text;
+BEGIN
+    IF NOT popularity._citus_coordinator() THEN
+        RETURN;
+    END IF;
+    SELECT m.media_table INTO tbl FROM popularity.media_types AS m WHERE m.media_type = $1;
+    -- Unregistered: remove it from workers that have it (they are the ones with a distributed
+    -- table registered under that name).
+    IF tbl IS NOT NULL AND NOT popularity._citus_distributed(tbl) THEN
+        RETURN;
+    END IF;
+    EXECUTE 'SELECT string_agg(format(''%s:%s: %s'', w.nodename, w.nodeport, w.result), ''; '')'
+            ' FROM pg_catalog.run_command_on_workers($1) AS w WHERE NOT w.success'
+        INTO failed
+        USING format('SELECT popularity._citus_apply_config(%L, %L::jsonb)', $1, popularity._citus_config($1));
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'could not copy the configuration of media type "%" to every Citus worker', $1
+            USING ERRCODE = 'connection_failure', DETAIL = failed;
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._citus_push_config(text) IS
+    'On a Citus coordinator: copies a media type''s configuration to every worker node (internal)';
+
+-- The deferred trigger on the configuration tables: at commit of a transaction that changed a media
+-- type's configuration on the coordinator, the workers get it (once per media type and
+-- transaction; a change of the global tag rules goes to every registered media type).
+CREATE FUNCTION popularity._citus_config_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    changed text;
+    done text;
+BEGIN
+    IF TG_RELID NOT IN ('popularity.media_types'::regclass, 'popularity.metrics'::regclass,
+                        'popularity.tag_rules'::regclass) OR TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER' THEN
+        RAISE EXCEPTION 'popularity._citus_config_changed() serves the configuration tables only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NOT popularity._citus_coordinator() THEN
+        RETURN NULL;
+    END IF;
+    -- Pushed already in this transaction (the push sends the state at commit, all rows included).
+    done := coalesce(current_setting('popularity_citus.pushed', true), '');
+    FOR changed IN
+        SELECT DISTINCT t FROM (SELECT CASE WHEN TG_OP = 'DELETE' THEN OLD.media_type ELSE NEW.media_type END
+                                UNION ALL SELECT CASE WHEN TG_OP = 'UPDATE' THEN OLD.media_type END) AS c(t)
+        WHERE t IS NOT NULL
+        UNION
+        SELECT m.media_type FROM popularity.media_types AS m
+        WHERE TG_RELID = 'popularity.tag_rules'::regclass
+          AND (CASE WHEN TG_OP = 'DELETE' THEN OLD.media_type ELSE NEW.media_type END) IS NULL
+    LOOP
+        CONTINUE WHEN done LIKE '%' || txid_current() || ':' || md5(changed) || '%';
+        PERFORM popularity._citus_push_config(changed);
+        done := done || txid_current() || ':' || md5(changed) || ' ';
+        PERFORM set_config('popularity_citus.pushed', done, true);
+    END LOOP;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION popularity._citus_config_changed() IS
+    'Deferred trigger on the configuration tables: on a Citus coordinator, copies the changed media types'' '
+    'configuration to the workers at commit (internal)';
+CREATE CONSTRAINT TRIGGER citus_config_changed AFTER INSERT OR UPDATE OR DELETE ON popularity.media_types
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION popularity._citus_config_changed();
+CREATE CONSTRAINT TRIGGER citus_config_changed AFTER INSERT OR UPDATE OR DELETE ON popularity.metrics
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION popularity._citus_config_changed();
+CREATE CONSTRAINT TRIGGER citus_config_changed AFTER INSERT OR UPDATE OR DELETE ON popularity.tag_rules
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION popularity._citus_config_changed();
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------

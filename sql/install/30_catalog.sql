@@ -236,10 +236,9 @@ BEGIN
     PERFORM popularity._citus_triggers_done(citus_triggers);
 
     -- Scoring at ingestion needs no key, but the refresh does: say so now, not at the first refresh.
-    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary
-                   AND i.indnkeyatts = 1) THEN
-        RAISE WARNING 'table % has no single-column primary key: refresh_popularity() will refuse it', media_table
-            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY); ingestion scores rows without it.';
+    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary) THEN
+        RAISE WARNING 'table % has no primary key: refresh_popularity() and filter_tags() will refuse it', media_table
+            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY; a partitioned table''s includes the partition key); ingestion scores rows without it.';
     END IF;
 
     IF default_metrics THEN
@@ -359,16 +358,16 @@ BEGIN
     -- value, bounded by popularity.constants_single_pass_rows); one query per provider above that.
     -- Each way is one query giving every provider with its percentile value (NULL without values),
     -- in provider order.
-    SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END
-           <= current_setting('popularity.constants_single_pass_rows')::float8
-    INTO single_pass FROM pg_class AS c WHERE c.oid = tbl;
-    -- A Citus distributed table: one distributed query over every shard on every worker, whatever
-    -- the table's size (popularity._citus_metric_percentiles, same results as the C++ scan).
-    distributed := popularity._citus_distributed(tbl);
-    IF single_pass AND NOT distributed
-       AND (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
-        -- Row-level security (the executor applies the policies), or a partitioned table (the
-        -- executor reads every partition; the C++ scan reads one ordinary table).
+    -- (The rows of the table, or of all the leaves of a partitioned one.)
+    SELECT coalesce(sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END)
+                    <= current_setting('popularity.constants_single_pass_rows')::float8, true)
+    INTO single_pass FROM popularity._media_leaves(tbl) AS l(leaf) JOIN pg_class AS c ON c.oid = l.leaf;
+    -- A Citus distributed table, on the coordinator: one distributed query over every shard on
+    -- every worker, whatever the table's size (popularity._citus_metric_percentiles, the same
+    -- results as the C++ scan).
+    distributed := popularity._citus_distributed(tbl) AND popularity._citus_coordinator();
+    IF single_pass AND NOT distributed AND (SELECT c.relrowsecurity FROM pg_class AS c WHERE c.oid = tbl) THEN
+        -- Row-level security: the executor applies the policies.
         source := format('SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error,'
                          '       @extschema@.popularity_percentile('
                          '           @extschema@.popularity_metric_value(t.meta_data, x.metric), x.percentile) AS pv'
@@ -376,7 +375,8 @@ BEGIN
                          ' WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
                          ' GROUP BY x.media_type, x.provider ORDER BY x.provider', tbl);
     ELSIF single_pass OR distributed THEN
-        -- The same values read by one C++ scan of the table, without the executor; its result is
+        -- The same values read by one C++ scan of the table (of each leaf of a partitioned one,
+        -- gathered per provider), without the executor; its result is
         -- in the order of its input arrays, which unnest zips with them (the arrays are aligned,
         -- being aggregated from the same rows; sorted once, as a provider name may be long).
         source := 'SELECT u.* FROM ('
@@ -537,3 +537,38 @@ CREATE EVENT TRIGGER popularity_refuse_foreign_partitions ON ddl_command_end
     EXECUTE FUNCTION popularity._refuse_foreign_partitions();
 COMMENT ON EVENT TRIGGER popularity_refuse_foreign_partitions IS
     'Refuses a foreign partition under a registered media table';
+
+CREATE FUNCTION popularity._attaches_or_detaches(command pg_ddl_command)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'popularity_attaches_or_detaches'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION popularity._attaches_or_detaches(pg_ddl_command) IS
+    'Whether an ALTER TABLE command (from pg_event_trigger_ddl_commands) attaches or detaches a partition';
+
+-- The rows of a partition attached under a registered media table (or detached from it) join (or
+-- leave) the table without a row trigger firing: the provider counts of its media type are marked
+-- for popularity.reconcile_stats (provider_stats.reconcile_pending says so until it runs). As the
+-- extension owner, like the check above; only the media types of the tables the command altered.
+CREATE FUNCTION popularity._partitions_changed()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO popularity.stats_marks (media_type, provider, reason)
+    SELECT DISTINCT m.media_type, NULL::text, 'partition attached or detached'
+    FROM pg_event_trigger_ddl_commands() AS d
+    CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
+    JOIN popularity.media_types AS m ON m.media_table = t.relid
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE'
+      AND popularity._attaches_or_detaches(d.command);
+END $$;
+COMMENT ON FUNCTION popularity._partitions_changed() IS
+    'Event trigger: marks the provider counts of a media type for reconciliation when a partition is '
+    'attached to or detached from its table';
+CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION popularity._partitions_changed();
+COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
+    'Marks the provider counts of a media type for reconciliation when a partition is attached or detached';

@@ -11,7 +11,8 @@
 -- The ingestion and counts triggers run on the shards, on the worker nodes, and read that copy.
 --
 -- Every routine here first checks at run time that the citus extension is installed in this
--- database: without Citus none of them does anything (and none is called).
+-- database: without Citus none of them does anything. (Before 70_roles.sql, whose REVOKE from
+-- PUBLIC covers every internal routine created before it.)
 
 CREATE FUNCTION popularity._citus_present()
 RETURNS boolean

@@ -328,12 +328,16 @@ DECLARE
     new_run bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
+    citus_node pg_catalog.text;
 BEGIN
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- Background workers rescore: without the preloaded library none would ever run the run.
     PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
+    -- A Citus distributed table: the coordinator computes the constants, then each worker node
+    -- rescores its own shards (65_citus.sql); NULL without Citus.
+    citus_node := popularity._citus_node(tbl);
     key_column := (popularity._key_columns(tbl))[1];
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
@@ -371,6 +375,7 @@ BEGIN
     END IF;
 
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
+    -- (On a Citus worker node they are the coordinator's, copied here: a worker computes none.)
     SELECT count(*) FILTER (WHERE c.error IS NOT NULL),
            min(pg_catalog.format('provider %s: %s',
                                  pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
@@ -378,7 +383,8 @@ BEGIN
                                                                     || pg_catalog.right(c.provider, 17) END),
                                  c.error)) FILTER (WHERE c.error IS NOT NULL)
     INTO failed_count, failed_detail
-    FROM popularity.refresh_constants(media_type, providers) AS c;
+    FROM popularity.refresh_constants(media_type, providers) AS c
+    WHERE citus_node IS DISTINCT FROM 'worker';
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -391,6 +397,16 @@ BEGIN
             DETAIL = failed_detail || CASE WHEN failed_count > 1 THEN ' (and others)' ELSE '' END,
             HINT = 'Each keeps its previous constant; see popularity.metrics.last_error, and fix the metric '
                    'or percentile with popularity.set_metric().';
+    END IF;
+
+    IF citus_node = 'coordinator' THEN
+        -- Each worker node queues its own run over its shards; waits for all of them.
+        CALL popularity._citus_dispatch('refresh', media_type, pg_catalog.format(
+            'CALL %s.refresh_popularity(%L, %L, wait => false, force => %L)',
+            popularity._extension_schema(),
+            media_type, providers, force), wait);
+        PERFORM pg_catalog.set_config('search_path', caller_path, true);
+        RETURN;
     END IF;
 
     -- 2. The run and its block-range tasks: every stale provider (popularity.rescore_state: its
@@ -696,12 +712,16 @@ DECLARE
     new_run bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
+    citus_node pg_catalog.text;
 BEGIN
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- Background workers rescore: without the preloaded library none would ever run the run.
     PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
+    -- A Citus distributed table: the coordinator computes the constants, then each worker node
+    -- rescores its own shards (65_citus.sql); NULL without Citus.
+    citus_node := popularity._citus_node(tbl);
     key_column := (popularity._key_columns(tbl))[1];
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
@@ -739,6 +759,7 @@ BEGIN
     END IF;
 
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
+    -- (On a Citus worker node they are the coordinator's, copied here: a worker computes none.)
     SELECT count(*) FILTER (WHERE c.error IS NOT NULL),
            min(pg_catalog.format('provider %s: %s',
                                  pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
@@ -746,7 +767,8 @@ BEGIN
                                                                     || pg_catalog.right(c.provider, 17) END),
                                  c.error)) FILTER (WHERE c.error IS NOT NULL)
     INTO failed_count, failed_detail
-    FROM popularity.refresh_constants(media_type, providers) AS c;
+    FROM popularity.refresh_constants(media_type, providers) AS c
+    WHERE citus_node IS DISTINCT FROM 'worker';
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -759,6 +781,16 @@ BEGIN
             DETAIL = failed_detail || CASE WHEN failed_count > 1 THEN ' (and others)' ELSE '' END,
             HINT = 'Each keeps its previous constant; see popularity.metrics.last_error, and fix the metric '
                    'or percentile with popularity.set_metric().';
+    END IF;
+
+    IF citus_node = 'coordinator' THEN
+        -- Each worker node queues its own run over its shards; waits for all of them.
+        CALL popularity._citus_dispatch('refresh', media_type, pg_catalog.format(
+            'CALL %s.refresh_popularity(%L, %L, wait => false, force => %L)',
+            popularity._extension_schema(),
+            media_type, providers, force), wait);
+        PERFORM pg_catalog.set_config('search_path', caller_path, true);
+        RETURN;
     END IF;
 
     -- 2. The run and its block-range tasks: every stale provider (popularity.rescore_state: its
@@ -1440,6 +1472,17 @@ BEGIN
             HINT = 'Call it on its own, or with wait => false (the workers start when the transaction commits).';
     END IF;
 
+    -- A Citus distributed table, on the coordinator: each worker node queues its own run over its
+    -- shards (65_citus.sql); with wait, waits for all of them.
+    IF popularity._citus_node(v_table) = 'coordinator' THEN
+        CALL popularity._citus_dispatch('filter_tags', v_media_type, pg_catalog.format(
+            'CALL %s.filter_tags(%L, %L, %L, wait => false)',
+            popularity._extension_schema(),
+            v_media_type, v_dry_run, v_batch), v_wait);
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
+        RETURN;
+    END IF;
+
     -- A run in progress for this media type: wait for it (the same kind), or refuse.
     SELECT r.run_id, r.dry_run INTO v_run_id, v_active_dry
     FROM popularity.refresh_runs r
@@ -1995,14 +2038,20 @@ COMMENT ON FUNCTION popularity._key_match_sql(regclass, name[], text) IS
 -- partitioned one (at any depth; foreign partitions are refused under registered tables).
 CREATE FUNCTION popularity._media_leaves(media_table regclass)
 RETURNS SETOF regclass
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    IF popularity._citus_distributed(media_table) THEN
+        RETURN QUERY SELECT * FROM popularity._citus_local_shards(media_table);
+        RETURN;
+    END IF;
+    RETURN QUERY
     SELECT c.oid::regclass FROM pg_class AS c WHERE c.oid = media_table AND c.relkind = 'r'
     UNION ALL
     SELECT t.relid FROM pg_partition_tree(media_table) AS t JOIN pg_class AS c ON c.oid = t.relid
-    WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table
-$$;
+    WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table;
+END $$;
 COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
     'The relations a run walks: the media table, or the leaf partitions of a partitioned one';
 
@@ -2401,6 +2450,412 @@ CREATE CONSTRAINT TRIGGER citus_config_changed AFTER INSERT OR UPDATE OR DELETE 
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION popularity._citus_config_changed();
 CREATE CONSTRAINT TRIGGER citus_config_changed AFTER INSERT OR UPDATE OR DELETE ON popularity.tag_rules
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION popularity._citus_config_changed();
+
+-- The extension's schema, quoted: where the CALLs sent to the workers find the procedures.
+CREATE FUNCTION popularity._extension_schema()
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT quote_ident(n.nspname) FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
+    WHERE e.extname = 'popularity'
+$$;
+COMMENT ON FUNCTION popularity._extension_schema() IS
+    'The schema of the popularity extension, quoted (internal)';
+
+-- 'coordinator' or 'worker' for a Citus distributed table on this node, NULL for any other table
+-- (and without Citus): what refresh_popularity, filter_tags and reconcile_stats do with it.
+CREATE FUNCTION popularity._citus_node(media_table regclass)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN NOT popularity._citus_distributed(media_table) THEN NULL
+                WHEN popularity._citus_coordinator() THEN 'coordinator' ELSE 'worker' END
+$$;
+COMMENT ON FUNCTION popularity._citus_node(regclass) IS
+    'coordinator or worker for a Citus distributed table on this node, NULL otherwise (internal)';
+
+-- Runs one command per worker node, in parallel (Citus's master_run_on_worker: one connection per
+-- worker, as the calling role, each command committing on its own). The active workers in
+-- (name, port) order when nodes is NULL; a single command is run on every one.
+CREATE FUNCTION popularity._citus_on_workers(commands text[], nodes text[] DEFAULT NULL, ports integer[] DEFAULT NULL)
+RETURNS TABLE (node_name text, node_port integer, success boolean, result text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT popularity._citus_coordinator() THEN
+        RAISE EXCEPTION 'not a Citus coordinator' USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF nodes IS NULL THEN
+        EXECUTE 'SELECT array_agg(w.node_name ORDER BY w.node_name, w.node_port),'
+                '       array_agg(w.node_port ORDER BY w.node_name, w.node_port)'
+                ' FROM pg_catalog.master_get_active_worker_nodes() AS w'
+            INTO nodes, ports;
+    END IF;
+    IF cardinality(nodes) IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(commands) = 1 AND cardinality(nodes) > 1 THEN
+        commands := array_fill(commands[1], ARRAY[cardinality(nodes)]);
+    END IF;
+    RETURN QUERY EXECUTE
+        'SELECT r.node_name, r.node_port, r.success, r.result'
+        ' FROM pg_catalog.master_run_on_worker($1, $2, $3, true) AS r'
+        ' ORDER BY r.node_name, r.node_port'
+        USING nodes, ports, commands;
+END $$;
+COMMENT ON FUNCTION popularity._citus_on_workers(text[], text[], integer[]) IS
+    'On a Citus coordinator: runs a command on every worker node (or one command per given node) (internal)';
+
+-- The coordinator's side of refresh_popularity and filter_tags on a distributed table: the workers
+-- get the configuration, then `command` (the same CALL with wait => false) queues a run on each
+-- worker node over its own shards, which its own background workers walk; with wait, it waits for
+-- every one of them, reporting their progress together every popularity.progress_interval. A
+-- cancel of the wait cancels the runs on every worker (popularity.citus_cancel_refresh does it
+-- for runs started without wait). Raises when a worker could not start its run (the others are
+-- cancelled), or when a run failed or was cancelled.
+CREATE PROCEDURE popularity._citus_dispatch(job text, media_type text, command text, wait boolean)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_job CONSTANT pg_catalog.text := _citus_dispatch.job;
+    v_media_type CONSTANT pg_catalog.text := _citus_dispatch.media_type;
+    nodes pg_catalog.text[];
+    ports integer[];
+    run_ids bigint[];
+    failed pg_catalog.text;
+    states pg_catalog.text[];
+    errors pg_catalog.text[];
+    every pg_catalog.interval;
+    last_report pg_catalog.timestamptz;
+    began pg_catalog.timestamptz;
+    interrupted boolean := false;
+    progress pg_catalog.text;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM popularity._citus_push_config(v_media_type);
+    -- Start: one run per worker node.
+    SELECT array_agg(w.node_name), array_agg(w.node_port),
+           string_agg(format('%s:%s: %s', w.node_name, w.node_port, w.result), '; ') FILTER (WHERE NOT w.success)
+    INTO nodes, ports, failed
+    FROM popularity._citus_on_workers(ARRAY[command]) AS w;
+    IF nodes IS NULL THEN
+        RAISE EXCEPTION 'no active Citus worker node' USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    -- The run of this job each worker queued (or found in progress).
+    SELECT array_agg(nullif(w.result, '')::bigint ORDER BY w.node_name, w.node_port) INTO run_ids
+    FROM popularity._citus_on_workers(ARRAY[format(
+             'SELECT max(r.run_id) FROM popularity.refresh_runs AS r WHERE r.media_type = %L AND r.job = %L',
+             v_media_type, v_job)], nodes, ports) AS w;
+    IF failed IS NOT NULL THEN
+        PERFORM FROM popularity._citus_on_workers(
+            ARRAY(SELECT format('SELECT count(*) FROM popularity.cancel_refresh(%s)', coalesce(r::text, 'NULL::bigint'))
+                  FROM unnest(run_ids) AS r), nodes, ports);
+        RAISE EXCEPTION '% of media type "%" could not start on every Citus worker node', v_job, v_media_type
+            USING ERRCODE = 'external_routine_exception', DETAIL = failed,
+                  HINT = 'The runs that started on the other workers were cancelled.';
+    END IF;
+    RAISE NOTICE '% of media type "%" queued on % worker nodes: %', v_job, v_media_type, cardinality(nodes),
+        (SELECT string_agg(format('%s:%s run %s', n, p, r), ', ') FROM unnest(nodes, ports, run_ids) AS u(n, p, r));
+    IF NOT wait THEN
+        RETURN;
+    END IF;
+    began := clock_timestamp();
+    last_report := clock_timestamp();
+    LOOP
+        SELECT array_agg(split_part(w.result, '|', 1) ORDER BY w.node_name, w.node_port),
+               array_agg(format('%s:%s run %s: %s', w.node_name, w.node_port, r.run_id,
+                                substr(w.result, strpos(w.result, '|') + 1)) ORDER BY w.node_name, w.node_port)
+        INTO states, errors
+        FROM popularity._citus_on_workers(
+                 ARRAY(SELECT format('SELECT r.state || ''|'' || coalesce(r.error, '''') FROM popularity.refresh_runs AS r'
+                                     ' WHERE r.run_id = %s', r)
+                       FROM unnest(run_ids) AS r), nodes, ports) AS w
+        JOIN unnest(nodes, ports, run_ids) AS r(node_name, node_port, run_id)
+          ON r.node_name = w.node_name AND r.node_port = w.node_port;
+        EXIT WHEN NOT EXISTS (SELECT FROM unnest(states) AS s WHERE s IS NULL OR s NOT IN ('succeeded', 'failed', 'cancelled'));
+        every := current_setting('popularity.progress_interval')::interval;
+        IF every > interval '0' AND clock_timestamp() - last_report >= every THEN
+            SELECT string_agg(format('%s:%s %s', w.node_name, w.node_port, w.result), ', ' ORDER BY w.node_name, w.node_port)
+            INTO progress
+            FROM popularity._citus_on_workers(
+                     ARRAY(SELECT format('SELECT format(''run %%s %%s%%%% of %%s blocks, %%s rows scanned'', %s,'
+                                         ' coalesce(max(s.percent_done), 0), coalesce(max(s.blocks_total), 0),'
+                                         ' coalesce(sum(s.rows_scanned), 0))'
+                                         ' FROM popularity.refresh_status AS s WHERE s.run_id = %s', r, r)
+                           FROM unnest(run_ids) AS r), nodes, ports) AS w;
+            RAISE NOTICE '% of media type "%" on the workers: %', v_job, v_media_type, progress;
+            last_report := clock_timestamp();
+        END IF;
+        BEGIN
+            PERFORM pg_sleep(least(0.2, greatest(0.01, extract(epoch FROM clock_timestamp() - began) / 20)));
+        EXCEPTION WHEN query_canceled THEN
+            interrupted := true;
+        END;
+        IF interrupted THEN
+            PERFORM FROM popularity._citus_on_workers(
+                ARRAY(SELECT format('SELECT count(*) FROM popularity.cancel_refresh(%s)', r) FROM unnest(run_ids) AS r),
+                nodes, ports);
+            RAISE EXCEPTION '% of media type "%" cancelled on every worker node: the statement waiting for it was cancelled',
+                v_job, v_media_type
+                USING ERRCODE = 'query_canceled',
+                      DETAIL = (SELECT string_agg(format('%s:%s run %s', n, p, r), ', ') FROM unnest(nodes, ports, run_ids) AS u(n, p, r)),
+                      HINT = 'Resume each with CALL popularity.resume_refresh(run_id, wait => true) on its worker node, or start a new one here.';
+        END IF;
+    END LOOP;
+    SELECT string_agg(e, '; ') INTO failed FROM unnest(states, errors) AS u(s, e) WHERE u.s <> 'succeeded';
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION '% of media type "%" did not succeed on every worker node', v_job, v_media_type
+            USING ERRCODE = CASE WHEN 'failed' = ANY (states) THEN 'external_routine_exception' ELSE 'query_canceled' END,
+                  DETAIL = failed;
+    END IF;
+    RAISE NOTICE '% of media type "%" succeeded on % worker nodes', v_job, v_media_type, cardinality(nodes);
+END $$;
+COMMENT ON PROCEDURE popularity._citus_dispatch(text, text, text, boolean) IS
+    'On a Citus coordinator: starts a job''s run on every worker node (each over its own shards) and, with '
+    'wait, waits for all of them; a cancel of the wait cancels them (internal)';
+
+-- What the worker nodes' runs do, seen from the coordinator: popularity.refresh_status of every
+-- worker node (rows the caller may read there), with the node. Empty without Citus or elsewhere
+-- than on a coordinator.
+CREATE FUNCTION popularity.citus_refresh_status(of_media_type text DEFAULT NULL)
+RETURNS TABLE (node text, run_id bigint, job text, media_type text, provider text, state text,
+               blocks_done numeric, blocks_total numeric, percent_done numeric, rows_scanned numeric,
+               rows_updated numeric, rows_per_second numeric, counters jsonb, error text, status jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    node_names text[];
+    results jsonb[];
+    failed text;
+BEGIN
+    IF NOT popularity._citus_coordinator() THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(w.node_name || ':' || w.node_port), array_agg(CASE WHEN w.success THEN w.result::jsonb END),
+           string_agg(w.node_name || ':' || w.node_port || ': ' || w.result, '; ') FILTER (WHERE NOT w.success)
+    INTO node_names, results, failed
+    FROM popularity._citus_on_workers(ARRAY[format(
+             'SELECT coalesce(json_agg(s ORDER BY s.run_id, s.provider), ''[]'') FROM popularity.refresh_status AS s'
+             ' WHERE %L::text IS NULL OR s.media_type = %L', of_media_type, of_media_type)]) AS w;
+    IF failed IS NOT NULL THEN
+        RAISE WARNING 'could not read the status of every Citus worker node' USING DETAIL = failed;
+    END IF;
+    RETURN QUERY
+    SELECT u.node, (e->>'run_id')::bigint, e->>'job', e->>'media_type', e->>'provider', e->>'state',
+           (e->>'blocks_done')::numeric, (e->>'blocks_total')::numeric, (e->>'percent_done')::numeric,
+           (e->>'rows_scanned')::numeric, (e->>'rows_updated')::numeric, (e->>'rows_per_second')::numeric,
+           e->'counters', e->>'error', e
+    FROM unnest(node_names, results) AS u(node, result)
+    CROSS JOIN LATERAL jsonb_array_elements(u.result) AS e
+    ORDER BY u.node, (e->>'run_id')::bigint, e->>'provider';
+END $$;
+COMMENT ON FUNCTION popularity.citus_refresh_status(text) IS
+    'On a Citus coordinator: popularity.refresh_status of every worker node (their runs over their shards), '
+    'with the node; status has every column';
+
+-- Cancels the active runs of a media type (all when NULL) on every worker node: for runs started
+-- from the coordinator without wait (a cancelled wait cancels its runs itself).
+CREATE FUNCTION popularity.citus_cancel_refresh(media_type text DEFAULT NULL)
+RETURNS TABLE (node text, run_id bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT w.node_name || ':' || w.node_port, r::bigint
+    FROM popularity._citus_on_workers(ARRAY[format(
+             'SELECT coalesce(string_agg(c::text, '',''), '''') FROM popularity.cancel_refresh(NULL, %L) AS c', $1)]) AS w
+    CROSS JOIN LATERAL unnest(string_to_array(nullif(w.result, ''), ',')) AS r
+    WHERE w.success
+$$;
+COMMENT ON FUNCTION popularity.citus_cancel_refresh(text) IS
+    'On a Citus coordinator: cancels the active runs of a media type (all when NULL) on every worker node; '
+    'returns them';
+
+-- The provider counts of a distributed table, from the coordinator: each worker node counts the
+-- rows of its own shards (the counts triggers fire on the shards and append to that node's
+-- journal); their sum is exact. reconcile_pending when any node's counts wait for reconcile_stats
+-- (run from the coordinator, it reconciles every worker node's).
+CREATE FUNCTION popularity.citus_provider_stats(of_media_type text DEFAULT NULL)
+RETURNS TABLE (media_type text, provider text, rows bigint, rows_with_metric bigint, rows_scored bigint,
+               rows_invalid_metric bigint, rows_missing_metric bigint, reconcile_pending boolean, nodes integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    node_names text[];
+    results jsonb[];
+    failed text;
+BEGIN
+    IF NOT popularity._citus_coordinator() THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(w.node_name || ':' || w.node_port), array_agg(CASE WHEN w.success THEN w.result::jsonb END),
+           string_agg(w.node_name || ':' || w.node_port || ': ' || w.result, '; ') FILTER (WHERE NOT w.success)
+    INTO node_names, results, failed
+    FROM popularity._citus_on_workers(ARRAY[format(
+             'SELECT coalesce(json_agg(s), ''[]'') FROM popularity.provider_stats AS s'
+             ' WHERE %L::text IS NULL OR s.media_type = %L', of_media_type, of_media_type)]) AS w;
+    -- Exact or nothing: a node's counts missing would make the sum wrong.
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'could not read the provider counts of every Citus worker node'
+            USING ERRCODE = 'connection_failure', DETAIL = failed;
+    END IF;
+    RETURN QUERY
+    SELECT e->>'media_type', e->>'provider', sum((e->>'rows')::bigint)::bigint,
+           sum((e->>'rows_with_metric')::bigint)::bigint, sum((e->>'rows_scored')::bigint)::bigint,
+           sum((e->>'rows_invalid_metric')::bigint)::bigint, sum((e->>'rows_missing_metric')::bigint)::bigint,
+           bool_or((e->>'reconcile_pending')::boolean), count(DISTINCT u.node)::integer
+    FROM unnest(node_names, results) AS u(node, result)
+    CROSS JOIN LATERAL jsonb_array_elements(u.result) AS e
+    GROUP BY e->>'media_type', e->>'provider'
+    ORDER BY 1, 2;
+END $$;
+COMMENT ON FUNCTION popularity.citus_provider_stats(text) IS
+    'On a Citus coordinator: popularity.provider_stats summed over every worker node (exact: each node counts '
+    'its own shards); nodes is how many nodes have rows of the key';
+
+-- What reconcile_stats counts on this node: the table, or for a Citus distributed table on a
+-- worker node the rows of its own shards (the counts there are that node's); as SQL text.
+CREATE FUNCTION popularity._counted_rows_sql(media_table regclass)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN popularity._citus_node(media_table) IS NULL THEN media_table::text
+                ELSE coalesce('(' || (SELECT string_agg(format('SELECT provider, meta_data, standardized_popularity FROM %s', s),
+                                                        ' UNION ALL ')
+                                      FROM popularity._citus_local_shards(media_table) AS s) || ')',
+                              format('(SELECT provider, meta_data, standardized_popularity FROM %s WHERE false)', media_table))
+           END
+$$;
+COMMENT ON FUNCTION popularity._counted_rows_sql(regclass) IS
+    'The rows whose counts this node keeps, as SQL: the table, or this node''s shards of a Citus distributed table (internal)';
+
+-- reconcile_stats: on a Citus coordinator each worker node reconciles its shards' counts (60_stats.sql)
+CREATE OR REPLACE PROCEDURE popularity.reconcile_stats(media_type text DEFAULT NULL, INOUT corrections integer DEFAULT NULL)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target record;
+    ids bigint[];
+    c record;
+    failed text;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'reconcile_stats needs the READ COMMITTED isolation level'
+            USING ERRCODE = 'invalid_transaction_state',
+                  DETAIL = format('The transaction runs at %s.', current_setting('transaction_isolation')),
+                  HINT = 'Call it outside an explicit REPEATABLE READ or SERIALIZABLE transaction.';
+    END IF;
+    IF $1 IS NOT NULL THEN
+        PERFORM popularity._media_table($1);
+    END IF;
+    corrections := 0;
+    FOR target IN
+        SELECT m.media_type, m.media_table FROM popularity.media_types AS m
+        WHERE $1 IS NULL OR m.media_type = $1 ORDER BY m.media_type
+    LOOP
+        PERFORM pg_advisory_xact_lock(hashtext('popularity.reconcile_stats'), hashtext(target.media_type));
+        -- A Citus distributed table, on the coordinator: each worker node reconciles the counts of
+        -- its own shards (the counts live there; 65_citus.sql).
+        IF popularity._citus_node(target.media_table) = 'coordinator' THEN
+            SELECT corrections + coalesce(sum(nullif(w.result, '')::integer) FILTER (WHERE w.success), 0),
+                   string_agg(format('%s:%s: %s', w.node_name, w.node_port, w.result), '; ') FILTER (WHERE NOT w.success)
+            INTO corrections, failed
+            FROM popularity._citus_on_workers(ARRAY[format('CALL popularity.reconcile_stats(%L)', target.media_type)]) AS w;
+            IF failed IS NOT NULL THEN
+                RAISE EXCEPTION 'could not reconcile the counts of media type "%" on every Citus worker node', target.media_type
+                    USING ERRCODE = 'external_routine_exception', DETAIL = failed;
+            END IF;
+            DELETE FROM popularity.stats_marks AS k WHERE k.media_type = target.media_type;
+            CONTINUE;
+        END IF;
+        EXECUTE format($sql$
+            WITH metric AS MATERIALIZED (
+                SELECT x.provider, x.metric FROM popularity.metrics AS x WHERE x.media_type = $1
+            ), truth AS (
+                SELECT r.provider, count(*) AS rows,
+                       count(*) FILTER (WHERE r.status = 'ok') AS rows_with_metric,
+                       count(*) FILTER (WHERE r.scored) AS rows_scored,
+                       count(*) FILTER (WHERE r.status = 'invalid') AS rows_invalid_metric
+                FROM (SELECT t.provider::text AS provider, t.standardized_popularity IS NOT NULL AS scored,
+                             popularity._metric_status(t.meta_data, m.metric) AS status
+                      FROM %s AS t LEFT JOIN metric AS m ON m.provider = t.provider::text) AS r
+                GROUP BY r.provider
+            ), counted AS (
+                SELECT s.provider, s.rows, s.rows_with_metric, s.rows_scored, s.rows_invalid_metric
+                FROM popularity.provider_stats AS s WHERE s.media_type = $1
+            ), paired AS (
+                SELECT u.provider, bool_or(u.is_truth) AS in_truth, bool_or(NOT u.is_truth) AS in_counted,
+                       sum(u.rows) FILTER (WHERE NOT u.is_truth) AS rows_before,
+                       sum(u.rows_with_metric) FILTER (WHERE NOT u.is_truth) AS rows_with_metric_before,
+                       sum(u.rows_scored) FILTER (WHERE NOT u.is_truth) AS rows_scored_before,
+                       sum(u.rows_invalid_metric) FILTER (WHERE NOT u.is_truth) AS rows_invalid_metric_before,
+                       sum(u.rows) FILTER (WHERE u.is_truth) AS rows_after,
+                       sum(u.rows_with_metric) FILTER (WHERE u.is_truth) AS rows_with_metric_after,
+                       sum(u.rows_scored) FILTER (WHERE u.is_truth) AS rows_scored_after,
+                       sum(u.rows_invalid_metric) FILTER (WHERE u.is_truth) AS rows_invalid_metric_after
+                FROM (SELECT true AS is_truth, t.* FROM truth AS t
+                      UNION ALL SELECT false, c.* FROM counted AS c) AS u
+                GROUP BY u.provider
+            ), drift AS (
+                SELECT * FROM paired AS p
+                WHERE (p.rows_before, p.rows_with_metric_before, p.rows_scored_before, p.rows_invalid_metric_before)
+                      IS DISTINCT FROM
+                      (p.rows_after, p.rows_with_metric_after, p.rows_scored_after, p.rows_invalid_metric_after)
+            ), applied AS (
+                INSERT INTO popularity.stats_journal
+                    (media_type, provider, rows, rows_with_metric, rows_scored, rows_invalid_metric, source)
+                SELECT $1, d.provider,
+                       coalesce(d.rows_after, 0) - coalesce(d.rows_before, 0),
+                       coalesce(d.rows_with_metric_after, 0) - coalesce(d.rows_with_metric_before, 0),
+                       coalesce(d.rows_scored_after, 0) - coalesce(d.rows_scored_before, 0),
+                       coalesce(d.rows_invalid_metric_after, 0) - coalesce(d.rows_invalid_metric_before, 0),
+                       'reconcile'
+                FROM drift AS d
+            ), history AS (
+                INSERT INTO popularity.stats_corrections
+                    (media_type, provider, kind, rows_before, rows_with_metric_before, rows_scored_before,
+                     rows_invalid_metric_before, rows_after, rows_with_metric_after, rows_scored_after,
+                     rows_invalid_metric_after)
+                SELECT $1, d.provider,
+                       CASE WHEN NOT d.in_counted THEN 'missing' WHEN NOT d.in_truth THEN 'orphan' ELSE 'drift' END,
+                       d.rows_before, d.rows_with_metric_before, d.rows_scored_before, d.rows_invalid_metric_before,
+                       d.rows_after, d.rows_with_metric_after, d.rows_scored_after, d.rows_invalid_metric_after
+                FROM drift AS d
+                RETURNING correction_id
+            ), cleared AS (
+                DELETE FROM popularity.stats_marks AS k WHERE k.media_type = $1 RETURNING k.media_type
+            )
+            -- (data-modifying WITH queries always run to completion, read or not)
+            SELECT coalesce(array_agg(h.correction_id ORDER BY h.correction_id), '{}') FROM history AS h
+            $sql$, popularity._counted_rows_sql(target.media_table))
+            INTO ids USING target.media_type;
+        FOR c IN
+            SELECT * FROM popularity.stats_corrections AS h WHERE h.correction_id = ANY (ids)
+            ORDER BY h.provider NULLS FIRST
+        LOOP
+            RAISE NOTICE 'corrected % counts of provider % of media type "%": rows % -> %, with metric % -> %, scored % -> %, invalid metric % -> %',
+                c.kind, coalesce(quote_literal(c.provider), 'NULL'), c.media_type,
+                coalesce(c.rows_before, 0), coalesce(c.rows_after, 0),
+                coalesce(c.rows_with_metric_before, 0), coalesce(c.rows_with_metric_after, 0),
+                coalesce(c.rows_scored_before, 0), coalesce(c.rows_scored_after, 0),
+                coalesce(c.rows_invalid_metric_before, 0), coalesce(c.rows_invalid_metric_after, 0);
+            corrections := corrections + 1;
+        END LOOP;
+    END LOOP;
+END $$;
+COMMENT ON PROCEDURE popularity.reconcile_stats(text, integer) IS
+    'Recomputes the counts of a media type (all when NULL) from its table in one snapshot and applies only '
+    'the differences, as deltas (concurrent ingestion loses nothing); reports each correction (NOTICE, '
+    'popularity.stats_corrections) and clears the marks; returns the number of corrections. Schedulable with pg_cron';
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------

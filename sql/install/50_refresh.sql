@@ -410,19 +410,27 @@ COMMENT ON FUNCTION popularity._key_match_sql(regclass, name[], text) IS
     'several: a text array)';
 
 -- The relations a run walks for a media table: the table itself, or the leaf partitions of a
--- partitioned one (at any depth; foreign partitions are refused under registered tables).
+-- partitioned one (at any depth; foreign partitions are refused under registered tables), or the
+-- shards of a Citus distributed table placed on this node (65_citus.sql: each node walks its own).
 CREATE FUNCTION popularity._media_leaves(media_table regclass)
 RETURNS SETOF regclass
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    IF popularity._citus_distributed(media_table) THEN
+        RETURN QUERY SELECT * FROM popularity._citus_local_shards(media_table);
+        RETURN;
+    END IF;
+    RETURN QUERY
     SELECT c.oid::regclass FROM pg_class AS c WHERE c.oid = media_table AND c.relkind = 'r'
     UNION ALL
     SELECT t.relid FROM pg_partition_tree(media_table) AS t JOIN pg_class AS c ON c.oid = t.relid
-    WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table
-$$;
+    WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table;
+END $$;
 COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
-    'The relations a run walks: the media table, or the leaf partitions of a partitioned one';
+    'The relations a run walks: the media table, or the leaf partitions of a partitioned one, or the '
+    'shards of a Citus distributed table on this node';
 
 
 -- The block-range tasks of a run, per leaf (see below). Serialized per run: the workers that
@@ -593,12 +601,16 @@ DECLARE
     new_run bigint;
     failed_count bigint;
     failed_detail pg_catalog.text;
+    citus_node pg_catalog.text;
 BEGIN
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- Background workers rescore: without the preloaded library none would ever run the run.
     PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
+    -- A Citus distributed table: the coordinator computes the constants, then each worker node
+    -- rescores its own shards (65_citus.sql); NULL without Citus.
+    citus_node := popularity._citus_node(tbl);
     key_column := (popularity._key_columns(tbl))[1];
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
@@ -636,6 +648,7 @@ BEGIN
     END IF;
 
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
+    -- (On a Citus worker node they are the coordinator's, copied here: a worker computes none.)
     SELECT count(*) FILTER (WHERE c.error IS NOT NULL),
            min(pg_catalog.format('provider %s: %s',
                                  pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
@@ -643,7 +656,8 @@ BEGIN
                                                                     || pg_catalog.right(c.provider, 17) END),
                                  c.error)) FILTER (WHERE c.error IS NOT NULL)
     INTO failed_count, failed_detail
-    FROM popularity.refresh_constants(media_type, providers) AS c;
+    FROM popularity.refresh_constants(media_type, providers) AS c
+    WHERE citus_node IS DISTINCT FROM 'worker';
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -656,6 +670,16 @@ BEGIN
             DETAIL = failed_detail || CASE WHEN failed_count > 1 THEN ' (and others)' ELSE '' END,
             HINT = 'Each keeps its previous constant; see popularity.metrics.last_error, and fix the metric '
                    'or percentile with popularity.set_metric().';
+    END IF;
+
+    IF citus_node = 'coordinator' THEN
+        -- Each worker node queues its own run over its shards; waits for all of them.
+        CALL popularity._citus_dispatch('refresh', media_type, pg_catalog.format(
+            'CALL %s.refresh_popularity(%L, %L, wait => false, force => %L)',
+            popularity._extension_schema(),
+            media_type, providers, force), wait);
+        PERFORM pg_catalog.set_config('search_path', caller_path, true);
+        RETURN;
     END IF;
 
     -- 2. The run and its block-range tasks: every stale provider (popularity.rescore_state: its

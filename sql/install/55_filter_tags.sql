@@ -310,6 +310,17 @@ BEGIN
             HINT = 'Call it on its own, or with wait => false (the workers start when the transaction commits).';
     END IF;
 
+    -- A Citus distributed table, on the coordinator: each worker node queues its own run over its
+    -- shards (65_citus.sql); with wait, waits for all of them.
+    IF popularity._citus_node(v_table) = 'coordinator' THEN
+        CALL popularity._citus_dispatch('filter_tags', v_media_type, pg_catalog.format(
+            'CALL %s.filter_tags(%L, %L, %L, wait => false)',
+            popularity._extension_schema(),
+            v_media_type, v_dry_run, v_batch), v_wait);
+        PERFORM pg_catalog.set_config('search_path', v_caller_path, true);
+        RETURN;
+    END IF;
+
     -- A run in progress for this media type: wait for it (the same kind), or refuse.
     SELECT r.run_id, r.dry_run INTO v_run_id, v_active_dry
     FROM popularity.refresh_runs r

@@ -370,6 +370,7 @@ DECLARE
     target record;
     ids bigint[];
     c record;
+    failed text;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'reconcile_stats needs the READ COMMITTED isolation level'
@@ -386,6 +387,20 @@ BEGIN
         WHERE $1 IS NULL OR m.media_type = $1 ORDER BY m.media_type
     LOOP
         PERFORM pg_advisory_xact_lock(hashtext('popularity.reconcile_stats'), hashtext(target.media_type));
+        -- A Citus distributed table, on the coordinator: each worker node reconciles the counts of
+        -- its own shards (the counts live there; 65_citus.sql).
+        IF popularity._citus_node(target.media_table) = 'coordinator' THEN
+            SELECT corrections + coalesce(sum(nullif(w.result, '')::integer) FILTER (WHERE w.success), 0),
+                   string_agg(format('%s:%s: %s', w.node_name, w.node_port, w.result), '; ') FILTER (WHERE NOT w.success)
+            INTO corrections, failed
+            FROM popularity._citus_on_workers(ARRAY[format('CALL popularity.reconcile_stats(%L)', target.media_type)]) AS w;
+            IF failed IS NOT NULL THEN
+                RAISE EXCEPTION 'could not reconcile the counts of media type "%" on every Citus worker node', target.media_type
+                    USING ERRCODE = 'external_routine_exception', DETAIL = failed;
+            END IF;
+            DELETE FROM popularity.stats_marks AS k WHERE k.media_type = target.media_type;
+            CONTINUE;
+        END IF;
         EXECUTE format($sql$
             WITH metric AS MATERIALIZED (
                 SELECT x.provider, x.metric FROM popularity.metrics AS x WHERE x.media_type = $1
@@ -445,7 +460,7 @@ BEGIN
             )
             -- (data-modifying WITH queries always run to completion, read or not)
             SELECT coalesce(array_agg(h.correction_id ORDER BY h.correction_id), '{}') FROM history AS h
-            $sql$, target.media_table)
+            $sql$, popularity._counted_rows_sql(target.media_table))
             INTO ids USING target.media_type;
         FOR c IN
             SELECT * FROM popularity.stats_corrections AS h WHERE h.correction_id = ANY (ids)

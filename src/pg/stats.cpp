@@ -13,6 +13,7 @@
 #include "../core/constants_table.hpp"
 #include "../core/popularity.hpp"
 
+#include "citus.hpp"
 #include "config_cache.hpp"
 #include "guard.hpp"
 #include "trigger_call.hpp"
@@ -25,7 +26,6 @@ extern "C" {
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -39,8 +39,6 @@ extern "C" {
 }
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -195,42 +193,10 @@ SPIPlanPtr journal_plan = nullptr;
 // The table whose counts a statement on `relid` changes: relid itself, or, for a shard of a Citus
 // distributed table, the distributed table (the one registered). Citus creates a distributed
 // table's triggers on each of its shards, where they fire with the shard as their relation
-// (sql/install/80_citus.sql). A shard is the relation named <table>_<shard id> in the table's
-// schema whose shard id Citus's metadata lists for that table. Without Citus: relid. Plain C:
-// may raise; inside SPI.
+// (sql/install/65_citus.sql). Plain C: may raise.
 Oid counted_relation(Oid relid) {
-    if (!OidIsValid(get_extension_oid("citus", true))) {
-        return relid;
-    }
-    const char *name = get_rel_name(relid);
-    if (name == nullptr) {
-        return relid;
-    }
-    const std::size_t len = std::strlen(name);
-    std::size_t digits = len;
-    while (digits > 0 && name[digits - 1] >= '0' && name[digits - 1] <= '9') {
-        --digits;
-    }
-    if (digits == len || digits < 2 || name[digits - 1] != '_' || len - digits > 18) {
-        return relid;
-    }
-    char *base = pnstrdup(name, digits - 1);
-    const Oid logical = get_relname_relid(base, get_rel_namespace(relid));
-    if (!OidIsValid(logical)) {
-        return relid;
-    }
-    Oid types[2] = {OIDOID, INT8OID};
-    Datum values[2] = {ObjectIdGetDatum(logical),
-                       Int64GetDatum(std::strtoll(name + digits, nullptr, 10))};
-    const int rc = SPI_execute_with_args(
-        "SELECT FROM pg_catalog.pg_dist_shard AS s"
-        " WHERE s.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
-        "   AND s.shardid OPERATOR(pg_catalog.=) $2",
-        2, types, values, nullptr, true, 1);
-    if (rc != SPI_OK_SELECT) {
-        elog(ERROR, "reading pg_dist_shard failed: %s", SPI_result_code_string(rc));
-    }
-    return SPI_processed == 1 ? logical : relid;
+    const Oid parent = pg::citus_shard_parent(relid);
+    return OidIsValid(parent) ? parent : relid;
 }
 
 // Appends the deltas in one INSERT, as the extension's owner (pg::become_extension_owner)

@@ -2,6 +2,7 @@
 // counters, reclaiming space. The jobs (refresh_job.cpp, filter_job.cpp) decide per row and write.
 #include "engine.hpp"
 
+#include "../pg/citus.hpp"
 #include "../pg/name_lookup.hpp"
 #include "../pg/relation_access.hpp"
 #include "../pg/settings.hpp"
@@ -102,7 +103,8 @@ bool leaf_present(const Task &task) {
     List *ancestors = get_partition_ancestors(task.leaf);
     const bool member = list_member_oid(ancestors, task.relid);
     list_free(ancestors);
-    return member;
+    // Or a shard of a Citus distributed table on this node (a shard moved away is dropped here).
+    return member || pg::citus_shard_parent(task.leaf) == task.relid;
 }
 
 // The batch reads the table directly with the role's snapshot, so the role must still be allowed

@@ -1,0 +1,59 @@
+// Citus shards (see citus.hpp).
+#include "citus.hpp"
+
+extern "C" {
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "utils/lsyscache.h"
+}
+
+#include <cstdlib>
+#include <cstring>
+
+namespace popularity::pg {
+
+Oid citus_shard_parent(Oid relid) {
+    if (!OidIsValid(get_extension_oid("citus", true))) {
+        return InvalidOid;
+    }
+    const char *name = get_rel_name(relid);
+    if (name == nullptr) {
+        return InvalidOid;
+    }
+    // <table>_<shard id>: the digits after the last '_' (a shard id fits in 18 of them).
+    const std::size_t len = std::strlen(name);
+    std::size_t digits = len;
+    while (digits > 0 && name[digits - 1] >= '0' && name[digits - 1] <= '9') {
+        --digits;
+    }
+    if (digits == len || digits < 2 || name[digits - 1] != '_' || len - digits > 18) {
+        return InvalidOid;
+    }
+    char *base = pnstrdup(name, digits - 1);
+    const Oid table = get_relname_relid(base, get_rel_namespace(relid));
+    pfree(base);
+    if (!OidIsValid(table)) {
+        return InvalidOid;
+    }
+    if (SPI_connect() != SPI_OK_CONNECT) {
+        elog(ERROR, "SPI_connect failed");
+    }
+    Oid types[2] = {OIDOID, INT8OID};
+    Datum values[2] = {ObjectIdGetDatum(table),
+                       Int64GetDatum(std::strtoll(name + digits, nullptr, 10))};
+    const int rc = SPI_execute_with_args("SELECT FROM pg_catalog.pg_dist_shard AS s"
+                                         " WHERE s.logicalrelid::pg_catalog.oid"
+                                         "       OPERATOR(pg_catalog.=) $1"
+                                         "   AND s.shardid OPERATOR(pg_catalog.=) $2",
+                                         2, types, values, nullptr, true, 1);
+    if (rc != SPI_OK_SELECT) {
+        elog(ERROR, "reading pg_dist_shard failed: %s", SPI_result_code_string(rc));
+    }
+    const bool shard = SPI_processed == 1;
+    SPI_finish();
+    return shard ? table : InvalidOid;
+}
+
+} // namespace popularity::pg

@@ -2053,7 +2053,8 @@ BEGIN
     WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table;
 END $$;
 COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
-    'The relations a run walks: the media table, or the leaf partitions of a partitioned one';
+    'The relations a run walks: the media table, or the leaf partitions of a partitioned one, or the '
+    'shards of a Citus distributed table on this node';
 
 -- (_create_tasks, the run guard, refresh_popularity, filter_tags and undo_filter_tags are
 -- replaced where they are defined above.)

@@ -50,11 +50,137 @@ citus_nodes_start "$NODES" "citus.shard_count = 8" "popularity.database = 'postg
 echo "cluster: coordinator and $((NODES - 1)) workers up after $((SECONDS - started_at)) s"
 
 # --- 1. The extension on every node --------------------------------------------------------------
+# Citus propagates CREATE EXTENSION to every node where the extension is available; each node then
+# has its own (local) configuration tables, which the coordinator keeps equal to its own.
 on 0 -c "CREATE EXTENSION popularity"
 for ((i = 1; i < NODES; i++)); do
     check "CREATE EXTENSION on the coordinator created it on worker $i" "0.2.0" \
         "$(val "$i" -c "SELECT extversion FROM pg_extension WHERE extname = 'popularity'")"
 done
+
+# The Openverse-shaped catalog (test/lib/ingest.sh's columns), distributed by identifier, and the
+# data generators (Citus propagates the functions to the workers).
+on 0 >/dev/null <<'SQL'
+CREATE TABLE image (
+    identifier uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_on timestamptz NOT NULL DEFAULT now(),
+    updated_on timestamptz NOT NULL DEFAULT now(),
+    ingestion_type varchar(80) DEFAULT 'provider_api',
+    provider varchar(80) NOT NULL,
+    source varchar(80),
+    foreign_identifier text NOT NULL,
+    foreign_landing_url text,
+    url text NOT NULL,
+    license varchar(50) NOT NULL DEFAULT 'by',
+    title text,
+    meta_data jsonb,
+    tags jsonb,
+    removed_from_source boolean NOT NULL DEFAULT false
+);
+SELECT create_distributed_table('image', 'identifier');
+CREATE FUNCTION provider_of(g bigint) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (ARRAY['flickr', 'flickr', 'flickr', 'flickr', 'flickr', 'wikimedia', 'wikimedia',
+                  'rawpixel', 'nappy', 'stocksnap', 'smithsonian', 'flickr', 'flickr', 'flickr',
+                  'flickr', 'flickr', 'wikimedia', 'wikimedia', 'rawpixel', 'smithsonian'])[(1 + g % 20)::int] $$;
+CREATE FUNCTION metric_data(record_provider text, v bigint) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE record_provider
+               WHEN 'flickr' THEN jsonb_build_object('views', v)
+               WHEN 'wikimedia' THEN jsonb_build_object('global_usage_count', v % 50)
+               WHEN 'rawpixel' THEN jsonb_build_object('download_count', v)
+               WHEN 'nappy' THEN jsonb_build_object('downloads', v)
+               WHEN 'stocksnap' THEN jsonb_build_object('downloads_raw', v::text)
+               ELSE jsonb_build_object('unit_code', 'NMNH') END $$;
+-- Tags the default rules partly drop: low-accuracy machine tags, a denylisted name, rekognition.
+CREATE FUNCTION make_tags(g bigint) RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT jsonb_build_array(jsonb_build_object('name', 'tag' || g % 40),
+                             jsonb_build_object('name', 'machine' || g % 7, 'provider', 'clarifai',
+                                                'accuracy', (ARRAY[0.97, 0.5, 0.93])[(1 + g % 3)::int]))
+           || CASE WHEN g % 5 = 0 THEN '[{"name": "cc0"}]' ELSE '[]' END::jsonb
+           || CASE WHEN g % 7 = 0 THEN '[{"name": "Person", "provider": "rekognition", "accuracy": 0.99}]'
+                   ELSE '[]' END::jsonb $$;
+SQL
+ingest() { # first last: catalog keys first..last, through the coordinator
+    on 0 -c "INSERT INTO image (identifier, provider, foreign_identifier, url, title, meta_data, tags)
+             SELECT md5('c' || g)::uuid, provider_of(g), 'c' || g, 'https://cdn.example.org/' || g,
+                    'Photograph ' || g, metric_data(provider_of(g), floor(exp(random() * 9))::bigint)
+                        || jsonb_build_object('description', repeat('d', 40 + (g % 60)::int)),
+                    make_tags(g)
+             FROM generate_series($1, $2) AS g" >/dev/null
+}
+
+# --- 2. Registration: the triggers run on the shards ---------------------------------------------
+on 0 -c "SELECT popularity.register_media_type('image', 'image')" >/dev/null
+check "no citus.enable_unsafe_triggers left on after registration" "off" \
+    "$(val 0 -c "SELECT popularity.register_media_type('image', 'image'); SHOW citus.enable_unsafe_triggers" | tail -1)"
+config_sql="SELECT md5(string_agg(format('%s %s %s %s %s', provider, metric, percentile, val, constant), ',' ORDER BY provider))
+            FROM popularity.metrics WHERE media_type = 'image'"
+shards_total=0
+for ((i = 1; i < NODES; i++)); do
+    check "worker $i has the media type registered on its own copy of the table" "t" \
+        "$(val "$i" -c "SELECT media_table = 'public.image'::regclass FROM popularity.media_types WHERE media_type = 'image'")"
+    check "worker $i has the coordinator's metrics" "$(val 0 -c "$config_sql")" "$(val "$i" -c "$config_sql")"
+    shards=$(val "$i" -c "SELECT count(*) FROM popularity._citus_local_shards('image')")
+    shards_total=$((shards_total + shards))
+    check "worker $i: the score and the 3 counts triggers are on each of its $shards shards" "$((4 * shards))" \
+        "$(val "$i" -c "SELECT count(*) FROM pg_trigger AS t JOIN popularity._citus_local_shards('image') AS s(shard)
+                        ON t.tgrelid = s.shard
+                        WHERE t.tgname ~ '^zz_popularity_(score|stats_insert|stats_update|stats_delete)_[0-9]+$'")"
+done
+check "every shard is on a worker" "8" "$shards_total"
+
+# A sample first (scored NULL: no constants yet), then the constants from it, then the catalog.
+SAMPLE=$((ROWS / 10))
+ingest 1 "$SAMPLE"
+constants_started=$SECONDS
+on 0 -c "SELECT count(*) FROM popularity.refresh_constants('image')" >/dev/null
+echo "refresh_constants over $SAMPLE rows on the coordinator: $((SECONDS - constants_started)) s"
+
+# --- 4. refresh_constants: exact over every shard ----------------------------------------------
+truth_sql="SELECT string_agg(format('%s %s %s', x.provider, CASE WHEN x.pv = 0 THEN 1 ELSE x.pv END,
+                                    popularity_constant(x.pv, x.percentile)), ', ' ORDER BY x.provider) FROM (
+               SELECT m.provider, m.percentile,
+                      percentile_disc(m.percentile) WITHIN GROUP (ORDER BY popularity_metric_value(i.meta_data, m.metric)) AS pv
+               FROM image AS i JOIN popularity.metrics AS m ON m.provider = i.provider::text AND m.media_type = 'image'
+               GROUP BY m.provider, m.percentile) AS x"
+vals_sql="SELECT string_agg(format('%s %s %s', provider, val, constant), ', ' ORDER BY provider)
+          FROM popularity.metrics WHERE media_type = 'image'"
+check "refresh_constants on the coordinator equals percentile_disc over every shard" \
+    "$(val 0 -c "$truth_sql")" "$(val 0 -c "$vals_sql")"
+for ((i = 1; i < NODES; i++)); do
+    check "worker $i got the new constants at commit" "$(val 0 -c "$config_sql")" "$(val "$i" -c "$config_sql")"
+done
+
+ingest $((SAMPLE + 1)) "$ROWS"
+echo "catalog: $ROWS rows ingested through the coordinator after $((SECONDS - started_at)) s"
+stale_sql="SELECT count(*) FROM image AS i JOIN popularity.metrics AS m ON m.media_type = 'image' AND m.provider = i.provider::text
+           WHERE i.standardized_popularity IS DISTINCT FROM standardized_popularity(popularity_metric_value(i.meta_data, m.metric), m.constant)"
+check "rows ingested after the constants are scored by the trigger on their shards" "0" \
+    "$(val 0 -c "$stale_sql AND substr(i.foreign_identifier, 2)::bigint > $SAMPLE")"
+sample_stale=$(val 0 -c "$stale_sql AND substr(i.foreign_identifier, 2)::bigint <= $SAMPLE")
+if [ "$sample_stale" -gt 0 ]; then ok "the sample ingested before the constants is stale ($sample_stale rows)"; else bad "the sample is not stale"; fi
+
+# --- 3. Provider counts: per shard, exact from the coordinator ---------------------------------
+recount_sql="SELECT string_agg(format('%s %s %s %s %s', r.provider, r.rows, r.ok, r.scored, r.invalid), ', ' ORDER BY r.provider) FROM (
+                 SELECT i.provider::text AS provider, count(*) AS rows,
+                        count(*) FILTER (WHERE popularity._metric_status(i.meta_data, m.metric) = 'ok') AS ok,
+                        count(*) FILTER (WHERE i.standardized_popularity IS NOT NULL) AS scored,
+                        count(*) FILTER (WHERE popularity._metric_status(i.meta_data, m.metric) = 'invalid') AS invalid
+                 FROM image AS i LEFT JOIN popularity.metrics AS m ON m.media_type = 'image' AND m.provider = i.provider::text
+                 GROUP BY 1) AS r"
+counted_sql="SELECT string_agg(format('%s %s %s %s %s', provider, rows, rows_with_metric, rows_scored, rows_invalid_metric), ', ' ORDER BY provider)
+             FROM popularity.citus_provider_stats('image')"
+check "provider counts (statement triggers with transition tables on the shards) equal a recount" \
+    "$(val 0 -c "$recount_sql")" "$(val 0 -c "$counted_sql")"
+check "every provider is counted on both workers, none waits for reconcile_stats" "6 0" \
+    "$(val 0 -F' ' -c "SELECT count(*) FILTER (WHERE nodes = 2), count(*) FILTER (WHERE reconcile_pending) FROM popularity.citus_provider_stats('image')")"
+# The reconciliation as backstop: a worker's counts made wrong are found and mended from the coordinator.
+val 1 -c "INSERT INTO popularity.stats_journal (media_type, provider, rows, rows_with_metric, rows_scored, rows_invalid_metric)
+          VALUES ('image', 'flickr', 7, 0, 0, 0)" >/dev/null
+if [ "$(val 0 -c "$counted_sql")" != "$(val 0 -c "$recount_sql")" ]; then ok "a drift on worker 1 shows in the counts"; else bad "the drift does not show"; fi
+check "reconcile_stats on the coordinator corrects it on the worker" "1" \
+    "$(val 0 -c "CALL popularity.reconcile_stats('image')")"
+check "the counts equal a recount again" "$(val 0 -c "$recount_sql")" "$(val 0 -c "$counted_sql")"
 
 echo "run time: $((SECONDS - started_at)) s"
 if [ "$failures" -gt 0 ]; then

@@ -468,31 +468,32 @@ BEGIN
     began := clock_timestamp();
     last_report := clock_timestamp();
     LOOP
-        SELECT array_agg(split_part(w.result, '|', 1) ORDER BY w.node_name, w.node_port),
-               array_agg(format('%s:%s run %s: %s', w.node_name, w.node_port, r.run_id,
-                                substr(w.result, strpos(w.result, '|') + 1)) ORDER BY w.node_name, w.node_port)
-        INTO states, errors
-        FROM popularity._citus_on_workers(
-                 ARRAY(SELECT format('SELECT r.state || ''|'' || coalesce(r.error, '''') FROM popularity.refresh_runs AS r'
-                                     ' WHERE r.run_id = %s', r)
-                       FROM unnest(run_ids) AS r), nodes, ports) AS w
-        JOIN unnest(nodes, ports, run_ids) AS r(node_name, node_port, run_id)
-          ON r.node_name = w.node_name AND r.node_port = w.node_port;
-        EXIT WHEN NOT EXISTS (SELECT FROM unnest(states) AS s WHERE s IS NULL OR s NOT IN ('succeeded', 'failed', 'cancelled'));
-        every := current_setting('popularity.progress_interval')::interval;
-        IF every > interval '0' AND clock_timestamp() - last_report >= every THEN
-            SELECT string_agg(format('%s:%s %s', w.node_name, w.node_port, w.result), ', ' ORDER BY w.node_name, w.node_port)
-            INTO progress
-            FROM popularity._citus_on_workers(
-                     ARRAY(SELECT format('SELECT format(''run %%s %%s%%%% of %%s blocks, %%s rows scanned'', %s,'
-                                         ' coalesce(max(s.percent_done), 0), coalesce(max(s.blocks_total), 0),'
-                                         ' coalesce(sum(s.rows_scanned), 0))'
-                                         ' FROM popularity.refresh_status AS s WHERE s.run_id = %s', r, r)
-                           FROM unnest(run_ids) AS r), nodes, ports) AS w;
-            RAISE NOTICE '% of media type "%" on the workers: %', v_job, v_media_type, progress;
-            last_report := clock_timestamp();
-        END IF;
+        -- A cancel (or statement timeout) anywhere in a look or the nap cancels the runs.
         BEGIN
+            SELECT array_agg(split_part(w.result, '|', 1) ORDER BY w.node_name, w.node_port),
+                   array_agg(format('%s:%s run %s: %s', w.node_name, w.node_port, r.run_id,
+                                    substr(w.result, strpos(w.result, '|') + 1)) ORDER BY w.node_name, w.node_port)
+            INTO states, errors
+            FROM popularity._citus_on_workers(
+                     ARRAY(SELECT format('SELECT r.state || ''|'' || coalesce(r.error, '''') FROM popularity.refresh_runs AS r'
+                                         ' WHERE r.run_id = %s', r)
+                           FROM unnest(run_ids) AS r), nodes, ports) AS w
+            JOIN unnest(nodes, ports, run_ids) AS r(node_name, node_port, run_id)
+              ON r.node_name = w.node_name AND r.node_port = w.node_port;
+            EXIT WHEN NOT EXISTS (SELECT FROM unnest(states) AS s WHERE s IS NULL OR s NOT IN ('succeeded', 'failed', 'cancelled'));
+            every := current_setting('popularity.progress_interval')::interval;
+            IF every > interval '0' AND clock_timestamp() - last_report >= every THEN
+                SELECT string_agg(format('%s:%s %s', w.node_name, w.node_port, w.result), ', ' ORDER BY w.node_name, w.node_port)
+                INTO progress
+                FROM popularity._citus_on_workers(
+                         ARRAY(SELECT format('SELECT format(''run %%s %%s%%%% of %%s blocks, %%s rows scanned'', %s,'
+                                             ' coalesce(max(s.percent_done), 0), coalesce(max(s.blocks_total), 0),'
+                                             ' coalesce(sum(s.rows_scanned), 0))'
+                                             ' FROM popularity.refresh_status AS s WHERE s.run_id = %s', r, r)
+                               FROM unnest(run_ids) AS r), nodes, ports) AS w;
+                RAISE NOTICE '% of media type "%" on the workers: %', v_job, v_media_type, progress;
+                last_report := clock_timestamp();
+            END IF;
             PERFORM pg_sleep(least(0.2, greatest(0.01, extract(epoch FROM clock_timestamp() - began) / 20)));
         EXCEPTION WHEN query_canceled THEN
             interrupted := true;

@@ -182,6 +182,121 @@ check "reconcile_stats on the coordinator corrects it on the worker" "1" \
     "$(val 0 -c "CALL popularity.reconcile_stats('image')")"
 check "the counts equal a recount again" "$(val 0 -c "$recount_sql")" "$(val 0 -c "$counted_sql")"
 
+# --- 5. The jobs, from the coordinator: each worker node walks its own shards -------------------
+on 0 -q -c "SELECT popularity.set_metric('image', p, m, 0.8) FROM popularity.metrics AS x(mt, p, m) WHERE x.mt = 'image'" >/dev/null
+# The new constants first (the CALL computes them again: unchanged), so the rows to rescore are known.
+on 0 -c "SELECT count(*) FROM popularity.refresh_constants('image')" >/dev/null
+stale_before=$(val 0 -c "$stale_sql")
+refresh_started=$SECONDS
+on 0 -c "CALL refresh_popularity('image')" 2>&1 | grep -v '^NOTICE: .*queued' | sed 's/^/  /'
+echo "refresh_popularity of $ROWS rows from the coordinator: $((SECONDS - refresh_started)) s"
+check "after refresh_popularity no row is stale on any shard" "0" "$(val 0 -c "$stale_sql")"
+for ((i = 1; i < NODES; i++)); do
+    run=$(val "$i" -c "SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'refresh'")
+    check "worker $i: its refresh run succeeded, walking each of its shards" \
+        "succeeded $(val "$i" -c "SELECT count(*) FROM popularity._citus_local_shards('image')")" \
+        "$(val "$i" -F' ' -c "SELECT r.state, count(DISTINCT t.leaf) FROM popularity.refresh_runs AS r
+                             JOIN popularity.refresh_tasks AS t USING (run_id) WHERE r.run_id = $run GROUP BY r.state")"
+done
+check "the coordinator sees both workers' runs succeed, and every row they rescored" \
+    "2 succeeded $stale_before" \
+    "$(val 0 -F' ' -c "SELECT count(DISTINCT node), string_agg(DISTINCT state, ','), sum(rows_updated)
+                      FROM popularity.citus_refresh_status('image')
+                      WHERE job = 'refresh' AND (node, run_id) IN (SELECT node, max(run_id) FROM popularity.citus_refresh_status('image')
+                                                                  WHERE job = 'refresh' GROUP BY node)")"
+echo "  rows/s per node (information): $(val 0 -c "SELECT string_agg(format('%s %s', node, r), ', ') FROM (
+        SELECT node, sum(rows_per_second) AS r FROM popularity.citus_refresh_status('image')
+        WHERE job = 'refresh' AND (node, run_id) IN (SELECT node, max(run_id) FROM popularity.citus_refresh_status('image')
+                                                    WHERE job = 'refresh' GROUP BY node) GROUP BY node) AS x")"
+
+dirty_sql="SELECT count(*) FROM image WHERE tags IS DISTINCT FROM popularity.filtered_tags(tags, provider, 'image')"
+dirty=$(val 0 -c "$dirty_sql")
+if [ "$dirty" -gt 0 ]; then ok "$dirty rows have tags the rules drop"; else bad "no row has tags to drop"; fi
+on 0 -c "CALL filter_tags('image')" 2>&1 | grep -v '^NOTICE: .*queued' | sed 's/^/  /'
+check "after filter_tags every row's tags are as the rules leave them, on every shard" "0" "$(val 0 -c "$dirty_sql")"
+check "both workers' filter runs succeeded and together changed every dirty row" "2 succeeded $dirty" \
+    "$(val 0 -F' ' -c "SELECT count(DISTINCT node), string_agg(DISTINCT state, ','), sum(rows_updated)
+                      FROM popularity.citus_refresh_status('image') WHERE job = 'filter_tags'")"
+
+# Cancel: a transaction that writes on every worker and stays open holds the runs (a run waits for
+# the writers in progress when it was queued), so the cancel finds them active.
+tmp=$(mktemp -d /tmp/popularity-citus.XXXXXX)
+chmod 755 "$tmp"
+on 0 -c "BEGIN; UPDATE image SET title = title WHERE substr(foreign_identifier, 2)::bigint <= 100;
+         SELECT pg_sleep(600); COMMIT" >"$tmp/holder.out" 2>&1 &
+holder=$!
+active_runs() { val 0 -c "SELECT count(*) FROM popularity.citus_refresh_status('image')
+                          WHERE job = 'refresh' AND state IN ('queued', 'running') AND provider = 'flickr'"; }
+wait_for() { # condition-command expected
+    for _ in $(seq 1 300); do [ "$($1)" = "$2" ] && return 0; sleep 0.1; done; return 1
+}
+sleep 0.5
+on 0 -c "CALL refresh_popularity('image', force => true)" >"$tmp/call.out" 2>&1 &
+caller=$!
+if wait_for active_runs 2; then
+    on 0 -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL refresh_popularity%' AND pid <> pg_backend_pid()" >/dev/null
+fi
+wait "$caller" || true
+if grep -q 'cancelled on every worker node' "$tmp/call.out"; then
+    ok "a cancelled CALL on the coordinator says its runs were cancelled on every worker"
+else
+    bad "the cancelled CALL said: $(tr '\n' ' ' <"$tmp/call.out")"
+fi
+for ((i = 1; i < NODES; i++)); do
+    check "worker $i: its run of the cancelled CALL is cancelled" "cancelled" \
+        "$(val "$i" -c "SELECT state FROM popularity.refresh_runs WHERE run_id = (SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'refresh')")"
+done
+on 0 -c "CALL refresh_popularity('image', wait => false, force => true)" >/dev/null 2>&1 ||
+    bad "refresh_popularity(wait => false) refused to start"
+check "citus_cancel_refresh cancels a run started without wait on both workers" "2" \
+    "$(val 0 -c "SELECT count(*) FROM popularity.citus_cancel_refresh('image')")"
+check "no run is left active on any worker" "0" "$(active_runs)"
+on 0 -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; UPDATE image SET title%'" >/dev/null
+wait "$holder" || true
+
+# --- 6. Convergence under ingestion through the coordinator ------------------------------------
+# (Citus evaluates functions of ON CONFLICT DO UPDATE SET only when IMMUTABLE: the new values come
+# in the VALUES list, evaluated on the coordinator; 'ingested' marks each written row version.)
+cat >"$tmp/existing.sql" <<'SQL'
+\set n random(1, :rows)
+\set v random(0, 200000)
+INSERT INTO image AS old (identifier, provider, foreign_identifier, url, meta_data, tags, updated_on)
+VALUES (md5('c' || :n)::uuid, provider_of(:n), 'c' || :n, 'https://cdn.example.org/' || :n,
+        metric_data(provider_of(:n), :v) || jsonb_build_object('note', repeat('u', :v % 700), 'ingested', clock_timestamp()),
+        '[]', now())
+ON CONFLICT (identifier) DO UPDATE
+    SET meta_data = old.meta_data || excluded.meta_data, updated_on = excluded.updated_on;
+SQL
+cat >"$tmp/new.sql" <<'SQL'
+\set v random(0, 200000)
+\set p random(0, 19)
+INSERT INTO image (provider, foreign_identifier, url, meta_data, tags)
+VALUES (provider_of(:p), 'n' || :v, 'https://cdn.example.org/new/' || :v,
+        metric_data(provider_of(:p), :v) || jsonb_build_object('ingested', clock_timestamp()), '[]');
+SQL
+on 0 -q -c "SELECT popularity.set_metric('image', p, m, 0.75) FROM popularity.metrics AS x(mt, p, m) WHERE x.mt = 'image'" >/dev/null
+before=$(val 0 -c "SELECT count(*) FROM image")
+"$PG_BIN/pgbench" -n -c 3 -j 1 -T 600 -h "${CITUS_DIRS[0]}" -p "${CITUS_PORTS[0]}" -U postgres -D rows="$ROWS" \
+    -f "$tmp/existing.sql@3" -f "$tmp/new.sql@1" postgres >"$tmp/pgbench.out" 2>&1 &
+pgbench=$!
+sleep 1
+run_started=$(val 0 -c "SELECT clock_timestamp()")
+on 0 -c "CALL refresh_popularity('image')" >"$tmp/converge.out" 2>&1 || bad "refresh under ingestion: $(tr '\n' ' ' <"$tmp/converge.out")"
+run_ended=$(val 0 -c "SELECT clock_timestamp()")
+kill -TERM "$pgbench" 2>/dev/null || true
+wait "$pgbench" || true
+check "after a refresh under ingestion through the coordinator no row is stale on any shard" "0" "$(val 0 -c "$stale_sql")"
+during=$(val 0 -c "SELECT count(*) FROM image WHERE (meta_data->>'ingested')::timestamptz BETWEEN '$run_started' AND '$run_ended'")
+added=$(( $(val 0 -c "SELECT count(*) FROM image") - before ))
+if [ "$during" -gt 0 ] && [ "$added" -gt 0 ]; then
+    ok "ingestion ran during the refresh ($during rows written while it ran, $added new rows in all)"
+else
+    bad "no ingestion during the refresh ($during rows written while it ran, $added new rows)"
+fi
+if grep -qE 'aborted|error' "$tmp/pgbench.out"; then bad "pgbench: $(grep -E 'aborted|error' "$tmp/pgbench.out" | head -3)"; fi
+check "provider counts equal a recount after the ingestion" "$(val 0 -c "$recount_sql")" "$(val 0 -c "$counted_sql")"
+rm -rf "$tmp"
+
 echo "run time: $((SECONDS - started_at)) s"
 if [ "$failures" -gt 0 ]; then
     echo "$failures check(s) failed"

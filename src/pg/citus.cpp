@@ -56,4 +56,42 @@ Oid citus_shard_parent(Oid relid) {
     return shard ? table : InvalidOid;
 }
 
+List *citus_local_shards(Oid relid, List *list) {
+    if (!OidIsValid(get_extension_oid("citus", true))) {
+        return list;
+    }
+    MemoryContext caller = CurrentMemoryContext;
+    if (SPI_connect() != SPI_OK_CONNECT) {
+        elog(ERROR, "SPI_connect failed");
+    }
+    Oid types[1] = {OIDOID};
+    Datum values[1] = {ObjectIdGetDatum(relid)};
+    const int rc = SPI_execute_with_args(
+        "SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false))"
+        "           ::pg_catalog.oid"
+        " FROM pg_catalog.pg_dist_shard AS s"
+        " JOIN pg_catalog.pg_dist_placement AS p ON p.shardid OPERATOR(pg_catalog.=) s.shardid"
+        " JOIN pg_catalog.pg_dist_partition AS d ON d.logicalrelid OPERATOR(pg_catalog.=) "
+        "s.logicalrelid"
+        " WHERE s.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+        "   AND d.partmethod OPERATOR(pg_catalog.=) 'h'"
+        "   AND p.groupid OPERATOR(pg_catalog.=)"
+        "       (SELECT g.groupid FROM pg_catalog.pg_dist_local_group AS g)",
+        1, types, values, nullptr, true, 0);
+    if (rc != SPI_OK_SELECT) {
+        elog(ERROR, "reading Citus's shard placements failed: %s", SPI_result_code_string(rc));
+    }
+    for (uint64 i = 0; i < SPI_processed; i++) {
+        bool isnull = false;
+        const Datum shard = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+        if (!isnull) {
+            MemoryContext spi = MemoryContextSwitchTo(caller);
+            list = lappend_oid(list, DatumGetObjectId(shard));
+            MemoryContextSwitchTo(spi);
+        }
+    }
+    SPI_finish();
+    return list;
+}
+
 } // namespace popularity::pg

@@ -4,6 +4,10 @@
 
 #include "pg_includes.hpp"
 
+extern "C" {
+#include "nodes/pg_list.h"
+}
+
 namespace popularity::pg {
 
 // The Citus distributed table of which `relid` is a shard, or InvalidOid (not a shard, or Citus is
@@ -11,5 +15,10 @@ namespace popularity::pg {
 // table's schema whose shard id Citus's metadata (pg_dist_shard) lists for that table. Plain C:
 // may raise; connects to SPI itself.
 Oid citus_shard_parent(Oid relid);
+
+// The shards of the Citus distributed table `relid` placed on this node, appended to `list`
+// (allocated in the caller's memory context); `list` unchanged when relid is not distributed or
+// Citus is not installed. Plain C: may raise; connects to SPI itself.
+List *citus_local_shards(Oid relid, List *list);
 
 } // namespace popularity::pg

@@ -19,6 +19,8 @@
 // EXCLUSIVE) and CREATE INDEX (SHARE) write no row of the table and are not.
 #include "writers.hpp"
 
+#include "../pg/citus.hpp"
+
 extern "C" {
 #include "catalog/pg_inherits.h"
 #include "storage/proc.h"
@@ -43,8 +45,9 @@ bool same(const VirtualTransactionId &a, const VirtualTransactionId &b) {
 
 VirtualTransactionId *table_writers(Oid relid, int *count) {
     // Holders of a write lock on the table or any of its partitions (an INSERT straight into a
-    // partition does not lock the parent), fast-path locks included.
-    List *tree = find_all_inheritors(relid, NoLock, nullptr);
+    // partition does not lock the parent), or any of its Citus shards on this node (a write
+    // through the coordinator locks the shard only), fast-path locks included.
+    List *tree = pg::citus_local_shards(relid, find_all_inheritors(relid, NoLock, nullptr));
     LockData *locks = GetLockStatusData();
     auto *holders = static_cast<VirtualTransactionId *>(
         palloc(sizeof(VirtualTransactionId) * Max(locks->nelements, 1)));

@@ -581,7 +581,8 @@ COMMENT ON FUNCTION popularity.citus_cancel_refresh(text) IS
 -- The provider counts of a distributed table, from the coordinator: each worker node counts the
 -- rows of its own shards (the counts triggers fire on the shards and append to that node's
 -- journal); their sum is exact. reconcile_pending when any node's counts wait for reconcile_stats
--- (run from the coordinator, it reconciles every worker node's).
+-- (run from the coordinator, it reconciles every worker node's), or the coordinator's: a TRUNCATE
+-- through the coordinator empties the shards without a trigger firing on them.
 CREATE FUNCTION popularity.citus_provider_stats(of_media_type text DEFAULT NULL)
 RETURNS TABLE (media_type text, provider text, rows bigint, rows_with_metric bigint, rows_scored bigint,
                rows_invalid_metric bigint, rows_missing_metric bigint, reconcile_pending boolean, nodes integer)
@@ -608,14 +609,23 @@ BEGIN
             USING ERRCODE = 'connection_failure', DETAIL = failed;
     END IF;
     RETURN QUERY
-    SELECT e->>'media_type', e->>'provider', sum((e->>'rows')::bigint)::bigint,
-           sum((e->>'rows_with_metric')::bigint)::bigint, sum((e->>'rows_scored')::bigint)::bigint,
-           sum((e->>'rows_invalid_metric')::bigint)::bigint, sum((e->>'rows_missing_metric')::bigint)::bigint,
-           bool_or((e->>'reconcile_pending')::boolean), count(DISTINCT u.node)::integer
-    FROM unnest(node_names, results) AS u(node, result)
-    CROSS JOIN LATERAL jsonb_array_elements(u.result) AS e
-    GROUP BY e->>'media_type', e->>'provider'
-    ORDER BY 1, 2;
+    SELECT g.media_type, g.provider, g.rows, g.rows_with_metric, g.rows_scored, g.rows_invalid_metric,
+           g.rows_missing_metric,
+           -- (A TRUNCATE through the coordinator marks the coordinator only: Citus creates no
+           -- TRUNCATE trigger on the shards.)
+           g.pending OR EXISTS (SELECT FROM popularity.stats_marks AS k WHERE k.media_type = g.media_type
+                                AND (k.provider IS NULL OR k.provider = g.provider)),
+           g.nodes
+    FROM (SELECT e->>'media_type' AS media_type, e->>'provider' AS provider, sum((e->>'rows')::bigint)::bigint AS rows,
+                 sum((e->>'rows_with_metric')::bigint)::bigint AS rows_with_metric,
+                 sum((e->>'rows_scored')::bigint)::bigint AS rows_scored,
+                 sum((e->>'rows_invalid_metric')::bigint)::bigint AS rows_invalid_metric,
+                 sum((e->>'rows_missing_metric')::bigint)::bigint AS rows_missing_metric,
+                 bool_or((e->>'reconcile_pending')::boolean) AS pending, count(DISTINCT u.node)::integer AS nodes
+          FROM unnest(node_names, results) AS u(node, result)
+          CROSS JOIN LATERAL jsonb_array_elements(u.result) AS e
+          GROUP BY e->>'media_type', e->>'provider') AS g
+    ORDER BY g.media_type, g.provider;
 END $$;
 COMMENT ON FUNCTION popularity.citus_provider_stats(text) IS
     'On a Citus coordinator: popularity.provider_stats summed over every worker node (exact: each node counts '

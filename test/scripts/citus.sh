@@ -297,6 +297,15 @@ if grep -qE 'aborted|error' "$tmp/pgbench.out"; then bad "pgbench: $(grep -E 'ab
 check "provider counts equal a recount after the ingestion" "$(val 0 -c "$recount_sql")" "$(val 0 -c "$counted_sql")"
 rm -rf "$tmp"
 
+# TRUNCATE through the coordinator: no trigger fires on the shards (Citus creates none for TRUNCATE
+# there); the coordinator's mark says the counts wait for reconcile_stats, which mends them.
+on 0 -c "TRUNCATE image"
+check "after a TRUNCATE the counts say they wait for reconcile_stats" "t" \
+    "$(val 0 -c "SELECT bool_and(reconcile_pending) FROM popularity.citus_provider_stats('image')")"
+on 0 -c "CALL popularity.reconcile_stats('image')" >/dev/null
+check "reconcile_stats from the coordinator zeroes every worker's counts" "0 f" \
+    "$(val 0 -F' ' -c "SELECT count(*), coalesce(bool_or(reconcile_pending), false) FROM popularity.citus_provider_stats('image')")"
+
 echo "run time: $((SECONDS - started_at)) s"
 if [ "$failures" -gt 0 ]; then
     echo "$failures check(s) failed"

@@ -84,7 +84,7 @@ void set_batch_settings() {
 // (the leaf exists), an OID is taken as it is.
 #define LEAF_OID_SQL                                                                               \
     "CASE WHEN (to_jsonb(t) ->> 'leaf') ~ '^[0-9]+$'"                                              \
-    " THEN (to_jsonb(t) ->> 'leaf')::pg_catalog.oid"                                              \
+    " THEN (to_jsonb(t) ->> 'leaf')::pg_catalog.oid"                                               \
     " ELSE (to_jsonb(t) ->> 'leaf')::pg_catalog.regclass::pg_catalog.oid END"
 
 // Reads the task and its run; false when there is nothing (more) to do.

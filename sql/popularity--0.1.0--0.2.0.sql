@@ -2297,7 +2297,8 @@ COMMENT ON FUNCTION popularity._citus_coordinator() IS
     'True on a Citus coordinator (false without Citus) (internal)';
 
 -- The shards of a distributed table placed on this node, as relations (none on the coordinator
--- unless it holds shards). These are what a worker node's triggers, counts and jobs work on.
+-- unless it holds shards); of a distributed partitioned table, the shards of its leaf partitions.
+-- These are what a worker node's jobs and counts work on.
 CREATE FUNCTION popularity._citus_local_shards(media_table regclass)
 RETURNS SETOF regclass
 LANGUAGE plpgsql
@@ -2312,7 +2313,8 @@ BEGIN
         'SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid, false)::pg_catalog.regclass'
         ' FROM pg_catalog.pg_dist_shard AS s'
         ' JOIN pg_catalog.pg_dist_placement AS p ON p.shardid = s.shardid'
-        ' WHERE s.logicalrelid = $1'
+        ' WHERE (s.logicalrelid = $1'
+        '        OR s.logicalrelid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree($1) AS t WHERE t.isleaf))'
         '   AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group AS g)'
         ' ORDER BY s.shardid'
         USING media_table;

@@ -73,7 +73,9 @@ List *citus_local_shards(Oid relid, List *list) {
         " JOIN pg_catalog.pg_dist_placement AS p ON p.shardid OPERATOR(pg_catalog.=) s.shardid"
         " JOIN pg_catalog.pg_dist_partition AS d ON d.logicalrelid OPERATOR(pg_catalog.=) "
         "s.logicalrelid"
-        " WHERE s.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+        " WHERE s.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY("
+        "     SELECT t.relid::pg_catalog.oid FROM pg_catalog.pg_partition_tree($1) AS t)"
+        "     OPERATOR(pg_catalog.||) $1)"
         "   AND d.partmethod OPERATOR(pg_catalog.=) 'h'"
         "   AND p.groupid OPERATOR(pg_catalog.=)"
         "       (SELECT g.groupid FROM pg_catalog.pg_dist_local_group AS g)",

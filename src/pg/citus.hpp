@@ -16,7 +16,8 @@ namespace popularity::pg {
 // may raise; connects to SPI itself.
 Oid citus_shard_parent(Oid relid);
 
-// The shards of the Citus distributed table `relid` placed on this node, appended to `list`
+// The shards of the Citus distributed table `relid` (and of its partitions, when partitioned)
+// placed on this node, appended to `list`
 // (allocated in the caller's memory context); `list` unchanged when relid is not distributed or
 // Citus is not installed. Plain C: may raise; connects to SPI itself.
 List *citus_local_shards(Oid relid, List *list);

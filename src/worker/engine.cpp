@@ -103,8 +103,19 @@ bool leaf_present(const Task &task) {
     List *ancestors = get_partition_ancestors(task.leaf);
     const bool member = list_member_oid(ancestors, task.relid);
     list_free(ancestors);
-    // Or a shard of a Citus distributed table on this node (a shard moved away is dropped here).
-    return member || pg::citus_shard_parent(task.leaf) == task.relid;
+    if (member) {
+        return true;
+    }
+    // Or a shard on this node of the Citus distributed table or of one of its partitions (a shard
+    // moved away is dropped here).
+    const Oid shard_of = pg::citus_shard_parent(task.leaf);
+    if (!OidIsValid(shard_of)) {
+        return false;
+    }
+    List *shard_ancestors = get_partition_ancestors(shard_of);
+    const bool below = shard_of == task.relid || list_member_oid(shard_ancestors, task.relid);
+    list_free(shard_ancestors);
+    return below;
 }
 
 // The batch reads the table directly with the role's snapshot, so the role must still be allowed

@@ -297,6 +297,50 @@ if grep -qE 'aborted|error' "$tmp/pgbench.out"; then bad "pgbench: $(grep -E 'ab
 check "provider counts equal a recount after the ingestion" "$(val 0 -c "$recount_sql")" "$(val 0 -c "$counted_sql")"
 rm -rf "$tmp"
 
+# --- A distributed partitioned table: each worker walks the shards of every partition ------------
+on 0 >/dev/null <<'SQL'
+CREATE TABLE image_parted (
+    identifier uuid NOT NULL,
+    created_on timestamptz NOT NULL,
+    updated_on timestamptz NOT NULL DEFAULT now(),
+    provider text NOT NULL,
+    meta_data jsonb,
+    tags jsonb,
+    PRIMARY KEY (identifier, created_on)
+) PARTITION BY RANGE (created_on);
+CREATE TABLE image_parted_2024 PARTITION OF image_parted FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE image_parted_2025 PARTITION OF image_parted FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+SELECT create_distributed_table('image_parted', 'identifier');
+SELECT popularity.register_media_type('parted', 'image_parted', default_metrics => false);
+SELECT popularity.set_metric('parted', 'flickr', 'views');
+SELECT popularity.set_metric('parted', 'wikimedia', 'global_usage_count');
+INSERT INTO image_parted (identifier, created_on, provider, meta_data, tags)
+SELECT md5('p' || g)::uuid, '2024-06-01'::timestamptz + (g % 500) * interval '1 day', provider_of(g),
+       metric_data(provider_of(g), floor(exp(random() * 9))::bigint), '[]'
+FROM generate_series(1, 20000) AS g;
+SQL
+parted_stale_sql="SELECT count(*) FROM image_parted AS i JOIN popularity.metrics AS m ON m.media_type = 'parted' AND m.provider = i.provider
+                  WHERE i.standardized_popularity IS DISTINCT FROM standardized_popularity(popularity_metric_value(i.meta_data, m.metric), m.constant)"
+on 0 -c "CALL refresh_popularity('parted')" >/dev/null 2>&1 || bad "refresh_popularity('parted') failed"
+check "distributed partitioned table: constants equal percentile_disc over every shard of every partition" \
+    "$(val 0 -c "SELECT string_agg(format('%s %s', x.provider, popularity_constant(x.pv, 0.85)), ', ' ORDER BY x.provider) FROM (
+                 SELECT m.provider, percentile_disc(0.85) WITHIN GROUP (ORDER BY popularity_metric_value(i.meta_data, m.metric)) AS pv
+                 FROM image_parted AS i JOIN popularity.metrics AS m ON m.provider = i.provider AND m.media_type = 'parted'
+                 GROUP BY m.provider) AS x")" \
+    "$(val 0 -c "SELECT string_agg(format('%s %s', provider, constant), ', ' ORDER BY provider) FROM popularity.metrics WHERE media_type = 'parted'")"
+check "distributed partitioned table: no row stale after refresh_popularity" "0" "$(val 0 -c "$parted_stale_sql")"
+for ((i = 1; i < NODES; i++)); do
+    check "worker $i walked the shards of both partitions" \
+        "$(val "$i" -c "SELECT count(*) FROM popularity._citus_local_shards('image_parted')")" \
+        "$(val "$i" -c "SELECT count(DISTINCT t.leaf) FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)
+                        WHERE r.media_type = 'parted' AND r.state = 'succeeded'")"
+done
+check "distributed partitioned table: provider counts equal a recount" \
+    "$(val 0 -c "SELECT string_agg(format('%s %s %s', provider, n, s), ', ' ORDER BY provider) FROM (
+                 SELECT provider, count(*) AS n, count(standardized_popularity) AS s FROM image_parted GROUP BY 1) AS x")" \
+    "$(val 0 -c "SELECT string_agg(format('%s %s %s', provider, rows, rows_scored), ', ' ORDER BY provider)
+                 FROM popularity.citus_provider_stats('parted')")"
+
 # TRUNCATE through the coordinator: no trigger fires on the shards (Citus creates none for TRUNCATE
 # there); the coordinator's mark says the counts wait for reconcile_stats, which mends them.
 on 0 -c "TRUNCATE image"

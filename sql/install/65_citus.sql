@@ -214,7 +214,9 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     IF config IS NULL THEN
-        DELETE FROM popularity.media_types AS m WHERE m.media_type = $1;
+        -- (A media type this worker registered for a table of its own is its own business.)
+        DELETE FROM popularity.media_types AS m
+        WHERE m.media_type = $1 AND popularity._citus_distributed(m.media_table);
         RETURN;
     END IF;
     tbl := (config->>'table')::regclass;

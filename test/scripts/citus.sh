@@ -341,6 +341,14 @@ check "distributed partitioned table: provider counts equal a recount" \
     "$(val 0 -c "SELECT string_agg(format('%s %s %s', provider, rows, rows_scored), ', ' ORDER BY provider)
                  FROM popularity.citus_provider_stats('parted')")"
 
+on 0 -c "SELECT popularity.unregister_media_type('parted')" >/dev/null
+for ((i = 1; i < NODES; i++)); do
+    check "worker $i: unregistering on the coordinator removes the media type and the shards' triggers" "0 0" \
+        "$(val "$i" -F' ' -c "SELECT (SELECT count(*) FROM popularity.media_types WHERE media_type = 'parted'),
+                                    (SELECT count(*) FROM pg_trigger AS t JOIN popularity._citus_local_shards('image_parted') AS s(shard)
+                                     ON t.tgrelid = s.shard WHERE t.tgname LIKE 'zz_popularity%')")"
+done
+
 # TRUNCATE through the coordinator: no trigger fires on the shards (Citus creates none for TRUNCATE
 # there); the coordinator's mark says the counts wait for reconcile_stats, which mends them.
 on 0 -c "TRUNCATE image"

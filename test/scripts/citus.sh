@@ -204,7 +204,7 @@ check "the coordinator sees both workers' runs succeed, and every row they resco
                       FROM popularity.citus_refresh_status('image')
                       WHERE job = 'refresh' AND (node, run_id) IN (SELECT node, max(run_id) FROM popularity.citus_refresh_status('image')
                                                                   WHERE job = 'refresh' GROUP BY node)")"
-echo "  rows/s per node (information): $(val 0 -c "SELECT string_agg(format('%s %s', node, r), ', ') FROM (
+echo "  refresh rows/s per node (information): $(val 0 -c "SELECT string_agg(format('%s %s', node, r), ', ') FROM (
         SELECT node, sum(rows_per_second) AS r FROM popularity.citus_refresh_status('image')
         WHERE job = 'refresh' AND (node, run_id) IN (SELECT node, max(run_id) FROM popularity.citus_refresh_status('image')
                                                     WHERE job = 'refresh' GROUP BY node) GROUP BY node) AS x")"
@@ -212,8 +212,12 @@ echo "  rows/s per node (information): $(val 0 -c "SELECT string_agg(format('%s 
 dirty_sql="SELECT count(*) FROM image WHERE tags IS DISTINCT FROM popularity.filtered_tags(tags, provider, 'image')"
 dirty=$(val 0 -c "$dirty_sql")
 if [ "$dirty" -gt 0 ]; then ok "$dirty rows have tags the rules drop"; else bad "no row has tags to drop"; fi
+filter_started=$SECONDS
 on 0 -c "CALL filter_tags('image')" 2>&1 | grep -v '^NOTICE: .*queued' | sed 's/^/  /'
+echo "filter_tags of $ROWS rows from the coordinator: $((SECONDS - filter_started)) s"
 check "after filter_tags every row's tags are as the rules leave them, on every shard" "0" "$(val 0 -c "$dirty_sql")"
+echo "  filter rows/s per node (information): $(val 0 -c "SELECT string_agg(format('%s %s', node, rows_per_second), ', ')
+        FROM popularity.citus_refresh_status('image') WHERE job = 'filter_tags'")"
 check "both workers' filter runs succeeded and together changed every dirty row" "2 succeeded $dirty" \
     "$(val 0 -F' ' -c "SELECT count(DISTINCT node), string_agg(DISTINCT state, ','), sum(rows_updated)
                       FROM popularity.citus_refresh_status('image') WHERE job = 'filter_tags'")"

@@ -1,4 +1,4 @@
--- Citus: media tables distributed over worker nodes (issue 14, item 2; docs/scale-out.md).
+-- Citus: media tables distributed over worker nodes (issue 14, item 2; README, "Citus").
 --
 -- What runs where. The coordinator holds the configuration every node scores with: the registry,
 -- the metrics and constants, the tag rules. CREATE EXTENSION popularity on the coordinator is
@@ -23,8 +23,8 @@ AS $$ SELECT EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 
 COMMENT ON FUNCTION popularity._citus_present() IS
     'True when the citus extension is installed in this database (internal)';
 
--- A hash-distributed Citus table (reference and Citus-local tables are single-placement copies
--- that the extension treats like ordinary tables on the node that runs it).
+-- A hash-distributed Citus table: the kind the extension handles as distributed (a reference or
+-- Citus-local table is handled as an ordinary table of the node that runs the extension's code).
 CREATE FUNCTION popularity._citus_distributed(media_table regclass)
 RETURNS boolean
 LANGUAGE plpgsql

@@ -2885,6 +2885,35 @@ $$;
 COMMENT ON FUNCTION popularity._counted_rows_sql(regclass) IS
     'The rows whose counts this node keeps, as SQL: the table, or this node''s shards of a Citus distributed table (internal)';
 
+-- grant_operator and revoke_operator on a coordinator do the same on every worker node, where the
+-- role's statements also run: DDL that Citus propagates (register_media_type's triggers are
+-- created on the workers as that role), the copies of the configuration, the runs over the shards.
+-- (Citus propagates CREATE ROLE, not these grants on extension routines and tables.)
+CREATE FUNCTION popularity._citus_operator_rights(role regrole, give boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    failed text;
+BEGIN
+    IF NOT popularity._citus_coordinator() THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(format('%s:%s: %s', w.node_name, w.node_port, w.result), '; ') FILTER (WHERE NOT w.success)
+    INTO failed
+    FROM popularity._citus_on_workers(ARRAY[format('SELECT popularity.%s(%L)',
+                                                   CASE WHEN give THEN 'grant_operator' ELSE 'revoke_operator' END,
+                                                   role::text)]) AS w;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'could not % the operator rights of role % on every Citus worker node',
+            CASE WHEN give THEN 'grant' ELSE 'revoke' END, role
+            USING ERRCODE = 'external_routine_exception', DETAIL = failed;
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._citus_operator_rights(regrole, boolean) IS
+    'On a Citus coordinator: grant_operator or revoke_operator on every worker node (internal)';
+
 -- reconcile_stats: on a Citus coordinator each worker node reconciles its shards' counts (60_stats.sql)
 CREATE OR REPLACE PROCEDURE popularity.reconcile_stats(media_type text DEFAULT NULL, INOUT corrections integer DEFAULT NULL)
 LANGUAGE plpgsql
@@ -3225,7 +3254,11 @@ CREATE FUNCTION popularity.grant_operator(role regrole)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT popularity._operator_rights(role, true) $$;
+AS $$
+    SELECT popularity._operator_rights(role, true);
+    -- On a Citus coordinator, on every worker node too (65_citus.sql).
+    SELECT popularity._citus_operator_rights(role, true);
+$$;
 COMMENT ON FUNCTION popularity.grant_operator(regrole) IS
     'Lets a role use the extension beyond reading (register, configure, refresh, filter tags, counts): '
     'what it may do with each media type still follows from its rights on the media table';
@@ -3235,7 +3268,10 @@ CREATE FUNCTION popularity.revoke_operator(role regrole)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT popularity._operator_rights(role, false) $$;
+AS $$
+    SELECT popularity._operator_rights(role, false);
+    SELECT popularity._citus_operator_rights(role, false);
+$$;
 COMMENT ON FUNCTION popularity.revoke_operator(regrole) IS
     'Takes back what popularity.grant_operator gave (reading stays open to every role)';
 REVOKE ALL ON FUNCTION popularity.revoke_operator(regrole) FROM PUBLIC;

@@ -652,3 +652,32 @@ AS $$
 $$;
 COMMENT ON FUNCTION popularity._counted_rows_sql(regclass) IS
     'The rows whose counts this node keeps, as SQL: the table, or this node''s shards of a Citus distributed table (internal)';
+
+-- grant_operator and revoke_operator on a coordinator do the same on every worker node, where the
+-- role's statements also run: DDL that Citus propagates (register_media_type's triggers are
+-- created on the workers as that role), the copies of the configuration, the runs over the shards.
+-- (Citus propagates CREATE ROLE, not these grants on extension routines and tables.)
+CREATE FUNCTION popularity._citus_operator_rights(role regrole, give boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    failed text;
+BEGIN
+    IF NOT popularity._citus_coordinator() THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(format('%s:%s: %s', w.node_name, w.node_port, w.result), '; ') FILTER (WHERE NOT w.success)
+    INTO failed
+    FROM popularity._citus_on_workers(ARRAY[format('SELECT popularity.%s(%L)',
+                                                   CASE WHEN give THEN 'grant_operator' ELSE 'revoke_operator' END,
+                                                   role::text)]) AS w;
+    IF failed IS NOT NULL THEN
+        RAISE EXCEPTION 'could not % the operator rights of role % on every Citus worker node',
+            CASE WHEN give THEN 'grant' ELSE 'revoke' END, role
+            USING ERRCODE = 'external_routine_exception', DETAIL = failed;
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._citus_operator_rights(regrole, boolean) IS
+    'On a Citus coordinator: grant_operator or revoke_operator on every worker node (internal)';

@@ -231,7 +231,11 @@ CREATE FUNCTION popularity.grant_operator(role regrole)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT popularity._operator_rights(role, true) $$;
+AS $$
+    SELECT popularity._operator_rights(role, true);
+    -- On a Citus coordinator, on every worker node too (65_citus.sql).
+    SELECT popularity._citus_operator_rights(role, true);
+$$;
 COMMENT ON FUNCTION popularity.grant_operator(regrole) IS
     'Lets a role use the extension beyond reading (register, configure, refresh, filter tags, counts): '
     'what it may do with each media type still follows from its rights on the media table';
@@ -241,7 +245,10 @@ CREATE FUNCTION popularity.revoke_operator(role regrole)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT popularity._operator_rights(role, false) $$;
+AS $$
+    SELECT popularity._operator_rights(role, false);
+    SELECT popularity._citus_operator_rights(role, false);
+$$;
 COMMENT ON FUNCTION popularity.revoke_operator(regrole) IS
     'Takes back what popularity.grant_operator gave (reading stays open to every role)';
 REVOKE ALL ON FUNCTION popularity.revoke_operator(regrole) FROM PUBLIC;

@@ -42,6 +42,9 @@ check() {
 # Node count: the coordinator (0) and the workers.
 NODES=3
 on() { citus_psql "$@"; }
+# The catalog's owner: a role with LOGIN and the operator rights (not a superuser), which registers
+# and runs the jobs; its statements run as it on the workers too.
+as_owner() { local node=$1; shift; citus_psql "$node" -U curator "$@"; }
 val() { local node=$1; shift; citus_psql "$node" -At "$@"; }
 
 # 8 shards (4 per worker): enough to show each node walking several shards of its own.
@@ -110,9 +113,16 @@ ingest() { # first last: catalog keys first..last, through the coordinator
 }
 
 # --- 2. Registration: the triggers run on the shards ---------------------------------------------
-on 0 -c "SELECT popularity.register_media_type('image', 'image')" >/dev/null
+# (CREATE ROLE is propagated by Citus; grant_operator on the coordinator grants on every worker.)
+on 0 -c "CREATE ROLE curator LOGIN" -c "ALTER TABLE image OWNER TO curator" \
+     -c "SELECT popularity.grant_operator('curator')" >/dev/null
+for ((i = 1; i < NODES; i++)); do
+    check "worker $i: grant_operator on the coordinator gave the role the operator rights there" "t" \
+        "$(val "$i" -c "SELECT has_function_privilege('curator', 'popularity._media_table(text)', 'EXECUTE')")"
+done
+as_owner 0 -c "SELECT popularity.register_media_type('image', 'image')" >/dev/null
 check "no citus.enable_unsafe_triggers left on after registration" "off" \
-    "$(val 0 -c "SELECT popularity.register_media_type('image', 'image'); SHOW citus.enable_unsafe_triggers" | tail -1)"
+    "$(as_owner 0 -At -c "SELECT popularity.register_media_type('image', 'image'); SHOW citus.enable_unsafe_triggers" | tail -1)"
 config_sql="SELECT md5(string_agg(format('%s %s %s %s %s', provider, metric, percentile, val, constant), ',' ORDER BY provider))
             FROM popularity.metrics WHERE media_type = 'image'"
 shards_total=0
@@ -133,7 +143,7 @@ check "every shard is on a worker" "8" "$shards_total"
 SAMPLE=$((ROWS / 10))
 ingest 1 "$SAMPLE"
 constants_started=$SECONDS
-on 0 -c "SELECT count(*) FROM popularity.refresh_constants('image')" >/dev/null
+as_owner 0 -c "SELECT count(*) FROM popularity.refresh_constants('image')" >/dev/null
 echo "refresh_constants over $SAMPLE rows on the coordinator: $((SECONDS - constants_started)) s"
 
 # --- 4. refresh_constants: exact over every shard ----------------------------------------------
@@ -179,20 +189,22 @@ val 1 -c "INSERT INTO popularity.stats_journal (media_type, provider, rows, rows
           VALUES ('image', 'flickr', 7, 0, 0, 0)" >/dev/null
 if [ "$(val 0 -c "$counted_sql")" != "$(val 0 -c "$recount_sql")" ]; then ok "a drift on worker 1 shows in the counts"; else bad "the drift does not show"; fi
 check "reconcile_stats on the coordinator corrects it on the worker" "1" \
-    "$(val 0 -c "CALL popularity.reconcile_stats('image')")"
+    "$(as_owner 0 -At -c "CALL popularity.reconcile_stats('image')")"
 check "the counts equal a recount again" "$(val 0 -c "$recount_sql")" "$(val 0 -c "$counted_sql")"
 
 # --- 5. The jobs, from the coordinator: each worker node walks its own shards -------------------
-on 0 -q -c "SELECT popularity.set_metric('image', p, m, 0.8) FROM popularity.metrics AS x(mt, p, m) WHERE x.mt = 'image'" >/dev/null
+as_owner 0 -q -c "SELECT popularity.set_metric('image', p, m, 0.8) FROM popularity.metrics AS x(mt, p, m) WHERE x.mt = 'image'" >/dev/null
 # The new constants first (the CALL computes them again: unchanged), so the rows to rescore are known.
-on 0 -c "SELECT count(*) FROM popularity.refresh_constants('image')" >/dev/null
+as_owner 0 -c "SELECT count(*) FROM popularity.refresh_constants('image')" >/dev/null
 stale_before=$(val 0 -c "$stale_sql")
 refresh_started=$SECONDS
-on 0 -c "CALL refresh_popularity('image')" 2>&1 | grep -v '^NOTICE: .*queued' | sed 's/^/  /'
+as_owner 0 -c "CALL refresh_popularity('image')" 2>&1 | grep -v '^NOTICE: .*queued' | sed 's/^/  /'
 echo "refresh_popularity of $ROWS rows from the coordinator: $((SECONDS - refresh_started)) s"
 check "after refresh_popularity no row is stale on any shard" "0" "$(val 0 -c "$stale_sql")"
 for ((i = 1; i < NODES; i++)); do
     run=$(val "$i" -c "SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'refresh'")
+    check "worker $i: its run is the catalog owner's (its background workers run as that role)" "curator" \
+        "$(val "$i" -c "SELECT requested_by::regrole FROM popularity.refresh_runs WHERE run_id = $run")"
     check "worker $i: its refresh run succeeded, walking each of its shards" \
         "succeeded $(val "$i" -c "SELECT count(*) FROM popularity._citus_local_shards('image')")" \
         "$(val "$i" -F' ' -c "SELECT r.state, count(DISTINCT t.leaf) FROM popularity.refresh_runs AS r
@@ -213,7 +225,7 @@ dirty_sql="SELECT count(*) FROM image WHERE tags IS DISTINCT FROM popularity.fil
 dirty=$(val 0 -c "$dirty_sql")
 if [ "$dirty" -gt 0 ]; then ok "$dirty rows have tags the rules drop"; else bad "no row has tags to drop"; fi
 filter_started=$SECONDS
-on 0 -c "CALL filter_tags('image')" 2>&1 | grep -v '^NOTICE: .*queued' | sed 's/^/  /'
+as_owner 0 -c "CALL filter_tags('image')" 2>&1 | grep -v '^NOTICE: .*queued' | sed 's/^/  /'
 echo "filter_tags of $ROWS rows from the coordinator: $((SECONDS - filter_started)) s"
 check "after filter_tags every row's tags are as the rules leave them, on every shard" "0" "$(val 0 -c "$dirty_sql")"
 echo "  filter rows/s per node (information): $(val 0 -c "SELECT string_agg(format('%s %s', node, rows_per_second), ', ')
@@ -235,7 +247,7 @@ wait_for() { # condition-command expected
     for _ in $(seq 1 300); do [ "$($1)" = "$2" ] && return 0; sleep 0.1; done; return 1
 }
 sleep 0.5
-on 0 -c "CALL refresh_popularity('image', force => true)" >"$tmp/call.out" 2>&1 &
+as_owner 0 -c "CALL refresh_popularity('image', force => true)" >"$tmp/call.out" 2>&1 &
 caller=$!
 if wait_for active_runs 2; then
     on 0 -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL refresh_popularity%' AND pid <> pg_backend_pid()" >/dev/null
@@ -250,10 +262,10 @@ for ((i = 1; i < NODES; i++)); do
     check "worker $i: its run of the cancelled CALL is cancelled" "cancelled" \
         "$(val "$i" -c "SELECT state FROM popularity.refresh_runs WHERE run_id = (SELECT max(run_id) FROM popularity.refresh_runs WHERE job = 'refresh')")"
 done
-on 0 -c "CALL refresh_popularity('image', wait => false, force => true)" >/dev/null 2>&1 ||
+as_owner 0 -c "CALL refresh_popularity('image', wait => false, force => true)" >/dev/null 2>&1 ||
     bad "refresh_popularity(wait => false) refused to start"
 check "citus_cancel_refresh cancels a run started without wait on both workers" "2" \
-    "$(val 0 -c "SELECT count(*) FROM popularity.citus_cancel_refresh('image')")"
+    "$(as_owner 0 -At -c "SELECT count(*) FROM popularity.citus_cancel_refresh('image')")"
 check "no run is left active on any worker" "0" "$(active_runs)"
 on 0 -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; UPDATE image SET title%'" >/dev/null
 wait "$holder" || true
@@ -278,14 +290,14 @@ INSERT INTO image (provider, foreign_identifier, url, meta_data, tags)
 VALUES (provider_of(:p), 'n' || :v, 'https://cdn.example.org/new/' || :v,
         metric_data(provider_of(:p), :v) || jsonb_build_object('ingested', clock_timestamp()), '[]');
 SQL
-on 0 -q -c "SELECT popularity.set_metric('image', p, m, 0.75) FROM popularity.metrics AS x(mt, p, m) WHERE x.mt = 'image'" >/dev/null
+as_owner 0 -q -c "SELECT popularity.set_metric('image', p, m, 0.75) FROM popularity.metrics AS x(mt, p, m) WHERE x.mt = 'image'" >/dev/null
 before=$(val 0 -c "SELECT count(*) FROM image")
 "$PG_BIN/pgbench" -n -c 3 -j 1 -T 600 -h "${CITUS_DIRS[0]}" -p "${CITUS_PORTS[0]}" -U postgres -D rows="$ROWS" \
     -f "$tmp/existing.sql@3" -f "$tmp/new.sql@1" postgres >"$tmp/pgbench.out" 2>&1 &
 pgbench=$!
 sleep 1
 run_started=$(val 0 -c "SELECT clock_timestamp()")
-on 0 -c "CALL refresh_popularity('image')" >"$tmp/converge.out" 2>&1 || bad "refresh under ingestion: $(tr '\n' ' ' <"$tmp/converge.out")"
+as_owner 0 -c "CALL refresh_popularity('image')" >"$tmp/converge.out" 2>&1 || bad "refresh under ingestion: $(tr '\n' ' ' <"$tmp/converge.out")"
 run_ended=$(val 0 -c "SELECT clock_timestamp()")
 kill -TERM "$pgbench" 2>/dev/null || true
 wait "$pgbench" || true

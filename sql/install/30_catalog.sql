@@ -226,7 +226,7 @@ BEGIN
     -- The ingestion trigger; named to fire after the table's own BEFORE triggers (they fire in
     -- name order), so it scores the row exactly as it will be stored. It fires on every UPDATE: a
     -- row version written after a constant changed then never carries a score from the old one.
-    -- (A Citus distributed table: Citus creates the triggers on every shard, 80_citus.sql.)
+    -- (A Citus distributed table: Citus creates the triggers on every shard, 65_citus.sql.)
     citus_triggers := popularity._citus_allow_triggers(media_table);
     EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_score BEFORE INSERT OR UPDATE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION popularity._score_trigger(%L)',

@@ -649,15 +649,16 @@ BEGIN
 
     -- 1. The constants, committed before any row is rescored: from then on ingestion uses them.
     -- (On a Citus worker node they are the coordinator's, copied here: a worker computes none.)
-    SELECT count(*) FILTER (WHERE c.error IS NOT NULL),
-           min(pg_catalog.format('provider %s: %s',
-                                 pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
-                                                               ELSE pg_catalog.left(c.provider, 80) || '...'
-                                                                    || pg_catalog.right(c.provider, 17) END),
-                                 c.error)) FILTER (WHERE c.error IS NOT NULL)
-    INTO failed_count, failed_detail
-    FROM popularity.refresh_constants(media_type, providers) AS c
-    WHERE citus_node IS DISTINCT FROM 'worker';
+    IF citus_node IS DISTINCT FROM 'worker' THEN
+        SELECT count(*) FILTER (WHERE c.error IS NOT NULL),
+               min(pg_catalog.format('provider %s: %s',
+                                     pg_catalog.quote_literal(CASE WHEN pg_catalog.length(c.provider) <= 100 THEN c.provider
+                                                                   ELSE pg_catalog.left(c.provider, 80) || '...'
+                                                                        || pg_catalog.right(c.provider, 17) END),
+                                     c.error)) FILTER (WHERE c.error IS NOT NULL)
+        INTO failed_count, failed_detail
+        FROM popularity.refresh_constants(media_type, providers) AS c;
+    END IF;
     COMMIT;
     caller_path := pg_catalog.current_setting('search_path');
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

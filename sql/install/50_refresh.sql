@@ -676,7 +676,7 @@ BEGIN
     IF citus_node = 'coordinator' THEN
         -- Each worker node queues its own run over its shards; waits for all of them.
         CALL popularity._citus_dispatch('refresh', media_type, pg_catalog.format(
-            'CALL %s.refresh_popularity(%L, %L, wait => false, force => %L)',
+            'CALL %s.refresh_popularity(%L::pg_catalog.text, %L::pg_catalog.text[], wait => false, force => %L::pg_catalog.bool)',
             popularity._extension_schema(),
             media_type, providers, force), wait);
         PERFORM pg_catalog.set_config('search_path', caller_path, true);

@@ -314,7 +314,7 @@ BEGIN
     -- shards (65_citus.sql); with wait, waits for all of them.
     IF popularity._citus_node(v_table) = 'coordinator' THEN
         CALL popularity._citus_dispatch('filter_tags', v_media_type, pg_catalog.format(
-            'CALL %s.filter_tags(%L, %L, %L, wait => false)',
+            'CALL %s.filter_tags(%L::pg_catalog.text, %L::pg_catalog.bool, %L::pg_catalog.int4, wait => false)',
             popularity._extension_schema(),
             v_media_type, v_dry_run, v_batch), v_wait);
         PERFORM pg_catalog.set_config('search_path', v_caller_path, true);

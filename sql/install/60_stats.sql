@@ -400,7 +400,7 @@ BEGIN
             SELECT corrections + coalesce(sum(nullif(w.result, '')::integer) FILTER (WHERE w.success), 0),
                    string_agg(format('%s:%s: %s', w.node_name, w.node_port, w.result), '; ') FILTER (WHERE NOT w.success)
             INTO corrections, failed
-            FROM popularity._citus_on_workers(ARRAY[format('CALL popularity.reconcile_stats(%L)', target.media_type)]) AS w;
+            FROM popularity._citus_on_workers(ARRAY[format('CALL popularity.reconcile_stats(%L::pg_catalog.text)', target.media_type)]) AS w;
             IF failed IS NOT NULL THEN
                 RAISE EXCEPTION 'could not reconcile the counts of media type "%" on every Citus worker node', target.media_type
                     USING ERRCODE = 'external_routine_exception', DETAIL = failed;

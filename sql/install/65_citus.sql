@@ -299,7 +299,8 @@ BEGIN
     EXECUTE 'SELECT string_agg(format(''%s:%s: %s'', w.nodename, w.nodeport, w.result), ''; '')'
             ' FROM pg_catalog.run_command_on_workers($1) AS w WHERE NOT w.success'
         INTO failed
-        USING format('SELECT popularity._citus_apply_config(%L, %L::jsonb)', $1, popularity._citus_config($1));
+        USING format('SELECT popularity._citus_apply_config(%L::pg_catalog.text, %L::pg_catalog.jsonb)',
+                     $1, popularity._citus_config($1));
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION 'could not copy the configuration of media type "%" to every Citus worker', $1
             USING ERRCODE = 'connection_failure', DETAIL = failed;
@@ -384,7 +385,8 @@ COMMENT ON FUNCTION popularity._citus_node(regclass) IS
     'coordinator or worker for a Citus distributed table on this node, NULL otherwise (internal)';
 
 -- Runs one command per worker node, in parallel (Citus's master_run_on_worker: one connection per
--- worker, as the calling role, each command committing on its own). The active workers in
+-- worker, as the calling role, each command committing on its own). The commands name everything
+-- qualified (a worker's session has the role's default search_path). The active workers in
 -- (name, port) order when nodes is NULL; a single command is run on every one.
 CREATE FUNCTION popularity._citus_on_workers(commands text[], nodes text[] DEFAULT NULL, ports integer[] DEFAULT NULL)
 RETURNS TABLE (node_name text, node_port integer, success boolean, result text)
@@ -454,11 +456,13 @@ BEGIN
     -- The run of this job each worker queued (or found in progress).
     SELECT array_agg(nullif(w.result, '')::bigint ORDER BY w.node_name, w.node_port) INTO run_ids
     FROM popularity._citus_on_workers(ARRAY[format(
-             'SELECT max(r.run_id) FROM popularity.refresh_runs AS r WHERE r.media_type = %L AND r.job = %L',
+             'SELECT pg_catalog.max(r.run_id) FROM popularity.refresh_runs AS r'
+             ' WHERE r.media_type OPERATOR(pg_catalog.=) %L AND r.job OPERATOR(pg_catalog.=) %L',
              v_media_type, v_job)], nodes, ports) AS w;
     IF failed IS NOT NULL THEN
         PERFORM FROM popularity._citus_on_workers(
-            ARRAY(SELECT format('SELECT count(*) FROM popularity.cancel_refresh(%s)', coalesce(r::text, 'NULL::bigint'))
+            ARRAY(SELECT format('SELECT pg_catalog.count(*) FROM popularity.cancel_refresh(%s::pg_catalog.int8)',
+                                coalesce(r::text, 'NULL'))
                   FROM unnest(run_ids) AS r), nodes, ports);
         RAISE EXCEPTION '% of media type "%" could not start on every Citus worker node', v_job, v_media_type
             USING ERRCODE = 'external_routine_exception', DETAIL = failed,
@@ -479,8 +483,8 @@ BEGIN
                                     substr(w.result, strpos(w.result, '|') + 1)) ORDER BY w.node_name, w.node_port)
             INTO states, errors
             FROM popularity._citus_on_workers(
-                     ARRAY(SELECT format('SELECT r.state || ''|'' || coalesce(r.error, '''') FROM popularity.refresh_runs AS r'
-                                         ' WHERE r.run_id = %s', r)
+                     ARRAY(SELECT format('SELECT pg_catalog.concat(r.state, ''|'', r.error) FROM popularity.refresh_runs AS r'
+                                         ' WHERE r.run_id OPERATOR(pg_catalog.=) %s', r)
                            FROM unnest(run_ids) AS r), nodes, ports) AS w
             JOIN unnest(nodes, ports, run_ids) AS r(node_name, node_port, run_id)
               ON r.node_name = w.node_name AND r.node_port = w.node_port;
@@ -490,10 +494,10 @@ BEGIN
                 SELECT string_agg(format('%s:%s %s', w.node_name, w.node_port, w.result), ', ' ORDER BY w.node_name, w.node_port)
                 INTO progress
                 FROM popularity._citus_on_workers(
-                         ARRAY(SELECT format('SELECT format(''run %%s %%s%%%% of %%s blocks, %%s rows scanned'', %s,'
-                                             ' coalesce(max(s.percent_done), 0), coalesce(max(s.blocks_total), 0),'
-                                             ' coalesce(sum(s.rows_scanned), 0))'
-                                             ' FROM popularity.refresh_status AS s WHERE s.run_id = %s', r, r)
+                         ARRAY(SELECT format('SELECT pg_catalog.format(''run %%s %%s%%%% of %%s blocks, %%s rows scanned'', %s,'
+                                             ' coalesce(pg_catalog.max(s.percent_done), 0), coalesce(pg_catalog.max(s.blocks_total), 0),'
+                                             ' coalesce(pg_catalog.sum(s.rows_scanned), 0))'
+                                             ' FROM popularity.refresh_status AS s WHERE s.run_id OPERATOR(pg_catalog.=) %s', r, r)
                                FROM unnest(run_ids) AS r), nodes, ports) AS w;
                 RAISE NOTICE '% of media type "%" on the workers: %', v_job, v_media_type, progress;
                 last_report := clock_timestamp();
@@ -504,7 +508,8 @@ BEGIN
         END;
         IF interrupted THEN
             PERFORM FROM popularity._citus_on_workers(
-                ARRAY(SELECT format('SELECT count(*) FROM popularity.cancel_refresh(%s)', r) FROM unnest(run_ids) AS r),
+                ARRAY(SELECT format('SELECT pg_catalog.count(*) FROM popularity.cancel_refresh(%s::pg_catalog.int8)', r)
+                      FROM unnest(run_ids) AS r),
                 nodes, ports);
             RAISE EXCEPTION '% of media type "%" cancelled on every worker node: the statement waiting for it was cancelled',
                 v_job, v_media_type
@@ -547,8 +552,8 @@ BEGIN
            string_agg(w.node_name || ':' || w.node_port || ': ' || w.result, '; ') FILTER (WHERE NOT w.success)
     INTO node_names, results, failed
     FROM popularity._citus_on_workers(ARRAY[format(
-             'SELECT coalesce(json_agg(s ORDER BY s.run_id, s.provider), ''[]'') FROM popularity.refresh_status AS s'
-             ' WHERE %L::text IS NULL OR s.media_type = %L', of_media_type, of_media_type)]) AS w;
+             'SELECT coalesce(pg_catalog.json_agg(s ORDER BY s.run_id, s.provider), ''[]'') FROM popularity.refresh_status AS s'
+             ' WHERE %L::pg_catalog.text IS NULL OR s.media_type OPERATOR(pg_catalog.=) %L', of_media_type, of_media_type)]) AS w;
     IF failed IS NOT NULL THEN
         RAISE WARNING 'could not read the status of every Citus worker node' USING DETAIL = failed;
     END IF;
@@ -574,7 +579,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT w.node_name || ':' || w.node_port, r::bigint
     FROM popularity._citus_on_workers(ARRAY[format(
-             'SELECT coalesce(string_agg(c::text, '',''), '''') FROM popularity.cancel_refresh(NULL, %L) AS c', $1)]) AS w
+             'SELECT coalesce(pg_catalog.string_agg(c::pg_catalog.text, '',''), '''')'
+             ' FROM popularity.cancel_refresh(NULL, %L::pg_catalog.text) AS c', $1)]) AS w
     CROSS JOIN LATERAL unnest(string_to_array(nullif(w.result, ''), ',')) AS r
     WHERE w.success
 $$;
@@ -605,8 +611,8 @@ BEGIN
            string_agg(w.node_name || ':' || w.node_port || ': ' || w.result, '; ') FILTER (WHERE NOT w.success)
     INTO node_names, results, failed
     FROM popularity._citus_on_workers(ARRAY[format(
-             'SELECT coalesce(json_agg(s), ''[]'') FROM popularity.provider_stats AS s'
-             ' WHERE %L::text IS NULL OR s.media_type = %L', of_media_type, of_media_type)]) AS w;
+             'SELECT coalesce(pg_catalog.json_agg(s), ''[]'') FROM popularity.provider_stats AS s'
+             ' WHERE %L::pg_catalog.text IS NULL OR s.media_type OPERATOR(pg_catalog.=) %L', of_media_type, of_media_type)]) AS w;
     -- Exact or nothing: a node's counts missing would make the sum wrong.
     IF failed IS NOT NULL THEN
         RAISE EXCEPTION 'could not read the provider counts of every Citus worker node'
@@ -670,7 +676,7 @@ BEGIN
     END IF;
     SELECT string_agg(format('%s:%s: %s', w.node_name, w.node_port, w.result), '; ') FILTER (WHERE NOT w.success)
     INTO failed
-    FROM popularity._citus_on_workers(ARRAY[format('SELECT popularity.%s(%L)',
+    FROM popularity._citus_on_workers(ARRAY[format('SELECT popularity.%s(%L::pg_catalog.regrole)',
                                                    CASE WHEN give THEN 'grant_operator' ELSE 'revoke_operator' END,
                                                    role::text)]) AS w;
     IF failed IS NOT NULL THEN

@@ -48,7 +48,7 @@ as_owner() { local node=$1; shift; citus_psql "$node" -U curator "$@"; }
 val() { local node=$1; shift; citus_psql "$node" -At "$@"; }
 
 # 8 shards (4 per worker): enough to show each node walking several shards of its own.
-citus_nodes_start "$NODES" "citus.shard_count = 8" "popularity.database = 'postgres'" \
+citus_nodes_start "$NODES" "citus.shard_count = 8" "popularity.database = 'postgres'" "popularity.progress_interval = '300ms'" \
     "autovacuum = off"
 echo "cluster: coordinator and $((NODES - 1)) workers up after $((SECONDS - started_at)) s"
 

@@ -231,7 +231,9 @@ SQL
     # rows of the month (g % :months = :skip) that a test detaches are never upserted (after the detach
     # the upsert would insert them anew, in the default partition), and new rows are created in
     # the months of ingest_months.
-    sed -i -e 's/^\\set n random(1, :rows)$/&\n\\set n case when :n % :months = :skip then (case when :n > 2 then :n - 2 else :n + 2 end) else :n end/' \
+    # (n +- 2: of the same parity, so a key the first rule made odd, or one beyond the first
+    # quarter, stays a catalog row.)
+    sed -i -e 's/^\\set n case when :n <= :quarter .*$/&\n\\set n case when :n % :months = :skip then (case when :n + 2 <= :rows then :n + 2 else :n - 2 end) else :n end/' \
         -e 's/INSERT INTO image AS old (identifier, provider,/INSERT INTO image AS old (identifier, created_on, provider,/' \
         -e "s/VALUES (md5('c' || :n)::uuid, /VALUES (md5('c' || :n)::uuid, created_of(:n), /" \
         -e "s/SELECT md5('n' || k.n)::uuid, /SELECT md5('n' || k.n)::uuid, new_created_on(:v), /" \

@@ -36,19 +36,21 @@ BEGIN
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
         -- The key the workers revisit rows by: the table's own, whatever the INSERT said.
-        NEW.key_column := popularity._key_column(NEW.media_table);
+        NEW.key_columns := popularity._key_columns(NEW.media_table);
+        NEW.key_column := NEW.key_columns[1];
         -- The constants the run rescores with, as they are now (after the caller's constants committed).
         SELECT coalesce(array_agg(m.constant ORDER BY p.ord), '{}'),
                coalesce(array_agg(m.constant_version ORDER BY p.ord), '{}')
         INTO NEW.constants, NEW.constant_versions
         FROM unnest(NEW.providers) WITH ORDINALITY AS p(provider, ord)
         LEFT JOIN popularity.metrics AS m ON m.media_type = NEW.media_type AND m.provider = p.provider;
-    ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers,
-           NEW.requested_by, NEW.relfilenode, NEW.constants, NEW.constant_versions, NEW.dry_run,
-           NEW.records_removed, NEW.batch_blocks)
+    ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.key_columns,
+           NEW.providers, NEW.requested_by, NEW.relfilenode, NEW.constants, NEW.constant_versions,
+           NEW.dry_run, NEW.records_removed, NEW.batch_blocks)
           IS DISTINCT FROM (OLD.run_id, OLD.job, OLD.media_type, OLD.media_table, OLD.key_column,
-                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.constants,
-                            OLD.constant_versions, OLD.dry_run, OLD.records_removed, OLD.batch_blocks) THEN
+                            OLD.key_columns, OLD.providers, OLD.requested_by, OLD.relfilenode,
+                            OLD.constants, OLD.constant_versions, OLD.dry_run, OLD.records_removed,
+                            OLD.batch_blocks) THEN
         RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, their constants, options and requesting role) cannot be changed'
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Cancel the run with popularity.cancel_refresh() and start another.';
@@ -167,10 +169,9 @@ BEGIN
     PERFORM popularity._install_stats_triggers(media_type, media_table);
 
     -- Scoring at ingestion needs no key, but the refresh does: say so now, not at the first refresh.
-    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary
-                   AND i.indnkeyatts = 1) THEN
-        RAISE WARNING 'table % has no single-column primary key: refresh_popularity() will refuse it', media_table
-            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY); ingestion scores rows without it.';
+    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary) THEN
+        RAISE WARNING 'table % has no primary key: refresh_popularity() and filter_tags() will refuse it', media_table
+            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY; a partitioned table''s includes the partition key); ingestion scores rows without it.';
     END IF;
 
     IF default_metrics THEN
@@ -326,18 +327,13 @@ BEGIN
     -- Background workers rescore: without the preloaded library none would ever run the run.
     PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
-    key_column := popularity._key_column(tbl);
+    key_column := (popularity._key_columns(tbl))[1];
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
     IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
         RAISE EXCEPTION 'refresh workers run as the calling role, and role "%" cannot log in', current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
-    END IF;
-    IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = tbl) <> 'r' THEN
-        RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
     -- The workers read the table directly: a row-level security policy would apply to their
     -- UPDATE but not to their scan (said before the constants are committed).
@@ -689,18 +685,13 @@ BEGIN
     -- Background workers rescore: without the preloaded library none would ever run the run.
     PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
-    key_column := popularity._key_column(tbl);
+    key_column := (popularity._key_columns(tbl))[1];
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
     IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
         RAISE EXCEPTION 'refresh workers run as the calling role, and role "%" cannot log in', current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
-    END IF;
-    IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = tbl) <> 'r' THEN
-        RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
     -- The workers read the table directly: a row-level security policy would apply to their
     -- UPDATE but not to their scan (said before the constants are committed).
@@ -1073,32 +1064,55 @@ COMMENT ON VIEW popularity.refresh_status IS
     'times and error (history included)';
 GRANT SELECT ON popularity.refresh_status TO PUBLIC;
 
--- The block-range tasks of a new run: up to 4 per allowed worker, of at least 64 blocks each, over
--- the table's size now (rows added later are covered by the last task's tail walk).
+-- The block-range tasks of a run, per leaf (see below). Serialized per run: the workers that
+-- finish their walk call it to cover partitions created or attached meanwhile.
 CREATE FUNCTION popularity._create_tasks(run_id bigint)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    nblocks bigint;
-    segments integer;
-    per_segment bigint;
     created integer;
 BEGIN
-    SELECT pg_relation_size(r.media_table) / current_setting('block_size')::bigint INTO nblocks
-    FROM popularity.refresh_runs AS r WHERE r.run_id = _create_tasks.run_id;
-    segments := greatest(1, least(current_setting('popularity.max_workers')::integer * 4, (nblocks + 63) / 64));
-    per_segment := greatest(1, (nblocks + segments - 1) / segments);
-    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
-    SELECT _create_tasks.run_id, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
-    FROM generate_series(0, segments - 1) AS s
-    WHERE s * per_segment < nblocks OR s = 0;
+    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('popularity._create_tasks'), (_create_tasks.run_id % 2147483647)::integer);
+    -- Block ranges over every leaf that has none yet in the run (all of them when the run is
+    -- queued; later, the partitions created or attached while it ran). A run has about 4 tasks
+    -- per allowed worker, shared between leaves by size, of at least 64 blocks, and at least one
+    -- per leaf (the last one of a leaf also walks the blocks added to it during the run).
+    WITH leaves AS (
+        SELECT l.leaf, pg_relation_size(l.leaf) / current_setting('block_size')::bigint AS nblocks,
+               pg_relation_filenode(l.leaf) AS filenode
+        FROM popularity.refresh_runs AS r CROSS JOIN LATERAL popularity._media_leaves(r.media_table) AS l(leaf)
+        WHERE r.run_id = _create_tasks.run_id
+          AND NOT EXISTS (SELECT FROM popularity.refresh_tasks AS t
+                          WHERE t.run_id = _create_tasks.run_id AND t.leaf = l.leaf)
+    ), sized AS (
+        SELECT l.*, greatest(1, least((l.nblocks + 63) / 64,
+                   ceil(current_setting('popularity.max_workers')::integer * 4
+                        * l.nblocks::numeric / greatest(1, sum(l.nblocks) OVER ()))::bigint)) AS segments
+        FROM leaves AS l
+    ), ranges AS (
+        SELECT z.leaf, z.filenode, s * per_segment AS first_block,
+               least((s + 1) * per_segment, z.nblocks) AS end_block
+        FROM sized AS z
+        CROSS JOIN LATERAL (SELECT greatest(1, (z.nblocks + z.segments - 1) / z.segments) AS per_segment) AS p
+        CROSS JOIN LATERAL generate_series(0, z.segments - 1) AS s
+        WHERE s * per_segment < z.nblocks OR s = 0
+    )
+    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block, leaf,
+                                          leaf_relfilenode)
+    SELECT _create_tasks.run_id,
+           coalesce((SELECT max(t.segment) + 1 FROM popularity.refresh_tasks AS t
+                     WHERE t.run_id = _create_tasks.run_id), 0)
+             + row_number() OVER (ORDER BY g.leaf::oid, g.first_block) - 1,
+           g.first_block, g.end_block, g.first_block, g.leaf, g.filenode
+    FROM ranges AS g;
     GET DIAGNOSTICS created = ROW_COUNT;
     RETURN created;
 END $$;
 COMMENT ON FUNCTION popularity._create_tasks(bigint) IS
-    'Creates the block-range tasks of a new run (of either job) over the media table''s size now';
+    'Creates the block-range tasks of a run (of either job) over the leaves of the media table that '
+    'have none yet: all of them when the run is queued, the partitions created or attached since later';
 
 -- undo: a run of filter_tags records what it removes from each row (popularity.tag_filter_removed,
 -- in the batch's transaction), popularity.undo_filter_tags puts it back on the rows not changed
@@ -1228,7 +1242,8 @@ BEGIN
             MESSAGE = format('unknown tag filter run %s', v_run_id),
             HINT = 'popularity.refresh_status lists the runs of filter_tags (job filter_tags; those of media tables you may read).';
     END IF;
-    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'r' THEN
+    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'r'
+       AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'p' THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_table',
             MESSAGE = format('the table of tag filter run %s no longer exists', v_run_id),
             HINT = 'Its records stay in popularity.tag_filter_removed until they are purged.';
@@ -1282,7 +1297,7 @@ BEGIN
         '    WHERE r.run_id OPERATOR(pg_catalog.=) $1'
         '), restored AS ('
         '    UPDATE %1$s t SET tags = popularity._restored_tags(t.tags, d.removed)'
-        '    FROM d WHERE t.%2$I OPERATOR(pg_catalog.=) d.row_key::%3$s'
+        '    FROM d WHERE %2$s'
         '      AND popularity._tags_hash(t.tags) OPERATOR(pg_catalog.=) d.tags_hash'
         '      AND pg_catalog.jsonb_typeof(t.tags) OPERATOR(pg_catalog.=) ''array'''
         '    RETURNING d.row_key'
@@ -1298,9 +1313,9 @@ BEGIN
         '    RETURNING row_keys'
         ') '
         'SELECT (SELECT pg_catalog.count(*) FROM restored), coalesce((SELECT k.row_keys FROM kept k), ''{}'')',
-        v_run.media_table, v_run.key_column,
-        (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
-         WHERE a.attrelid = v_run.media_table AND a.attname = v_run.key_column))
+        v_run.media_table,
+        popularity._key_match_sql(v_run.media_table,
+                                  coalesce(v_run.key_columns, ARRAY[v_run.key_column]), 'd.row_key'))
     INTO rows_restored, not_restored USING v_run_id;
     rows_not_restored := pg_catalog.cardinality(not_restored);
     UPDATE popularity.refresh_runs r SET undone_at = pg_catalog.clock_timestamp()
@@ -1360,12 +1375,6 @@ BEGIN
             HINT = 'batch_blocks is the number of table blocks (8 kB pages) per committed batch; NULL: popularity.batch_blocks.';
     END IF;
     v_table := popularity._media_table(v_media_type);
-    IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = v_table) <> 'r' THEN
-        RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
-            MESSAGE = pg_catalog.format('media table %s of media type "%s" is not a plain table',
-                                        v_table, v_media_type),
-            HINT = 'filter_tags walks the blocks of a heap table; register each partition as a media type.';
-    END IF;
     -- The rights it needs, said in one sentence before anything runs.
     IF NOT pg_catalog.has_table_privilege(v_table, 'SELECT')
        OR NOT (v_dry_run OR pg_catalog.has_table_privilege(v_table, 'UPDATE')) THEN
@@ -1394,9 +1403,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'undefined_column',
             MESSAGE = pg_catalog.format('media table %s lacks columns that filter_tags needs', v_table),
             DETAIL = pg_catalog.format('Missing or of another type: %s.', v_missing),
-            HINT = 'A media table has a single-column primary key, provider text or varchar, and tags jsonb.';
+            HINT = 'A media table has a primary key, provider text or varchar, and tags jsonb.';
     END IF;
-    v_key := popularity._key_column(v_table);
+    v_key := (popularity._key_columns(v_table))[1];
     -- Background workers run it: without the preloaded library none would ever run.
     PERFORM popularity._require_preload();
     -- The workers connect as the calling role, which must be able to log in.
@@ -1896,6 +1905,130 @@ CREATE EVENT TRIGGER popularity_refuse_foreign_partitions ON ddl_command_end
     EXECUTE FUNCTION popularity._refuse_foreign_partitions();
 COMMENT ON EVENT TRIGGER popularity_refuse_foreign_partitions IS
     'Refuses a foreign partition under a registered media table';
+
+-- 0.2.0: partitioned media tables. A run walks every leaf partition (tasks per leaf, a leaf's own
+-- relfilenode), rows are named by a primary key of any width (key_columns), and the workers cover
+-- partitions created or attached during a run.
+ALTER TABLE popularity.refresh_runs ADD COLUMN key_columns name[];
+ALTER TABLE popularity.refresh_runs DISABLE TRIGGER refresh_run_guard;
+UPDATE popularity.refresh_runs SET key_columns = ARRAY[key_column];
+ALTER TABLE popularity.refresh_runs ENABLE TRIGGER refresh_run_guard;
+ALTER TABLE popularity.refresh_tasks ADD COLUMN leaf regclass, ADD COLUMN leaf_relfilenode oid;
+UPDATE popularity.refresh_tasks AS t SET leaf = r.media_table, leaf_relfilenode = r.relfilenode
+FROM popularity.refresh_runs AS r WHERE r.run_id = t.run_id;
+CREATE INDEX refresh_tasks_leaf ON popularity.refresh_tasks (run_id, leaf);
+COMMENT ON TABLE popularity.refresh_tasks IS
+    'A run''s units of work: contiguous block ranges of the media table or of one of its leaf partitions '
+    '(leaf), each with its progress marker (next_block) committed in the same transaction as each batch';
+
+-- The primary key of a media table, its columns in order (any number of them: a partitioned
+-- table's includes the partition key). The workers find rows they could not lock again by it.
+CREATE FUNCTION popularity._key_columns(media_table regclass)
+RETURNS name[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result name[];
+BEGIN
+    SELECT array_agg(a.attname ORDER BY k.n) INTO result
+    FROM pg_index AS i
+    CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, n)
+    JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = media_table AND i.indisprimary;
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', media_table
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The workers find rows they could not lock again by the primary key; add one (Openverse: identifier; on a partitioned table it includes the partition key).';
+    END IF;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION popularity._key_columns(regclass) IS
+    'The primary key columns of a media table, in order';
+
+-- The rows of `t` whose primary key equals the key written as text in the expression `key_text`
+-- (SQL), each key column compared with its type's equality operator: one column, the column's text
+-- form; several, a text array of their text forms. The workers write and read keys so too
+-- (src/worker/key.cpp).
+CREATE FUNCTION popularity._key_match_sql(media_table regclass, key_columns name[], key_text text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(
+        CASE WHEN cardinality(key_columns) = 1
+             THEN format('t.%I OPERATOR(%s) (%s)::%s', k.name, e.op, key_text, format_type(a.atttypid, NULL))
+             ELSE format('t.%I OPERATOR(%s) ((%s)::pg_catalog.text[])[%s]::%s', k.name, e.op, key_text, k.n,
+                         format_type(a.atttypid, NULL)) END,
+        ' AND ' ORDER BY k.n)
+    FROM unnest(key_columns) WITH ORDINALITY AS k(name, n)
+    JOIN pg_attribute AS a ON a.attrelid = media_table AND a.attname = k.name AND NOT a.attisdropped
+    CROSS JOIN LATERAL (
+        SELECT coalesce((SELECT format('%I.%s', ns.nspname, o.oprname)
+                         FROM pg_operator AS o JOIN pg_namespace AS ns ON ns.oid = o.oprnamespace
+                         WHERE o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
+                         ORDER BY ns.nspname <> 'pg_catalog', ns.nspname LIMIT 1),
+                        'pg_catalog.=') AS op) AS e
+$$;
+COMMENT ON FUNCTION popularity._key_match_sql(regclass, name[], text) IS
+    'SQL comparing the primary key of alias t with a key written as text (one column: its text; '
+    'several: a text array)';
+
+-- The relations a run walks for a media table: the table itself, or the leaf partitions of a
+-- partitioned one (at any depth; foreign partitions are refused under registered tables).
+CREATE FUNCTION popularity._media_leaves(media_table regclass)
+RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass FROM pg_class AS c WHERE c.oid = media_table AND c.relkind = 'r'
+    UNION ALL
+    SELECT t.relid FROM pg_partition_tree(media_table) AS t JOIN pg_class AS c ON c.oid = t.relid
+    WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table
+$$;
+COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
+    'The relations a run walks: the media table, or the leaf partitions of a partitioned one';
+
+-- (_create_tasks, the run guard, refresh_popularity, filter_tags and undo_filter_tags are
+-- replaced where they are defined above.)
+DROP FUNCTION popularity._key_column(regclass);
+
+-- 0.2.0: the provider counts of a media type are marked for reconciliation when a partition is
+-- attached to or detached from its table.
+CREATE FUNCTION popularity._attaches_or_detaches(command pg_ddl_command)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'popularity_attaches_or_detaches'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION popularity._attaches_or_detaches(pg_ddl_command) IS
+    'Whether an ALTER TABLE command (from pg_event_trigger_ddl_commands) attaches or detaches a partition';
+
+-- The rows of a partition attached under a registered media table (or detached from it) join (or
+-- leave) the table without a row trigger firing: the provider counts of its media type are marked
+-- for popularity.reconcile_stats (provider_stats.reconcile_pending says so until it runs). As the
+-- extension owner, like the check above; only the media types of the tables the command altered.
+CREATE FUNCTION popularity._partitions_changed()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO popularity.stats_marks (media_type, provider, reason)
+    SELECT DISTINCT m.media_type, NULL::text, 'partition attached or detached'
+    FROM pg_event_trigger_ddl_commands() AS d
+    CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
+    JOIN popularity.media_types AS m ON m.media_table = t.relid
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE'
+      AND popularity._attaches_or_detaches(d.command);
+END $$;
+COMMENT ON FUNCTION popularity._partitions_changed() IS
+    'Event trigger: marks the provider counts of a media type for reconciliation when a partition is '
+    'attached to or detached from its table';
+CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION popularity._partitions_changed();
+COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
+    'Marks the provider counts of a media type for reconciliation when a partition is attached or detached';
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------

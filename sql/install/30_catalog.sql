@@ -232,10 +232,9 @@ BEGIN
     PERFORM popularity._install_stats_triggers(media_type, media_table);
 
     -- Scoring at ingestion needs no key, but the refresh does: say so now, not at the first refresh.
-    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary
-                   AND i.indnkeyatts = 1) THEN
-        RAISE WARNING 'table % has no single-column primary key: refresh_popularity() will refuse it', media_table
-            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY); ingestion scores rows without it.';
+    IF NOT EXISTS (SELECT FROM pg_index AS i WHERE i.indrelid = media_table AND i.indisprimary) THEN
+        RAISE WARNING 'table % has no primary key: refresh_popularity() and filter_tags() will refuse it', media_table
+            USING HINT = 'Add one (Openverse: identifier uuid PRIMARY KEY; a partitioned table''s includes the partition key); ingestion scores rows without it.';
     END IF;
 
     IF default_metrics THEN
@@ -522,3 +521,38 @@ CREATE EVENT TRIGGER popularity_refuse_foreign_partitions ON ddl_command_end
     EXECUTE FUNCTION popularity._refuse_foreign_partitions();
 COMMENT ON EVENT TRIGGER popularity_refuse_foreign_partitions IS
     'Refuses a foreign partition under a registered media table';
+
+CREATE FUNCTION popularity._attaches_or_detaches(command pg_ddl_command)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'popularity_attaches_or_detaches'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION popularity._attaches_or_detaches(pg_ddl_command) IS
+    'Whether an ALTER TABLE command (from pg_event_trigger_ddl_commands) attaches or detaches a partition';
+
+-- The rows of a partition attached under a registered media table (or detached from it) join (or
+-- leave) the table without a row trigger firing: the provider counts of its media type are marked
+-- for popularity.reconcile_stats (provider_stats.reconcile_pending says so until it runs). As the
+-- extension owner, like the check above; only the media types of the tables the command altered.
+CREATE FUNCTION popularity._partitions_changed()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO popularity.stats_marks (media_type, provider, reason)
+    SELECT DISTINCT m.media_type, NULL::text, 'partition attached or detached'
+    FROM pg_event_trigger_ddl_commands() AS d
+    CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
+    JOIN popularity.media_types AS m ON m.media_table = t.relid
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE'
+      AND popularity._attaches_or_detaches(d.command);
+END $$;
+COMMENT ON FUNCTION popularity._partitions_changed() IS
+    'Event trigger: marks the provider counts of a media type for reconciliation when a partition is '
+    'attached to or detached from its table';
+CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION popularity._partitions_changed();
+COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
+    'Marks the provider counts of a media type for reconciliation when a partition is attached or detached';

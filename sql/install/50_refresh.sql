@@ -43,6 +43,9 @@ CREATE TABLE popularity.refresh_runs (
     -- changed during the run (then the version differs from the current one: popularity.rescore_state).
     constants double precision[] NOT NULL DEFAULT '{}',
     constant_versions uuid[] NOT NULL DEFAULT '{}',
+    -- The table's primary key, in order (key_column is its first column): the workers find rows
+    -- they could not lock again by it, and the undo record names rows by it.
+    key_columns name[],
     CONSTRAINT refresh_options CHECK (job = 'filter_tags' OR NOT (dry_run OR records_removed)),
     CONSTRAINT dry_runs_record_nothing CHECK (NOT (dry_run AND records_removed))
 );
@@ -99,12 +102,17 @@ CREATE TABLE popularity.refresh_tasks (
     waiting_for text,
     waiting_since timestamptz,
     waiting_pids integer[],
+    -- The relation the task walks: the media table, or one of its leaf partitions; and that
+    -- relation's file when the task was created (a rewrite moves rows across block ranges).
+    leaf regclass,
+    leaf_relfilenode oid,
     UNIQUE (run_id, segment)
 );
+CREATE INDEX refresh_tasks_leaf ON popularity.refresh_tasks (run_id, leaf);
 COMMENT ON SEQUENCE popularity.refresh_tasks_task_id_seq IS 'Task identifiers of popularity.refresh_tasks';
 COMMENT ON TABLE popularity.refresh_tasks IS
-    'A run''s units of work: contiguous block ranges of the media table, each with its progress marker '
-    '(next_block) committed in the same transaction as each batch';
+    'A run''s units of work: contiguous block ranges of the media table or of one of its leaf partitions '
+    '(leaf), each with its progress marker (next_block) committed in the same transaction as each batch';
 
 CREATE TABLE popularity.refresh_progress (
     task_id bigint NOT NULL REFERENCES popularity.refresh_tasks ON DELETE CASCADE,
@@ -169,19 +177,21 @@ BEGIN
         END IF;
         NEW.relfilenode := pg_relation_filenode(NEW.media_table);
         -- The key the workers revisit rows by: the table's own, whatever the INSERT said.
-        NEW.key_column := popularity._key_column(NEW.media_table);
+        NEW.key_columns := popularity._key_columns(NEW.media_table);
+        NEW.key_column := NEW.key_columns[1];
         -- The constants the run rescores with, as they are now (after the caller's constants committed).
         SELECT coalesce(array_agg(m.constant ORDER BY p.ord), '{}'),
                coalesce(array_agg(m.constant_version ORDER BY p.ord), '{}')
         INTO NEW.constants, NEW.constant_versions
         FROM unnest(NEW.providers) WITH ORDINALITY AS p(provider, ord)
         LEFT JOIN popularity.metrics AS m ON m.media_type = NEW.media_type AND m.provider = p.provider;
-    ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.providers,
-           NEW.requested_by, NEW.relfilenode, NEW.constants, NEW.constant_versions, NEW.dry_run,
-           NEW.records_removed, NEW.batch_blocks)
+    ELSIF (NEW.run_id, NEW.job, NEW.media_type, NEW.media_table, NEW.key_column, NEW.key_columns,
+           NEW.providers, NEW.requested_by, NEW.relfilenode, NEW.constants, NEW.constant_versions,
+           NEW.dry_run, NEW.records_removed, NEW.batch_blocks)
           IS DISTINCT FROM (OLD.run_id, OLD.job, OLD.media_type, OLD.media_table, OLD.key_column,
-                            OLD.providers, OLD.requested_by, OLD.relfilenode, OLD.constants,
-                            OLD.constant_versions, OLD.dry_run, OLD.records_removed, OLD.batch_blocks) THEN
+                            OLD.key_columns, OLD.providers, OLD.requested_by, OLD.relfilenode,
+                            OLD.constants, OLD.constant_versions, OLD.dry_run, OLD.records_removed,
+                            OLD.batch_blocks) THEN
         RAISE EXCEPTION 'what a run is (its job, media type, table, key, providers, their constants, options and requesting role) cannot be changed'
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Cancel the run with popularity.cancel_refresh() and start another.';
@@ -346,53 +356,124 @@ LANGUAGE C VOLATILE STRICT;
 COMMENT ON FUNCTION popularity._writers_ended(text[]) IS
     'Whether all these transactions (from _table_writers) have ended; never waits';
 
--- The primary key column of a media table (refresh tracks skipped rows by it).
-CREATE FUNCTION popularity._key_column(media_table regclass)
-RETURNS name
+-- The primary key of a media table, its columns in order (any number of them: a partitioned
+-- table's includes the partition key). The workers find rows they could not lock again by it.
+CREATE FUNCTION popularity._key_columns(media_table regclass)
+RETURNS name[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    result name;
+    result name[];
 BEGIN
-    SELECT a.attname INTO result
-    FROM pg_index AS i JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-    WHERE i.indrelid = media_table AND i.indisprimary AND i.indnkeyatts = 1;
+    SELECT array_agg(a.attname ORDER BY k.n) INTO result
+    FROM pg_index AS i
+    CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, n)
+    JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = media_table AND i.indisprimary;
     IF result IS NULL THEN
-        RAISE EXCEPTION 'table % has no single-column primary key', media_table
+        RAISE EXCEPTION 'table % has no primary key', media_table
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'The refresh revisits rows it could not lock by their primary key; add one (Openverse: identifier).';
+                  HINT = 'The workers find rows they could not lock again by the primary key; add one (Openverse: identifier; on a partitioned table it includes the partition key).';
     END IF;
     RETURN result;
 END $$;
-COMMENT ON FUNCTION popularity._key_column(regclass) IS 'The single-column primary key of a media table';
+COMMENT ON FUNCTION popularity._key_columns(regclass) IS
+    'The primary key columns of a media table, in order';
 
--- The block-range tasks of a new run: up to 4 per allowed worker, of at least 64 blocks each, over
--- the table's size now (rows added later are covered by the last task's tail walk).
+-- The rows of `t` whose primary key equals the key written as text in the expression `key_text`
+-- (SQL), each key column compared with its type's equality operator: one column, the column's text
+-- form; several, a text array of their text forms. The workers write and read keys so too
+-- (src/worker/key.cpp).
+CREATE FUNCTION popularity._key_match_sql(media_table regclass, key_columns name[], key_text text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(
+        CASE WHEN cardinality(key_columns) = 1
+             THEN format('t.%I OPERATOR(%s) (%s)::%s', k.name, e.op, key_text, format_type(a.atttypid, NULL))
+             ELSE format('t.%I OPERATOR(%s) ((%s)::pg_catalog.text[])[%s]::%s', k.name, e.op, key_text, k.n,
+                         format_type(a.atttypid, NULL)) END,
+        ' AND ' ORDER BY k.n)
+    FROM unnest(key_columns) WITH ORDINALITY AS k(name, n)
+    JOIN pg_attribute AS a ON a.attrelid = media_table AND a.attname = k.name AND NOT a.attisdropped
+    CROSS JOIN LATERAL (
+        SELECT coalesce((SELECT format('%I.%s', ns.nspname, o.oprname)
+                         FROM pg_operator AS o JOIN pg_namespace AS ns ON ns.oid = o.oprnamespace
+                         WHERE o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
+                         ORDER BY ns.nspname <> 'pg_catalog', ns.nspname LIMIT 1),
+                        'pg_catalog.=') AS op) AS e
+$$;
+COMMENT ON FUNCTION popularity._key_match_sql(regclass, name[], text) IS
+    'SQL comparing the primary key of alias t with a key written as text (one column: its text; '
+    'several: a text array)';
+
+-- The relations a run walks for a media table: the table itself, or the leaf partitions of a
+-- partitioned one (at any depth; foreign partitions are refused under registered tables).
+CREATE FUNCTION popularity._media_leaves(media_table regclass)
+RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass FROM pg_class AS c WHERE c.oid = media_table AND c.relkind = 'r'
+    UNION ALL
+    SELECT t.relid FROM pg_partition_tree(media_table) AS t JOIN pg_class AS c ON c.oid = t.relid
+    WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table
+$$;
+COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
+    'The relations a run walks: the media table, or the leaf partitions of a partitioned one';
+
+
+-- The block-range tasks of a run, per leaf (see below). Serialized per run: the workers that
+-- finish their walk call it to cover partitions created or attached meanwhile.
 CREATE FUNCTION popularity._create_tasks(run_id bigint)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    nblocks bigint;
-    segments integer;
-    per_segment bigint;
     created integer;
 BEGIN
-    SELECT pg_relation_size(r.media_table) / current_setting('block_size')::bigint INTO nblocks
-    FROM popularity.refresh_runs AS r WHERE r.run_id = _create_tasks.run_id;
-    segments := greatest(1, least(current_setting('popularity.max_workers')::integer * 4, (nblocks + 63) / 64));
-    per_segment := greatest(1, (nblocks + segments - 1) / segments);
-    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block)
-    SELECT _create_tasks.run_id, s, s * per_segment, least((s + 1) * per_segment, nblocks), s * per_segment
-    FROM generate_series(0, segments - 1) AS s
-    WHERE s * per_segment < nblocks OR s = 0;
+    PERFORM pg_advisory_xact_lock(pg_catalog.hashtext('popularity._create_tasks'), (_create_tasks.run_id % 2147483647)::integer);
+    -- Block ranges over every leaf that has none yet in the run (all of them when the run is
+    -- queued; later, the partitions created or attached while it ran). A run has about 4 tasks
+    -- per allowed worker, shared between leaves by size, of at least 64 blocks, and at least one
+    -- per leaf (the last one of a leaf also walks the blocks added to it during the run).
+    WITH leaves AS (
+        SELECT l.leaf, pg_relation_size(l.leaf) / current_setting('block_size')::bigint AS nblocks,
+               pg_relation_filenode(l.leaf) AS filenode
+        FROM popularity.refresh_runs AS r CROSS JOIN LATERAL popularity._media_leaves(r.media_table) AS l(leaf)
+        WHERE r.run_id = _create_tasks.run_id
+          AND NOT EXISTS (SELECT FROM popularity.refresh_tasks AS t
+                          WHERE t.run_id = _create_tasks.run_id AND t.leaf = l.leaf)
+    ), sized AS (
+        SELECT l.*, greatest(1, least((l.nblocks + 63) / 64,
+                   ceil(current_setting('popularity.max_workers')::integer * 4
+                        * l.nblocks::numeric / greatest(1, sum(l.nblocks) OVER ()))::bigint)) AS segments
+        FROM leaves AS l
+    ), ranges AS (
+        SELECT z.leaf, z.filenode, s * per_segment AS first_block,
+               least((s + 1) * per_segment, z.nblocks) AS end_block
+        FROM sized AS z
+        CROSS JOIN LATERAL (SELECT greatest(1, (z.nblocks + z.segments - 1) / z.segments) AS per_segment) AS p
+        CROSS JOIN LATERAL generate_series(0, z.segments - 1) AS s
+        WHERE s * per_segment < z.nblocks OR s = 0
+    )
+    INSERT INTO popularity.refresh_tasks (run_id, segment, first_block, end_block, next_block, leaf,
+                                          leaf_relfilenode)
+    SELECT _create_tasks.run_id,
+           coalesce((SELECT max(t.segment) + 1 FROM popularity.refresh_tasks AS t
+                     WHERE t.run_id = _create_tasks.run_id), 0)
+             + row_number() OVER (ORDER BY g.leaf::oid, g.first_block) - 1,
+           g.first_block, g.end_block, g.first_block, g.leaf, g.filenode
+    FROM ranges AS g;
     GET DIAGNOSTICS created = ROW_COUNT;
     RETURN created;
 END $$;
 COMMENT ON FUNCTION popularity._create_tasks(bigint) IS
-    'Creates the block-range tasks of a new run (of either job) over the media table''s size now';
+    'Creates the block-range tasks of a run (of either job) over the leaves of the media table that '
+    'have none yet: all of them when the run is queued, the partitions created or attached since later';
 
 -- Waits for a run (of either job), committing between looks (no snapshot is held while the workers run).
 -- Every popularity.progress_interval it reports progress (NOTICE: share of blocks, rate, time left,
@@ -518,18 +599,13 @@ BEGIN
     -- Background workers rescore: without the preloaded library none would ever run the run.
     PERFORM popularity._require_preload();
     tbl := popularity._media_table(media_type);
-    key_column := popularity._key_column(tbl);
+    key_column := (popularity._key_columns(tbl))[1];
     -- The workers connect as the calling role (so they have exactly its rights); PostgreSQL 15
     -- lets a background worker connect only as a role that can log in.
     IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) THEN
         RAISE EXCEPTION 'refresh workers run as the calling role, and role "%" cannot log in', current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
-    END IF;
-    IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = tbl) <> 'r' THEN
-        RAISE EXCEPTION 'refresh of a partitioned table is not supported yet'
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Register and refresh each partition as a media type of its own.';
     END IF;
     -- The workers read the table directly: a row-level security policy would apply to their
     -- UPDATE but not to their scan (said before the constants are committed).

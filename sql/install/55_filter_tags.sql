@@ -129,7 +129,8 @@ BEGIN
             MESSAGE = format('unknown tag filter run %s', v_run_id),
             HINT = 'popularity.refresh_status lists the runs of filter_tags (job filter_tags; those of media tables you may read).';
     END IF;
-    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'r' THEN
+    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'r'
+       AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_run.media_table) IS DISTINCT FROM 'p' THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_table',
             MESSAGE = format('the table of tag filter run %s no longer exists', v_run_id),
             HINT = 'Its records stay in popularity.tag_filter_removed until they are purged.';
@@ -183,7 +184,7 @@ BEGIN
         '    WHERE r.run_id OPERATOR(pg_catalog.=) $1'
         '), restored AS ('
         '    UPDATE %1$s t SET tags = popularity._restored_tags(t.tags, d.removed)'
-        '    FROM d WHERE t.%2$I OPERATOR(pg_catalog.=) d.row_key::%3$s'
+        '    FROM d WHERE %2$s'
         '      AND popularity._tags_hash(t.tags) OPERATOR(pg_catalog.=) d.tags_hash'
         '      AND pg_catalog.jsonb_typeof(t.tags) OPERATOR(pg_catalog.=) ''array'''
         '    RETURNING d.row_key'
@@ -199,9 +200,9 @@ BEGIN
         '    RETURNING row_keys'
         ') '
         'SELECT (SELECT pg_catalog.count(*) FROM restored), coalesce((SELECT k.row_keys FROM kept k), ''{}'')',
-        v_run.media_table, v_run.key_column,
-        (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
-         WHERE a.attrelid = v_run.media_table AND a.attname = v_run.key_column))
+        v_run.media_table,
+        popularity._key_match_sql(v_run.media_table,
+                                  coalesce(v_run.key_columns, ARRAY[v_run.key_column]), 'd.row_key'))
     INTO rows_restored, not_restored USING v_run_id;
     rows_not_restored := pg_catalog.cardinality(not_restored);
     UPDATE popularity.refresh_runs r SET undone_at = pg_catalog.clock_timestamp()
@@ -261,12 +262,6 @@ BEGIN
             HINT = 'batch_blocks is the number of table blocks (8 kB pages) per committed batch; NULL: popularity.batch_blocks.';
     END IF;
     v_table := popularity._media_table(v_media_type);
-    IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = v_table) <> 'r' THEN
-        RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
-            MESSAGE = pg_catalog.format('media table %s of media type "%s" is not a plain table',
-                                        v_table, v_media_type),
-            HINT = 'filter_tags walks the blocks of a heap table; register each partition as a media type.';
-    END IF;
     -- The rights it needs, said in one sentence before anything runs.
     IF NOT pg_catalog.has_table_privilege(v_table, 'SELECT')
        OR NOT (v_dry_run OR pg_catalog.has_table_privilege(v_table, 'UPDATE')) THEN
@@ -295,9 +290,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'undefined_column',
             MESSAGE = pg_catalog.format('media table %s lacks columns that filter_tags needs', v_table),
             DETAIL = pg_catalog.format('Missing or of another type: %s.', v_missing),
-            HINT = 'A media table has a single-column primary key, provider text or varchar, and tags jsonb.';
+            HINT = 'A media table has a primary key, provider text or varchar, and tags jsonb.';
     END IF;
-    v_key := popularity._key_column(v_table);
+    v_key := (popularity._key_columns(v_table))[1];
     -- Background workers run it: without the preloaded library none would ever run.
     PERFORM popularity._require_preload();
     -- The workers connect as the calling role, which must be able to log in.

@@ -57,7 +57,8 @@ void check_privilege(Oid relid, AclMode privileges, AclMode one, const char *pur
 
 } // namespace
 
-void check_media_table(Oid relid, AclMode privileges, const char *purpose, const char *rls_hint) {
+void check_media_table(Oid relid, AclMode privileges, const char *purpose, const char *rls_hint,
+                       bool partitioned_ok) {
     const char relkind = get_rel_relkind(relid);
     if (relkind == '\0') {
         ereport(ERROR,
@@ -65,17 +66,13 @@ void check_media_table(Oid relid, AclMode privileges, const char *purpose, const
                  errmsg("relation with OID %u does not exist", relid),
                  errhint("%s takes a media table; popularity.media_types lists them.", purpose)));
     }
-    if (relkind != RELKIND_RELATION) {
-        ereport(ERROR,
-                (errcode(ERRCODE_WRONG_OBJECT_TYPE),
-                 errmsg("%s is not an ordinary table", display_name(relid)),
-                 errdetail("It is %s.", relkind_name(relkind)),
-                 relkind == RELKIND_PARTITIONED_TABLE
-                     ? errhint("%s reads ordinary tables; partitioned media tables are not "
-                               "supported yet: register each leaf partition as a media type of "
-                               "its own.",
-                               purpose)
-                     : errhint("%s reads the rows of an ordinary media table.", purpose)));
+    if (relkind != RELKIND_RELATION && !(partitioned_ok && relkind == RELKIND_PARTITIONED_TABLE)) {
+        ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+                        errmsg("%s is not an ordinary table", display_name(relid)),
+                        errdetail("It is %s.", relkind_name(relkind)),
+                        errhint("%s reads the rows of an ordinary media table (or of the leaf "
+                                "partitions of a partitioned one).",
+                                purpose)));
     }
     check_privilege(relid, privileges, ACL_SELECT, purpose);
     check_privilege(relid, privileges, ACL_UPDATE, purpose);

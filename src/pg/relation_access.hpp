@@ -23,7 +23,10 @@ namespace popularity::pg {
 // relation with `lockmode`. `purpose` names the operation in messages ("refresh_constants").
 // The checks of open_media_table alone, with no lock taken (the relation may change right after):
 // for a job that must know before it starts whether the role may still run it at all.
-void check_media_table(Oid relid, AclMode privileges, const char *purpose, const char *rls_hint);
+// `partitioned_ok`: a partitioned table passes too (the jobs check its rights and policies, then
+// open its leaf partitions one by one).
+void check_media_table(Oid relid, AclMode privileges, const char *purpose, const char *rls_hint,
+                       bool partitioned_ok = false);
 
 Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose,
                           const char *rls_hint);

@@ -21,6 +21,8 @@ extern "C" {
 #include "utils/typcache.h"
 #include "utils/syscache.h"
 #include "catalog/pg_operator.h"
+#include "catalog/partition.h"
+#include "storage/lmgr.h"
 #include "access/htup_details.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -87,28 +89,49 @@ SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *types) {
     return plan;
 }
 
+bool leaf_present(const Task &task) {
+    if (task.leaf == task.relid) {
+        return true;
+    }
+    // Locked first (as a batch will open it), then looked up: a DROP or DETACH waits for this
+    // transaction from now on, and one that committed before is seen.
+    LockRelationOid(task.leaf, task.dry_run ? AccessShareLock : RowExclusiveLock);
+    if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(task.leaf))) {
+        return false;
+    }
+    List *ancestors = get_partition_ancestors(task.leaf);
+    const bool member = list_member_oid(ancestors, task.relid);
+    list_free(ancestors);
+    return member;
+}
+
 // The batch reads the table directly with the role's snapshot, so the role must still be allowed
 // to read (and, unless the run is a dry run, update) it: rights revoked during a run stop it at
 // its next batch; and no row-level security policy may apply to it (the UPDATE would apply the
-// policy, the scan would not).
+// policy, the scan would not). A leaf partition is read and updated directly too: the role needs
+// its rights on the partition as well (through the parent PostgreSQL checks only the parent's).
 Relation open_batch_table(Task &task) {
     const bool writes = !task.dry_run;
     Relation rel =
-        pg::open_media_table(task.relid, writes ? RowExclusiveLock : AccessShareLock,
+        pg::open_media_table(task.leaf, writes ? RowExclusiveLock : AccessShareLock,
                              writes ? ACL_SELECT | ACL_UPDATE : ACL_SELECT, task.job->name,
                              "Run it as the table owner or a role with BYPASSRLS.");
     if (task.relfilenode != InvalidOid && rel->rd_node.relNode != task.relfilenode) {
-        ereport(ERROR,
-                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                 errmsg("table %s was rewritten while the %s run ran", task.table, task.job->name),
-                 errdetail("VACUUM FULL, CLUSTER or an ALTER TABLE that rewrites the table moves "
-                           "rows between the block ranges the walk has passed and those it has "
-                           "not."),
-                 errhint("Start a new run of %s for media type \"%s\".", task.job->name,
-                         task.media_type)));
+        ereport(
+            ERROR,
+            (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+             errmsg("table %s was rewritten while the %s run ran", task.leaf_table, task.job->name),
+             errdetail("VACUUM FULL, CLUSTER or an ALTER TABLE that rewrites the table moves "
+                       "rows between the block ranges the walk has passed and those it has "
+                       "not."),
+             errhint("Start a new run of %s for media type \"%s\".", task.job->name,
+                     task.media_type)));
     }
     task.provider_att = pg::media_column(rel, "provider", TEXTOID, VARCHAROID);
-    task.key_att = pg::media_column(rel, task.key_name, task.key_type_id, task.key_type_id);
+    for (int i = 0; i < task.key_count; i++) {
+        task.key_atts[i] =
+            pg::media_column(rel, task.key_names[i], task.key_type_ids[i], task.key_type_ids[i]);
+    }
     task.job->resolve_columns(task, rel);
     return rel;
 }
@@ -244,11 +267,10 @@ void record_skipped(const Task &task, const Batch &batch) {
             continue;
         }
         ItemPointerData tid = c.tid;
-        bool isnull = true;
         if (table_tuple_fetch_row_version(batch.rel, &tid, GetActiveSnapshot(), slot)) {
-            const Datum key = slot_getattr(slot, task.key_att, &isnull);
-            if (!isnull) {
-                keys[n++] = CStringGetTextDatum(OidOutputFunctionCall(task.key_output, key));
+            const char *key = key_text(task, slot);
+            if (key != nullptr) {
+                keys[n++] = CStringGetTextDatum(key);
             }
         }
     }

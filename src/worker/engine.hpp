@@ -1,6 +1,7 @@
 // The batch engine of the background workers, shared by the two jobs a run can be: the popularity
 // refresh (rescore the rows of the providers whose constant changed) and the tag filter (apply the
-// tag rules in place). A task is a block range of the media table; each batch is one transaction:
+// tag rules in place). A task is a block range of the media table, or of one of its leaf partitions
+// (a partitioned media table has tasks per leaf); each batch is one transaction:
 //
 //   scan a block range with the transaction's snapshot -> the job decides per row (nothing locked)
 //   -> lock the rows to change by TID, FOR UPDATE SKIP LOCKED (a row updated since the snapshot is
@@ -50,24 +51,29 @@ struct Task {
     bool record_removed; // filter: record what each row loses (popularity.tag_filter_removed)
     int batch_blocks;    // blocks per batch (the run's, or popularity.batch_blocks)
     char *media_type;
-    char *table;      // qualified, quoted name
-    char *key_column; // quoted
-    char *key_type;   // e.g. uuid
+    char *table; // the media table: qualified, quoted name
     int64 end_block;
     int64 next_block;
-    Oid relid;
-    char *key_name;   // unquoted
-    char *key_equals; // the key type's equality operator, qualified: OPERATOR(schema.=)
-    Oid key_type_id;
-    Oid relfilenode; // the table's file when the run was queued (InvalidOid: not recorded)
+    Oid relid; // the media table (ordinary or partitioned)
+    // The relation the task walks: the media table itself, or one of its leaf partitions; its
+    // qualified, quoted name; its file when the task was created (InvalidOid: not recorded).
+    Oid leaf;
+    char *leaf_table;
+    Oid relfilenode;
+    // The primary key, any number of columns (key.cpp says how a key is written as text).
+    int key_count;
+    char **key_names; // unquoted
+    Oid *key_type_ids;
+    Oid *key_outputs;     // output functions of the key types
+    AttrNumber *key_atts; // in the leaf, resolved by every batch
+    char *key_text_sql;   // the key of `t` as text (SQL)
+    char *key_match_sql;  // `t`'s key equals the key text `k.key` (SQL)
     // Attribute numbers in the media table, looked up again (with their types checked) by every
     // batch under its lock: DDL between batches never makes a batch read a column as another type.
     AttrNumber provider_att;
     AttrNumber meta_data_att; // refresh
     AttrNumber score_att;     // refresh
     AttrNumber tags_att;      // filter
-    AttrNumber key_att;
-    Oid key_output; // output function of the key's type (skipped rows are recorded as text)
     // Block ranges of this worker's last batches that wrote rows, oldest first: their old row
     // versions are dead once committed, and the space is reclaimed two batches later (when no
     // snapshot of the other workers can still see them) so new versions reuse it.
@@ -170,9 +176,17 @@ char *qualified_equality(Oid type);
 void prepare_statements(Task &task);
 // Prepares and keeps a plan; raises on failure.
 SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *types);
-// Opens the media table for a batch (kind, rights, row-level security, rewrite checked) and has
-// the job resolve its columns.
+// Whether the task's leaf is still part of the media table (locked: it stays so until the
+// transaction ends); false when it was detached or dropped during the run.
+bool leaf_present(const Task &task);
+// Opens the task's relation (the media table or its leaf) for a batch (kind, rights, row-level
+// security, rewrite checked) and has the job resolve its columns. After leaf_present.
 Relation open_batch_table(Task &task);
+// The key of the row in `slot` as text (as key_text_sql writes it), in the current memory context.
+char *key_text(const Task &task, TupleTableSlot *slot);
+// Fills the key fields of the task from the key columns of the media table (names given) and
+// builds its key SQL (key.cpp).
+void resolve_key(Task &task, char **names, int count);
 // Allocates the candidate list and the row context of a batch (the groups are the job's).
 void init_batch(Batch &batch, Relation rel);
 // Scans the blocks [from, to) with the active snapshot; keeps the rows the job changes.

@@ -108,7 +108,7 @@ char *update_sql(const Task &task, Oid *types, int *nargs) {
         *nargs = 2;
         return psprintf("UPDATE %s AS t SET tags = u.tags FROM unnest($1::tid[], $2::jsonb[])"
                         " AS u(tid, tags) WHERE t.ctid = u.tid",
-                        task.table);
+                        task.leaf_table);
     }
     types[2] = JSONBARRAYOID;
     types[3] = INT8OID;
@@ -117,14 +117,14 @@ char *update_sql(const Task &task, Oid *types, int *nargs) {
     // statement that rewrites the rows; it returns how many rows the UPDATE wrote.
     return psprintf("WITH w AS (UPDATE %s AS t SET tags = u.tags"
                     " FROM unnest($1::tid[], $2::jsonb[], $3::jsonb[]) AS u(tid, tags, removed)"
-                    " WHERE t.ctid = u.tid RETURNING t.%s AS row_key, t.tags, u.removed),"
+                    " WHERE t.ctid = u.tid RETURNING %s AS row_key, t.tags, u.removed),"
                     " r AS (INSERT INTO popularity.tag_filter_removed"
                     "   (run_id, row_keys, removed, tags_hashes)"
-                    "   SELECT $4, array_agg(w.row_key::text), array_agg(w.removed),"
+                    "   SELECT $4, array_agg(w.row_key), array_agg(w.removed),"
                     "          array_agg(popularity._tags_hash(w.tags)) FROM w HAVING count(*) > 0"
                     "   RETURNING cardinality(row_keys) AS n)"
                     " SELECT coalesce((SELECT n FROM r), 0)",
-                    task.table, task.key_column);
+                    task.leaf_table, task.key_text_sql);
 }
 
 uint64 write(const Task &task, Batch &batch, int changing) {

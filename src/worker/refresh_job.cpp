@@ -123,7 +123,7 @@ char *update_sql(const Task &task, Oid *types, int *nargs) {
     *nargs = 2;
     return psprintf("UPDATE %s AS t SET standardized_popularity = u.score%s"
                     " FROM unnest($1::tid[], $2::float8[]) AS u(tid, score) WHERE t.ctid = u.tid",
-                    task.table, pg::refresh_touch_updated_on ? ", updated_on = now()" : "");
+                    task.leaf_table, pg::refresh_touch_updated_on ? ", updated_on = now()" : "");
 }
 
 uint64 write(const Task &task, Batch &batch, int changing) {

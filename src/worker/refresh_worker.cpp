@@ -82,47 +82,44 @@ void set_batch_settings() {
 bool load_task(Task &task) {
     Oid types[1] = {INT8OID};
     Datum values[1] = {Int64GetDatum(task.task_id)};
-    run("SELECT r.run_id, r.media_type, r.media_table::text, quote_ident(r.key_column),"
-        "       format_type(a.atttypid, NULL), r.providers, t.end_block, t.next_block,"
-        "       r.state, t.state,"
-        // relfilenode is read through to_jsonb: a 0.1.0 schema (new library, ALTER EXTENSION
-        // UPDATE not run yet) has no such column, and then gives NULL.
-        "       r.media_table::oid, r.key_column, a.atttypid, (to_jsonb(r) ->> 'relfilenode')::oid,"
-        // Likewise the job and its options: a 0.1.0 run is a refresh.
+    run("SELECT r.run_id, r.media_type, r.media_table::text, r.providers, t.end_block,"
+        "       t.next_block, r.state, t.state, r.media_table::oid,"
+        // Columns a 0.1.0 schema (new library, ALTER EXTENSION UPDATE not run yet) does not have
+        // are read through to_jsonb, and then have their 0.1.0 meaning: the run's relfilenode and
+        // table, a refresh, its single-column key.
+        "       coalesce((to_jsonb(t) ->> 'leaf_relfilenode')::oid,"
+        "                (to_jsonb(r) ->> 'relfilenode')::oid),"
         "       coalesce(to_jsonb(r) ->> 'job', 'refresh'),"
         "       coalesce((to_jsonb(r) ->> 'dry_run')::boolean, false),"
         "       coalesce((to_jsonb(r) ->> 'records_removed')::boolean, false),"
-        "       (to_jsonb(r) ->> 'batch_blocks')::integer"
+        "       (to_jsonb(r) ->> 'batch_blocks')::integer,"
+        "       coalesce((to_jsonb(t) ->> 'leaf')::regclass::oid, r.media_table::oid),"
+        "       ARRAY(SELECT jsonb_array_elements_text(coalesce("
+        "         nullif(to_jsonb(r) -> 'key_columns', 'null'), to_jsonb(ARRAY[r.key_column]))))"
         " FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
-        " JOIN pg_attribute AS a ON a.attrelid = r.media_table AND a.attname = r.key_column"
         " WHERE t.task_id = $1",
         1, types, values, nullptr, SPI_OK_SELECT);
     if (SPI_processed != 1) {
         return false;
     }
-    const char *run_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9);
-    const char *task_state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 10);
+    HeapTuple row = SPI_tuptable->vals[0];
+    TupleDesc desc = SPI_tuptable->tupdesc;
+    const char *run_state = SPI_getvalue(row, desc, 7);
+    const char *task_state = SPI_getvalue(row, desc, 8);
     if (strcmp(run_state, "running") != 0 || strcmp(task_state, "done") == 0 ||
         strcmp(task_state, "failed") == 0 || strcmp(task_state, "cancelled") == 0) {
         return false;
     }
+    bool isnull = false;
     task.run_id = int64_value(1);
     task.media_type = copy_value(2);
     task.table = copy_value(3);
-    task.key_column = copy_value(4);
-    task.key_type = copy_value(5);
-    bool isnull = false;
-    task.end_block = int64_value(7);
-    task.next_block = int64_value(8);
-    task.relid =
-        DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11, &isnull));
-    task.key_name = copy_value(12);
-    task.key_type_id =
-        DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 13, &isnull));
-    const Datum relfilenode =
-        SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14, &isnull);
+    task.end_block = int64_value(5);
+    task.next_block = int64_value(6);
+    task.relid = DatumGetObjectId(SPI_getbinval(row, desc, 9, &isnull));
+    const Datum relfilenode = SPI_getbinval(row, desc, 10, &isnull);
     task.relfilenode = isnull ? InvalidOid : DatumGetObjectId(relfilenode);
-    const char *job = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15);
+    const char *job = SPI_getvalue(row, desc, 11);
     if (strcmp(job, "refresh") == 0) {
         task.kind = JobKind::refresh;
         task.job = &refresh_job();
@@ -134,16 +131,33 @@ bool load_task(Task &task) {
                         errmsg("run %lld has an unknown job \"%s\"",
                                static_cast<long long>(task.run_id), job)));
     }
-    task.dry_run =
-        DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 16, &isnull));
-    task.record_removed = !task.dry_run && DatumGetBool(SPI_getbinval(
-                                               SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 17,
-                                               &isnull));
-    const Datum blocks = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 18, &isnull);
+    task.dry_run = DatumGetBool(SPI_getbinval(row, desc, 12, &isnull));
+    task.record_removed = !task.dry_run && DatumGetBool(SPI_getbinval(row, desc, 13, &isnull));
+    const Datum blocks = SPI_getbinval(row, desc, 14, &isnull);
     task.batch_blocks = isnull ? 0 : DatumGetInt32(blocks);
-    task.key_equals = qualified_equality(task.key_type_id);
-    bool key_varlena = false;
-    getTypeOutputInfo(task.key_type_id, &task.key_output, &key_varlena);
+    task.leaf = DatumGetObjectId(SPI_getbinval(row, desc, 15, &isnull));
+    // The leaf's name as it is now (a leaf dropped since has none: its task ends, see do_step).
+    const char *leaf_name = get_rel_name(task.leaf);
+    if (task.leaf == task.relid) {
+        task.leaf_table = task.table;
+    } else if (leaf_name == nullptr) {
+        task.leaf_table = MemoryContextStrdup(TopMemoryContext,
+                                              psprintf("dropped partition (OID %u)", task.leaf));
+    } else {
+        task.leaf_table = MemoryContextStrdup(
+            TopMemoryContext, quote_qualified_identifier(
+                                  get_namespace_name(get_rel_namespace(task.leaf)), leaf_name));
+    }
+    ArrayType *key_array = DatumGetArrayTypeP(SPI_getbinval(row, desc, 16, &isnull));
+    Datum *key_items = nullptr;
+    int key_count = 0;
+    deconstruct_array(key_array, TEXTOID, -1, false, TYPALIGN_INT, &key_items, nullptr, &key_count);
+    char **key_names = static_cast<char **>(
+        MemoryContextAlloc(TopMemoryContext, sizeof(char *) * Max(key_count, 1)));
+    for (int i = 0; i < key_count; i++) {
+        key_names[i] = MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(key_items[i]));
+    }
+    resolve_key(task, key_names, key_count);
     return true;
 }
 
@@ -260,6 +274,22 @@ void main_batch(Task &task, const BatchContext &context) {
     task.next_block = position;
 }
 
+// A task whose leaf partition was detached or dropped during the run: its rows are no longer the
+// media table's, and its task ends (done, with what it did so far).
+void end_detached_task(const Task &task) {
+    ereport(LOG, (errmsg("popularity %s run %lld: partition %s left media table %s during the "
+                         "run; its task %lld ends",
+                         task.job->name, static_cast<long long>(task.run_id), task.leaf_table,
+                         task.table, static_cast<long long>(task.task_id))));
+    Oid types[1] = {INT8OID};
+    Datum id[1] = {Int64GetDatum(task.task_id)};
+    run("DELETE FROM popularity.refresh_skipped WHERE task_id = $1", 1, types, id, nullptr,
+        SPI_OK_DELETE);
+    run("UPDATE popularity.refresh_tasks SET state = 'done', finished_at = clock_timestamp(),"
+        " rewalk = false WHERE task_id = $1",
+        1, types, id, nullptr, SPI_OK_UPDATE);
+}
+
 // One revisit pass over (up to 10000 of) the rows skipped so far: found again by key, then
 // decided, locked and written as in a main-pass batch (rows held again are recorded again).
 // Returns how many remain.
@@ -312,17 +342,34 @@ enum class Step { more, wait, finished };
 // when the run was queued (its writers) inserted were invisible to batches that ran before those
 // transactions ended, and may carry the old constants: so the task is done only once they have
 // all ended and, if any of its batches ran before that, it has walked its range once more; the last
-// task also walks the blocks added since the run was queued. Otherwise it is done.
+// task of each leaf also walks the blocks added to it since the run was queued, and the partitions
+// created or attached meanwhile get tasks. Otherwise it is done.
 Step finish_walk(Task &task, const BatchContext &context) {
     if (!context.writers_ended) {
         return Step::wait;
     }
     Oid types[1] = {INT8OID};
     Datum id[1] = {Int64GetDatum(task.task_id)};
+    if (task.leaf != task.relid) {
+        // Partitions created or attached since the run was queued get tasks of their own (the
+        // parent is locked against ATTACH / DETACH CONCURRENTLY meanwhile: do_step), so the run
+        // does not finish before they are walked.
+        Datum run_id[1] = {Int64GetDatum(task.run_id)};
+        run("SELECT popularity._create_tasks($1)", 1, types, run_id, nullptr, SPI_OK_SELECT);
+        bool isnull = false;
+        if (DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) >
+            0) {
+            run("SELECT popularity._wake_scheduler()", 0, nullptr, nullptr, nullptr, SPI_OK_SELECT);
+        }
+    }
+    // The last task of each leaf (a 0.1.0 schema has no leaves: the table's last task).
     run("WITH t AS (SELECT t.task_id, t.rewalk, t.tail_checked, t.first_block, t.end_block,"
         "   cardinality(r.writers) > 0 AND t.segment = (SELECT max(x.segment) FROM"
-        "     popularity.refresh_tasks AS x WHERE x.run_id = t.run_id) AS last_with_writers,"
-        "   pg_catalog.pg_relation_size(r.media_table)"
+        "     popularity.refresh_tasks AS x WHERE x.run_id = t.run_id"
+        "       AND to_jsonb(x) -> 'leaf' IS NOT DISTINCT FROM to_jsonb(t) -> 'leaf')"
+        "     AS last_with_writers,"
+        "   pg_catalog.pg_relation_size(coalesce((to_jsonb(t) ->> 'leaf')::regclass,"
+        "                                        r.media_table))"
         "     / pg_catalog.current_setting('block_size')::bigint AS blocks_now"
         "   FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
         "   WHERE t.task_id = $1)"
@@ -351,8 +398,8 @@ Step finish_walk(Task &task, const BatchContext &context) {
 
 // What task_status.cpp needs of the task.
 worker::TaskRef task_ref(const Task &task) {
-    return worker::TaskRef{task.task_id,    task.run_id,   task.relid,     task.table,
-                           task.key_column, task.key_type, task.key_equals};
+    return worker::TaskRef{task.task_id, task.run_id,     task.relid,
+                           task.leaf,    task.leaf_table, task.key_match_sql};
 }
 
 constexpr const char *kRlsHint = "Run it as the table owner or a role with BYPASSRLS.";
@@ -369,7 +416,7 @@ Step do_step(Task &task) {
     worker::arm_batch_timeout(); // the worker loop disarms it after the batch, whatever happened
     // First, whatever the step: the role may still read and update the table (without these
     // rights it could not even see its run, and would stop as if the run had been cancelled).
-    pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint);
+    pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint, true);
     if (!task.dry_run) {
         // The table's write lock first, then the look at the other job's runs: a run of the other
         // job queued after the look counts this transaction among its writers (it waits for it
@@ -377,13 +424,25 @@ Step do_step(Task &task) {
         // trigger is caught by that run.
         LockRelationOid(task.relid, RowExclusiveLock);
     }
+    if (task.leaf != task.relid && task.next_block >= task.end_block) {
+        // The walk of the leaf is over: this step revisits or finishes, and finishing covers the
+        // partitions created or attached meanwhile (finish_walk). ATTACH PARTITION and DETACH
+        // CONCURRENTLY take this lock too: one in progress commits first and is seen. Taken
+        // before the leaf's lock (an ATTACH may wait for the default partition's).
+        LockRelationOid(task.relid, ShareUpdateExclusiveLock);
+    }
+    if (!leaf_present(task)) {
+        end_detached_task(task);
+        commit_transaction();
+        return Step::finished;
+    }
     const BatchContext context = load_context(task);
     // The ingestion trigger on this worker's own rows: it has nothing to add while the other job
     // is not running on the media type (a refresh worker writes the score itself, a filter
     // worker's rows have their tags filtered already and keep their scores); while it is, the
     // rows this worker moves must carry what that job establishes (a refresh worker's rows get
     // their tags filtered, a filter worker's rows their scores).
-    pg::trigger_bypass_relid = task.relid;
+    pg::trigger_bypass_relid = task.leaf;
     if (!context.other_job_active) {
         pg::trigger_bypass = pg::TriggerBypass::all;
     } else {
@@ -444,7 +503,12 @@ bool start_task(Task &task, volatile bool *claimed) {
         commit_transaction();
         return false;
     }
-    pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint);
+    pg::check_media_table(task.relid, task_rights(task), task.job->name, kRlsHint, true);
+    if (!leaf_present(task)) {
+        end_detached_task(task);
+        commit_transaction();
+        return false;
+    }
     // Prepared once (a start-up that failed and is retried keeps those it made).
     prepare_statements(task);
     // (What the ingestion trigger does on this worker's rows is decided per transaction: do_step.)

@@ -90,12 +90,12 @@ void prepare_statements(Task &task) {
         task.skip_plan = prepare_kept(kSkipSql, 2, skip_types);
     }
     if (task.keys_plan == nullptr) {
-        // The current versions of skipped rows, by key (their text form, as recorded), with the
-        // key type's own equality operator.
+        // The current versions of skipped rows, by key (their text form, as recorded: key.cpp),
+        // each key column compared with its type's own equality operator.
         Oid keys_types[1] = {TEXTARRAYOID};
         task.keys_plan = prepare_kept(
-            psprintf("SELECT t.ctid FROM %s AS t WHERE t.%s %s ANY ($1::%s[])", task.table,
-                     task.key_column, task.key_equals, task.key_type),
+            psprintf("SELECT t.ctid FROM %s AS t, unnest($1::text[]) AS k(key) WHERE %s",
+                     task.leaf_table, task.key_match_sql),
             1, keys_types);
     }
     if (task.context_plan == nullptr) {

@@ -153,10 +153,9 @@ void add_row_holders(Relation rel, ItemPointerData tid, Pids &pids) {
 // the step's snapshot, then the holders of the versions found.
 void row_holder_pids(const TaskRef &task, Pids &pids) {
     const char *sql = psprintf(
-        "SELECT t.ctid FROM %s AS t WHERE t.%s %s ANY (ARRAY(SELECT s.row_key FROM"
-        " popularity.refresh_skipped AS s WHERE s.task_id OPERATOR(pg_catalog.=) $1 LIMIT %d)"
-        "::pg_catalog.text[]::%s[])",
-        task.table, task.key_column, task.key_equals, kRowsLookedUp, task.key_type);
+        "SELECT t.ctid FROM %s AS t, (SELECT s.row_key AS key FROM popularity.refresh_skipped AS s"
+        " WHERE s.task_id OPERATOR(pg_catalog.=) $1 LIMIT %d) AS k WHERE %s",
+        task.leaf_table, kRowsLookedUp, task.key_match);
     Oid types[1] = {INT8OID};
     Datum values[1] = {Int64GetDatum(task.task_id)};
     const int rc = SPI_execute_with_args(sql, 1, types, values, nullptr, true, 0);
@@ -170,7 +169,7 @@ void row_holder_pids(const TaskRef &task, Pids &pids) {
         tids[i] = *reinterpret_cast<ItemPointer>(DatumGetPointer(
             SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)));
     }
-    Relation rel = table_open(task.relid, AccessShareLock);
+    Relation rel = table_open(task.leaf, AccessShareLock);
     for (uint64 i = 0; i < count && pids.count < kMaxPids; i++) {
         add_row_holders(rel, tids[i], pids);
     }
@@ -307,6 +306,9 @@ bool record_failure(const TaskRef &task, const ErrorData *error, bool transient)
     Pids pids{};
     if (retry && error->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE && task.relid != InvalidOid) {
         lock_holder_pids(task.relid, pids);
+        if (task.leaf != task.relid && task.leaf != InvalidOid) {
+            lock_holder_pids(task.leaf, pids);
+        }
     }
     Oid types[6] = {INT8OID, TEXTOID, TEXTOID, BOOLOID, INT4OID, INT4ARRAYOID};
     Datum values[6] = {Int64GetDatum(task.task_id),     CStringGetTextDatum(text),

@@ -15,11 +15,10 @@ namespace popularity::worker {
 struct TaskRef {
     int64 task_id;
     int64 run_id;
-    Oid relid;
-    const char *table;      // qualified, quoted
-    const char *key_column; // quoted
-    const char *key_type;   // e.g. uuid
-    const char *key_equals; // OPERATOR(schema.=) of the key type
+    Oid relid;              // the media table
+    Oid leaf;               // the relation the task walks (the media table or a leaf partition)
+    const char *leaf_table; // qualified, quoted
+    const char *key_match;  // `t`'s key equals the key text `k.key` (Task::key_match_sql)
 };
 
 // What a step that committed leaves the task waiting for.

@@ -24,9 +24,10 @@
 #   - no ingested row is lost: every logged upsert is in the table with its last values, the table
 #     holds the catalog plus the new keys plus the attached rows minus the detached ones, and the
 #     detached table still holds every row it had;
-#   - the provider counts (popularity.provider_stats) equal a recount of the tree (ATTACH and DETACH
-#     change the rows of the tree without a row trigger: the counts either follow them, or mark the
-#     media type for reconcile_stats, which the script then runs);
+#   - the provider counts (popularity.provider_stats) equal a recount of the tree, ATTACH and
+#     DETACH aside (tree + detached rows - attached rows as attached: the triggers counted every
+#     upsert and every rewrite of the run, in every leaf); ATTACH and DETACH, which no trigger
+#     sees, marked the counts for reconcile_stats; after it, they equal a recount of the tree;
 #   - every pgbench client ran without error;
 #   - (refresh) refresh_constants, once ingestion has stopped, gives every provider the constant
 #     of percentile_disc over the whole tree.
@@ -94,16 +95,19 @@ DB=partitions_refresh
 partitions_catalog "$DB" "$ROWS"
 catalog_rows=$INGEST_CATALOG_ROWS
 q "UPDATE ingest_months SET skip = $DETACH_MONTH"
-# The table to attach: rows of the month before the oldest, scores wrong, tags the rules drop.
+# The table to attach: rows of the month before the oldest, scores wrong (0.5, where the provider
+# has a metric; NULL, right, where it has none), tags the rules drop; and a copy of it.
 psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -v rows="$ATTACH_ROWS" -v month="$ATTACH_MONTH" <<'SQL'
 CREATE TABLE image_attached (LIKE image INCLUDING DEFAULTS);
 INSERT INTO image_attached (identifier, created_on, provider, foreign_identifier, url, title, meta_data, tags,
                             standardized_popularity)
 SELECT md5('a' || g)::uuid, month_start(:month) + (g * 7919 % 2419200) * interval '1 second', provider_of(g),
        'a' || g, 'https://cdn.example.org/attached/' || g, 'Attached photograph ' || g,
-       metric_data(provider_of(g), g % 5000), make_tags(g, provider_of(g)), 0.5
+       metric_data(provider_of(g), g % 5000), make_tags(g, provider_of(g)),
+       CASE WHEN provider_of(g) IN (SELECT provider FROM popularity.metrics WHERE media_type = 'image') THEN 0.5 END
 FROM generate_series(1, :rows) AS g;
 ALTER TABLE image_attached ADD PRIMARY KEY (identifier, created_on);
+CREATE TABLE image_attached_as_attached AS SELECT * FROM image_attached;
 VACUUM (ANALYZE) image_attached;
 SQL
 echo "catalog: $catalog_rows rows in $(partitions_leaves "$DB" | wc -l) leaf partitions (pg_partman $(q "SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'")," \
@@ -220,9 +224,27 @@ run_case() { # id label call existing.sql new.sql
     echo "  new rows in the partitions run_maintenance made: $(q "SELECT count(*) FROM image WHERE created_on >= month_start($PARTITIONS_PREMAKE + 1)")"
 }
 
+# The providers whose counts (popularity.provider_stats) differ from a recount of ROWS (provider,
+# meta_data, standardized_popularity, weight w); with PENDING = true, a provider marked for
+# reconcile_stats counts as a difference.
+counts_diff() { # rows pending
+    q "WITH truth AS (
+           SELECT t.provider::text AS provider, sum(t.w) AS rows,
+                  coalesce(sum(t.w) FILTER (WHERE popularity._metric_status(t.meta_data, m.metric) = 'ok'), 0) AS rows_with_metric,
+                  coalesce(sum(t.w) FILTER (WHERE t.standardized_popularity IS NOT NULL), 0) AS rows_scored,
+                  coalesce(sum(t.w) FILTER (WHERE popularity._metric_status(t.meta_data, m.metric) = 'invalid'), 0) AS rows_invalid_metric
+           FROM ($1) AS t LEFT JOIN popularity.metrics AS m ON m.media_type = 'image' AND m.provider = t.provider::text
+           GROUP BY 1),
+       counted AS (SELECT * FROM popularity.provider_stats WHERE media_type = 'image')
+       SELECT count(*) FROM truth AS t FULL JOIN counted AS c USING (provider)
+       WHERE (coalesce(t.rows, 0), coalesce(t.rows_with_metric, 0), coalesce(t.rows_scored, 0), coalesce(t.rows_invalid_metric, 0))
+             IS DISTINCT FROM (coalesce(c.rows, 0), coalesce(c.rows_with_metric, 0), coalesce(c.rows_scored, 0), coalesce(c.rows_invalid_metric, 0))
+          OR ($2 AND c.reconcile_pending)"
+}
+
 # No ingested row lost, the counts, the clients.
 check_common() { # id label [filter]
-    local id=$1 label=$2 lost count diff marks
+    local id=$1 label=$2 lost count diff marks detached_or_none=${detached:-image_attached_as_attached WHERE false}
     lost=$(q "WITH last AS (SELECT DISTINCT ON (identifier) * FROM ingest_log ORDER BY identifier, log_id DESC)
               SELECT count(*) FROM last AS l LEFT JOIN image AS t USING (identifier)
               WHERE t.identifier IS NULL OR t.meta_data IS DISTINCT FROM l.meta_data
@@ -239,26 +261,21 @@ check_common() { # id label [filter]
     else
         check "$label: the detached partition still holds its rows" 1 "(no partition was detached)"
     fi
-    # ATTACH and DETACH move rows in and out of the tree without a row trigger: the counts either
-    # follow them or ask for reconcile_stats (stats_marks), which then makes them exact.
-    marks=$(q "SELECT count(*) FROM popularity.stats_marks WHERE media_type = 'image'")
-    [ "$marks" = 0 ] || q "CALL popularity.reconcile_stats('image')" >/dev/null
-    diff=$(q "WITH truth AS (
-                  SELECT t.provider::text AS provider, count(*) AS rows,
-                         count(*) FILTER (WHERE popularity._metric_status(t.meta_data, m.metric) = 'ok') AS rows_with_metric,
-                         count(*) FILTER (WHERE t.standardized_popularity IS NOT NULL) AS rows_scored,
-                         count(*) FILTER (WHERE popularity._metric_status(t.meta_data, m.metric) = 'invalid') AS rows_invalid_metric
-                  FROM image AS t LEFT JOIN popularity.metrics AS m ON m.media_type = 'image' AND m.provider = t.provider::text
-                  GROUP BY 1),
-              counted AS (SELECT * FROM popularity.provider_stats WHERE media_type = 'image')
-              SELECT count(*) + (SELECT count(*) FROM counted WHERE reconcile_pending)
-              FROM truth AS t FULL JOIN counted AS c USING (provider)
-              WHERE (t.rows, t.rows_with_metric, t.rows_scored, t.rows_invalid_metric)
-                    IS DISTINCT FROM (c.rows, c.rows_with_metric, c.rows_scored, c.rows_invalid_metric)")
-    check "$label: the provider counts (popularity.provider_stats) equal a recount of the tree$([ "$marks" = 0 ] || echo " (after the reconcile_stats that $marks marks asked for)")" \
+    # ATTACH and DETACH move rows in and out of the tree without a row trigger: the counts cannot
+    # see them and must ask for reconcile_stats (stats_marks). Everything else (ingestion, the
+    # run's rewrites in every leaf) the triggers count: before any reconcile_stats, the counts
+    # equal a recount of the tree plus the detached rows minus the attached ones (as attached).
+    diff=$(counts_diff "SELECT provider, meta_data, standardized_popularity, 1 AS w FROM image
+                        UNION ALL SELECT provider, meta_data, standardized_popularity, 1 FROM $detached_or_none
+                        UNION ALL SELECT provider, meta_data, standardized_popularity, -1 FROM image_attached_as_attached" false)
+    check "$label: the provider counts (popularity.provider_stats), before reconcile_stats, equal a recount of the tree, ATTACH and DETACH aside" \
         "$diff" "providers whose counts differ"
-    [ "$diff" = 0 ] || psql -X -d "$DB" -c "SELECT * FROM popularity.provider_stats WHERE media_type = 'image' ORDER BY provider" \
-        -c "SELECT provider, count(*) AS rows FROM image GROUP BY 1 ORDER BY 1"
+    [ "$diff" = 0 ] || psql -X -d "$DB" -c "SELECT * FROM popularity.provider_stats WHERE media_type = 'image' ORDER BY provider"
+    marks=$(q "SELECT count(*) FROM popularity.stats_marks WHERE media_type = 'image'")
+    check "$label: ATTACH and DETACH marked the counts for reconcile_stats ($marks marks)" "$([ "$marks" -gt 0 ] && echo 0 || echo 1)" "(none)"
+    psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "SET client_min_messages = warning" -c "CALL popularity.reconcile_stats('image')" >/dev/null
+    diff=$(counts_diff "SELECT provider, meta_data, standardized_popularity, 1 AS w FROM image" true)
+    check "$label: after reconcile_stats, the provider counts equal a recount of the tree" "$diff" "providers whose counts differ"
     check_ingestion "$id" "$label"
 }
 

@@ -22,9 +22,10 @@
 # of the INGEST_MONTHS (default 13) months up to the catalog's creation month (month offset
 # (g % INGEST_MONTHS) - (INGEST_MONTHS - 1)), and with INGEST_OLD_ROWS=true (default) about 1% of
 # rows (g % 101 = 50) are from 2001 (in a partitioned table: its default partition). New rows
-# (partitioned layout) take a month offset in [ingest_months.lo, ingest_months.hi] other than
-# ingest_months.skip (new_created_on(v)), and the existing-row upserts leave alone the catalog rows
-# with g % INGEST_MONTHS = INGEST_SKIP_RESIDUE. INGEST_FREE_SPACE=false keeps the first quarter's
+# (partitioned layout) take a month offset in [ingest_months.lo, ingest_months.hi] not in the array
+# ingest_months.skip (new_created_on(v); skipped months must not be adjacent), and the existing-row
+# upserts leave alone the catalog rows whose g % INGEST_MONTHS is one of INGEST_SKIP_RESIDUES (at
+# most two, at least 3 apart: a skipped key moves by 2). INGEST_FREE_SPACE=false keeps the first quarter's
 # even keys (no free space made).
 #
 # Every upsert logs, in its own statement (so its own transaction), the key and the values it
@@ -125,7 +126,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 -- Creation times: created_of(g) for catalog row g, new_created_on(v) for a new row (see the top
 -- of test/lib/ingest.sh). The months count from the month the catalog was made in (a constant of
 -- the functions, so that a run crossing a month's end keeps its keys).
-CREATE TABLE ingest_months (lo integer NOT NULL, hi integer NOT NULL, skip integer);
+CREATE TABLE ingest_months (lo integer NOT NULL, hi integer NOT NULL, skip integer[]);
 INSERT INTO ingest_months VALUES (1 - :months, 2, NULL); -- the catalog's months and two ahead
 SELECT format($f$
     CREATE FUNCTION created_of(g bigint) RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -137,7 +138,7 @@ SELECT format($f$
     CREATE FUNCTION month_start(m integer) RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         SELECT %L::timestamptz + m * interval '1 month' $$$f$, date_trunc('month', now())) \gexec
 CREATE FUNCTION new_created_on(v bigint) RETURNS timestamptz LANGUAGE sql STABLE AS $$
-    SELECT month_start(CASE WHEN m = skip THEN CASE WHEN m < hi THEN m + 1 ELSE m - 1 END ELSE m END)
+    SELECT month_start(CASE WHEN m = ANY (skip) THEN CASE WHEN m < hi THEN m + 1 ELSE m - 1 END ELSE m END)
            + (v * 7919 % 2419200) * interval '1 second'
     FROM (SELECT lo + (v % (hi - lo + 1))::int AS m, hi, skip FROM ingest_months) AS s $$;
 
@@ -228,12 +229,11 @@ SQL
     done
     [ "$INGEST_LAYOUT" = partitioned ] || return 0
     # Partitioned: the rows name their partition key, which the conflict target includes; catalog
-    # rows of the month (g % :months = :skip) that a test detaches are never upserted (after the detach
-    # the upsert would insert them anew, in the default partition), and new rows are created in
-    # the months of ingest_months.
-    # (n +- 2: of the same parity, so a key the first rule made odd, or one beyond the first
-    # quarter, stays a catalog row.)
-    sed -i -e 's/^\\set n case when :n <= :quarter .*$/&\n\\set n case when :n % :months = :skip then (case when :n + 2 <= :rows then :n + 2 else :n - 2 end) else :n end/' \
+    # rows of the months (g % :months = :skip or :skip2) that a test detaches or drops are never
+    # upserted (after a detach the upsert would insert them anew, in the default partition; n +- 2
+    # is of the same parity, so a key the first rule made odd, or one beyond the first quarter,
+    # stays a catalog row), and new rows are created in the months of ingest_months.
+    sed -i -e 's/^\\set n case when :n <= :quarter .*$/&\n\\set n case when :n % :months = :skip or :n % :months = :skip2 then (case when :n + 2 <= :rows then :n + 2 else :n - 2 end) else :n end/' \
         -e 's/INSERT INTO image AS old (identifier, provider,/INSERT INTO image AS old (identifier, created_on, provider,/' \
         -e "s/VALUES (md5('c' || :n)::uuid, /VALUES (md5('c' || :n)::uuid, created_of(:n), /" \
         -e "s/SELECT md5('n' || k.n)::uuid, /SELECT md5('n' || k.n)::uuid, new_created_on(:v), /" \
@@ -244,7 +244,8 @@ SQL
 # pgbench in slices of 2 s until ingest_stop (it has no other clean stop): per-transaction logs in
 # $INGEST_DIR/lat.<id>.<slice>.<pid>, output in <id>.pgbench, one exit status a line in <id>.status.
 ingest_start() { # id db existing.sql new.sql
-    local id=$1 db=$2 existing=$3 new=$4
+    local id=$1 db=$2 existing=$3 new=$4 skip1 skip2
+    read -r skip1 skip2 _ <<<"${INGEST_SKIP_RESIDUES:-} -1 -1"
     rm -f "$INGEST_DIR/stop"
     : >"$INGEST_DIR/$id.status"
     (
@@ -253,7 +254,7 @@ ingest_start() { # id db existing.sql new.sql
             i=$((i + 1))
             rc=0
             "$INGEST_PGBENCH" -n -c "$INGEST_CLIENTS" -j 1 -T 2 -l --log-prefix="$INGEST_DIR/lat.$id.$i" \
-                -D rows="$INGEST_ROWS" -D quarter="$INGEST_QUARTER" -D skip="${INGEST_SKIP_RESIDUE:--1}" -D months="$INGEST_MONTHS" \
+                -D rows="$INGEST_ROWS" -D quarter="$INGEST_QUARTER" -D skip="$skip1" -D skip2="$skip2" -D months="$INGEST_MONTHS" \
                 -f "$INGEST_DIR/$existing@3" -f "$INGEST_DIR/$new@1" "$db" \
                 >>"$INGEST_DIR/$id.pgbench" 2>&1 || rc=$?
             echo "$rc" >>"$INGEST_DIR/$id.status"

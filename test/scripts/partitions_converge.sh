@@ -14,20 +14,21 @@
 #     partitions, which the new rows then reach;
 #   - ATTACHes a pre-filled table as the month before the oldest one: rows with a wrong score
 #     (0.5) and tags the rules drop, which only the run can put right;
-#   - DETACHes one month's partition (whose catalog rows the upserts leave alone: after the detach
-#     an upsert of one of them would insert it anew, in the default partition).
+#   - DETACHes one month's partition, and DROPs another one (whose catalog rows the upserts leave
+#     alone: after the detach an upsert of one of them would insert it anew, in the default
+#     partition); the dropped partition's rows are copied first, in the same transaction.
 # When the CALL returns, ingestion stops and the script checks, each check on its own line:
-#   - the run succeeded, and the three changes all committed while it was running;
+#   - the run succeeded, and the four changes all committed while it was running;
 #   - the job's invariant holds on every row of every partition: score = the definition under the
 #     current constants (refresh), tags = popularity.filtered_tags(tags) (filter); the violations
 #     per partition are printed on failure;
 #   - no ingested row is lost: every logged upsert is in the table with its last values, the table
-#     holds the catalog plus the new keys plus the attached rows minus the detached ones, and the
-#     detached table still holds every row it had;
-#   - the provider counts (popularity.provider_stats) equal a recount of the tree, ATTACH and
-#     DETACH aside (tree + detached rows - attached rows as attached: the triggers counted every
-#     upsert and every rewrite of the run, in every leaf); ATTACH and DETACH, which no trigger
-#     sees, marked the counts for reconcile_stats; after it, they equal a recount of the tree;
+#     holds the catalog plus the new keys plus the attached rows minus the detached and dropped
+#     ones, and the detached table still holds every row it had;
+#   - the provider counts (popularity.provider_stats) equal a recount of the tree, ATTACH, DETACH
+#     and DROP aside (tree + detached and dropped rows - attached rows as attached: the triggers
+#     counted every upsert and every rewrite of the run, in every leaf); the changes, which no
+#     trigger sees, marked the counts for reconcile_stats; after it, they equal a recount;
 #   - every pgbench client ran without error;
 #   - (refresh) refresh_constants, once ingestion has stopped, gives every provider the constant
 #     of percentile_disc over the whole tree.
@@ -52,10 +53,11 @@ partman_ensure || { echo "FAILED: pg_partman is not available" >&2; exit 1; }
 # The month whose partition is detached (an offset from the catalog's newest month), and the
 # attached table's month: the one before the oldest catalog month.
 DETACH_MONTH=-6
+DROP_MONTH=-9
 ATTACH_MONTH=$((-INGEST_MONTHS))
 ATTACH_ROWS=$((ROWS / 50))
 # shellcheck disable=SC2034 # read by ingest_start (test/lib/ingest.sh)
-INGEST_SKIP_RESIDUE=$((DETACH_MONTH + INGEST_MONTHS - 1))
+INGEST_SKIP_RESIDUES="$((DETACH_MONTH + INGEST_MONTHS - 1)) $((DROP_MONTH + INGEST_MONTHS - 1))"
 
 detached= # set by change_partitions: the partition it detached, and its rows
 detached_rows=0
@@ -94,7 +96,7 @@ now() { date +%s.%N; }
 DB=partitions_refresh
 partitions_catalog "$DB" "$ROWS"
 catalog_rows=$INGEST_CATALOG_ROWS
-q "UPDATE ingest_months SET skip = $DETACH_MONTH"
+q "UPDATE ingest_months SET skip = ARRAY[$DETACH_MONTH, $DROP_MONTH]"
 # The table to attach: rows of the month before the oldest, scores wrong (0.5, where the provider
 # has a metric; NULL, right, where it has none), tags the rules drop; and a copy of it.
 psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -v rows="$ATTACH_ROWS" -v month="$ATTACH_MONTH" <<'SQL'
@@ -150,7 +152,7 @@ unfiltered_by_leaf() {
 # blocks, then changes the partitions; each change is recorded with the run's state after it.
 run_state() { q "SELECT state FROM popularity.refresh_runs WHERE run_id = $run"; }
 change_partitions() { # label
-    local deadline=$((SECONDS + 60)) state detach_part
+    local deadline=$((SECONDS + 60)) state detach_part drop_part
     run=
     while [ -z "$run" ]; do
         run=$(q "SELECT min(run_id) FROM popularity.refresh_runs WHERE run_id > $last_run")
@@ -186,6 +188,11 @@ change_partitions() { # label
     q "ALTER TABLE image DETACH PARTITION $detach_part"
     echo "detach $(run_state) $detach_part" >>"$tmp/$1.changes"
     detached=$detach_part
+    drop_part=$(q "SELECT tableoid::regclass FROM image WHERE created_on >= month_start($DROP_MONTH)
+                   AND created_on < month_start($DROP_MONTH + 1) LIMIT 1")
+    q "BEGIN; CREATE TABLE image_dropped_rows AS SELECT * FROM $drop_part; DROP TABLE $drop_part; COMMIT;"
+    dropped_rows=$(q "SELECT count(*) FROM image_dropped_rows")
+    echo "drop $(run_state) $drop_part" >>"$tmp/$1.changes"
 }
 
 # One case: the job's CALL in the background while pgbench upserts and the partitions change.
@@ -193,6 +200,7 @@ run_case() { # id label call existing.sql new.sql
     local id=$1 label=$2 changes n
     detached=
     detached_rows=0
+    dropped_rows=0
     last_run=$(q "SELECT coalesce(max(run_id), 0) FROM popularity.refresh_runs")
     : >"$tmp/$id.changes"
     ingest_start "$id" "$DB" "$4" "$5"
@@ -215,8 +223,8 @@ run_case() { # id label call existing.sql new.sql
     check "$label: the run succeeded" "$([ "$(q "SELECT state FROM popularity.refresh_runs WHERE run_id = $run")" = succeeded ] && echo 0 || echo 1)" \
         "(not succeeded)" "$(q "SELECT state || ': ' || coalesce(error, '') FROM popularity.refresh_runs WHERE run_id = $run")"
     changes=$(awk '$2 != "running"' "$tmp/$id.changes" | wc -l)
-    [ "$(wc -l <"$tmp/$id.changes")" = 3 ] || changes=$((changes + 3 - $(wc -l <"$tmp/$id.changes")))
-    check "$label: run_maintenance, ATTACH and DETACH all committed while the run was running" "$changes" "changes not while running"
+    [ "$(wc -l <"$tmp/$id.changes")" = 4 ] || changes=$((changes + 4 - $(wc -l <"$tmp/$id.changes")))
+    check "$label: run_maintenance, ATTACH, DETACH and DROP all committed while the run was running" "$changes" "changes not while running"
     check "$label: run_maintenance made 3 partitions" "$(awk '$1 == "maintenance" { print ($3 == 3) ? 0 : 1 }' "$tmp/$id.changes")" \
         "(other than 3)" "$(grep maintenance "$tmp/$id.changes")"
     n=$(q "SELECT count(*) FROM ingest_log WHERE logged_at BETWEEN to_timestamp($job_from) AND to_timestamp($job_to)")
@@ -245,6 +253,8 @@ counts_diff() { # rows pending
 # No ingested row lost, the counts, the clients.
 check_common() { # id label [filter]
     local id=$1 label=$2 lost count diff marks detached_or_none=${detached:-image_attached_as_attached WHERE false}
+    local dropped_or_none='image_attached_as_attached WHERE false'
+    [ "$dropped_rows" = 0 ] || dropped_or_none=image_dropped_rows
     lost=$(q "WITH last AS (SELECT DISTINCT ON (identifier) * FROM ingest_log ORDER BY identifier, log_id DESC)
               SELECT count(*) FROM last AS l LEFT JOIN image AS t USING (identifier)
               WHERE t.identifier IS NULL OR t.meta_data IS DISTINCT FROM l.meta_data
@@ -252,8 +262,8 @@ check_common() { # id label [filter]
                          OR ('${3:-}' = 'filter' AND t.tags IS NOT DISTINCT FROM popularity.filtered_tags(l.tags, t.provider, 'image')))")
     check "$label: every upsert logged is in the table with its last values ($(q "SELECT count(*) FROM ingest_log") upserts logged)" "$lost"
     count=$(q "SELECT count(*) - $catalog_rows - (SELECT count(DISTINCT identifier) FROM ingest_log WHERE kind = 'new')
-                        - $ATTACH_ROWS + $detached_rows FROM image")
-    check "$label: the tree holds the catalog plus the new keys plus the attached rows minus the detached ones" "${count#-}" \
+                        - $ATTACH_ROWS + $detached_rows + $dropped_rows FROM image")
+    check "$label: the tree holds the catalog plus the new keys plus the attached rows minus the detached and dropped ones" "${count#-}" \
         "rows too many or missing" "rows - expected = $count"
     if [ -n "$detached" ]; then
         count=$(q "SELECT count(*) - $detached_rows FROM $detached")
@@ -261,18 +271,20 @@ check_common() { # id label [filter]
     else
         check "$label: the detached partition still holds its rows" 1 "(no partition was detached)"
     fi
-    # ATTACH and DETACH move rows in and out of the tree without a row trigger: the counts cannot
+    # ATTACH, DETACH and DROP move rows in and out of the tree without a row trigger: the counts cannot
     # see them and must ask for reconcile_stats (stats_marks). Everything else (ingestion, the
     # run's rewrites in every leaf) the triggers count: before any reconcile_stats, the counts
-    # equal a recount of the tree plus the detached rows minus the attached ones (as attached).
+    # equal a recount of the tree plus the detached and dropped rows minus the attached ones (as
+    # attached).
     diff=$(counts_diff "SELECT provider, meta_data, standardized_popularity, 1 AS w FROM image
                         UNION ALL SELECT provider, meta_data, standardized_popularity, 1 FROM $detached_or_none
+                        UNION ALL SELECT provider, meta_data, standardized_popularity, 1 FROM $dropped_or_none
                         UNION ALL SELECT provider, meta_data, standardized_popularity, -1 FROM image_attached_as_attached" false)
-    check "$label: the provider counts (popularity.provider_stats), before reconcile_stats, equal a recount of the tree, ATTACH and DETACH aside" \
+    check "$label: the provider counts (popularity.provider_stats), before reconcile_stats, equal a recount of the tree, ATTACH, DETACH and DROP aside" \
         "$diff" "providers whose counts differ"
     [ "$diff" = 0 ] || psql -X -d "$DB" -c "SELECT * FROM popularity.provider_stats WHERE media_type = 'image' ORDER BY provider"
     marks=$(q "SELECT count(*) FROM popularity.stats_marks WHERE media_type = 'image'")
-    check "$label: ATTACH and DETACH marked the counts for reconcile_stats ($marks marks)" "$([ "$marks" -gt 0 ] && echo 0 || echo 1)" "(none)"
+    check "$label: the partition changes marked the counts for reconcile_stats ($marks marks)" "$([ "$marks" -gt 0 ] && echo 0 || echo 1)" "(none)"
     psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "SET client_min_messages = warning" -c "CALL popularity.reconcile_stats('image')" >/dev/null
     diff=$(counts_diff "SELECT provider, meta_data, standardized_popularity, 1 AS w FROM image" true)
     check "$label: after reconcile_stats, the provider counts equal a recount of the tree" "$diff" "providers whose counts differ"
@@ -316,7 +328,6 @@ check "refresh: refresh_constants gives every provider the constant of percentil
 DB=partitions_filter
 echo
 echo "filter: CALL filter_tags('image') while $INGEST_CLIENTS pgbench clients upsert (existing rows: meta_data only; new rows with clean tags)"
-q "UPDATE ingest_months SET skip = $DETACH_MONTH"
 echo "  rows with tags the rules drop: $(unfiltered)"
 run_case filter filter "CALL filter_tags('image')" existing_filter.sql new_clean.sql
 n=$(unfiltered)

@@ -106,15 +106,24 @@ VALUES (md5('new may')::uuid, '2024-05-02', 'flickr', '{"views": 850}'),
        (md5('new default')::uuid, '2030-01-01', 'wikimedia', '{"global_usage_count": 3}');
 SELECT pg_temp.wrong_scores('pimage', 'pimage') AS wrong_after_ingestion;
 -- The provider counts (statement triggers with transition tables on the parent) are exact.
+-- (Statements that name a partition are counted by the partition's own counts triggers: the
+-- workers' updates, and ingestion straight into a partition.)
 CREATE FUNCTION pg_temp.counts_off() RETURNS bigint LANGUAGE sql AS $$
-    SELECT count(*) FROM (SELECT provider, count(*) AS rows FROM pimage GROUP BY 1) AS c
-    FULL JOIN (SELECT provider, rows FROM popularity.provider_stats WHERE media_type = 'pimage') AS s USING (provider)
-    WHERE c.rows IS DISTINCT FROM s.rows $$;
+    SELECT count(*) FROM (SELECT provider, count(*) AS rows, count(standardized_popularity) AS rows_scored
+                          FROM pimage GROUP BY 1) AS c
+    FULL JOIN (SELECT provider, rows, rows_scored FROM popularity.provider_stats WHERE media_type = 'pimage') AS s
+    USING (provider)
+    WHERE (c.rows, c.rows_scored) IS DISTINCT FROM (s.rows, s.rows_scored) $$;
 CALL popularity.reconcile_stats('pimage');
 INSERT INTO pimage (identifier, created_on, provider, meta_data)
 SELECT md5('more' || g)::uuid, timestamptz '2024-02-10' + g * interval '1 hour', 'smithsonian', '{}'
 FROM generate_series(1, 100) AS g;
 DELETE FROM pimage WHERE identifier = md5('new may')::uuid;
+INSERT INTO pimage_2024_02 (identifier, created_on, provider, meta_data)
+VALUES (md5('straight into a partition')::uuid, '2024-02-11', 'wikimedia', '{"global_usage_count": 1}');
+INSERT INTO pimage_2024_03a (identifier, created_on, provider, meta_data)
+VALUES (md5('straight into a sub-partition')::uuid, '2024-03-02', 'wikimedia', '{"global_usage_count": 2}');
+UPDATE pimage_2024_03 SET meta_data = '{}' WHERE identifier = md5('straight into a sub-partition')::uuid;
 SELECT pg_temp.counts_off() AS counts_off, bool_or(reconcile_pending) AS pending
 FROM popularity.provider_stats WHERE media_type = 'pimage';
 
@@ -135,6 +144,12 @@ SELECT popularity.set_metric('pimage', 'flickr', 'views', percentile => 0.7);
 CALL refresh_popularity('pimage');
 SELECT pg_temp.wrong_scores('pimage', 'pimage') AS wrong_after_attach,
        (SELECT count(*) FROM pimage_2023 WHERE standardized_popularity = -1) AS stale_in_attached;
+-- The workers' updates of the leaves were counted (rows scored: the new partition's rows).
+SELECT pg_temp.counts_off() AS counts_off;
+-- A partition created later has the counts triggers; one detached has none any more.
+SELECT c.relname, count(g.tgname) AS counts_triggers
+FROM pg_class AS c LEFT JOIN pg_trigger AS g ON g.tgrelid = c.oid AND g.tgname LIKE 'zz\_popularity\_stats\_%'
+WHERE c.relname IN ('pimage', 'pimage_2024_03', 'pimage_2024_05', 'pimage_2023') GROUP BY 1 ORDER BY 1;
 
 -- filter_tags walks every leaf; the undo record names rows by (identifier, created_on).
 SET client_min_messages = warning; -- (rows scanned vary: rewritten rows landing in blocks not yet walked)
@@ -175,6 +190,19 @@ SET ROLE part_operator;
 CALL refresh_popularity('pimage', force => true);
 RESET ROLE;
 SELECT pg_temp.wrong_scores('pimage', 'pimage') AS wrong_after_operator;
+
+-- A partition detached: its rows left the media table (the counts ask for reconcile_stats), it
+-- has no counts triggers any more, and writing it still works and counts nothing.
+CALL popularity.reconcile_stats('pimage');
+ALTER TABLE pimage DETACH PARTITION pimage_2024_05;
+SELECT count(g.tgname) AS counts_triggers_left FROM pg_trigger AS g
+WHERE g.tgrelid = 'pimage_2024_05'::regclass AND g.tgname LIKE 'zz\_popularity\_stats\_%';
+INSERT INTO pimage_2024_05 (identifier, created_on, provider, meta_data)
+VALUES (md5('detached')::uuid, '2024-05-03', 'flickr', '{"views": 1}');
+SELECT bool_or(reconcile_pending) AS pending FROM popularity.provider_stats WHERE media_type = 'pimage';
+CALL popularity.reconcile_stats('pimage');
+SELECT pg_temp.counts_off() AS counts_off;
+DROP TABLE pimage_2024_05;
 
 -- Unregistering leaves the tree alone.
 SELECT popularity.unregister_media_type('pimage');

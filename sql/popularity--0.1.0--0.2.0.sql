@@ -474,18 +474,11 @@ DECLARE
     installed boolean := EXISTS (SELECT FROM pg_trigger AS t
                                  WHERE t.tgrelid = media_table AND t.tgname = 'zz_popularity_stats_insert');
     has_rows boolean;
+    rel regclass;
 BEGIN
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_insert AFTER INSERT ON %s '
-                   'REFERENCING NEW TABLE AS popularity_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS popularity_old NEW TABLE AS popularity_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_delete AFTER DELETE ON %s '
-                   'REFERENCING OLD TABLE AS popularity_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_truncated(%L)', media_table, media_type);
+    FOR rel IN SELECT * FROM popularity._media_tree(media_table) LOOP
+        PERFORM popularity._install_stats_triggers_on(media_type, rel);
+    END LOOP;
     -- Every new media_types row was marked (popularity._stats_media_type_added); a table that
     -- gets its counts triggers now and is empty is exact from the start.
     IF NOT installed THEN
@@ -497,7 +490,7 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION popularity._install_stats_triggers(text, regclass) IS
-    'Installs the counts triggers on a media table (called by register_media_type)';
+    'Installs the counts triggers on a media table and its partitions (called by register_media_type)';
 
 -- values: extreme values stay local, and the extension works without shared_preload_libraries
 -- (issue 12, items 4 and 5).
@@ -552,12 +545,12 @@ BEGIN
     -- value, bounded by popularity.constants_single_pass_rows); one query per provider above that.
     -- Each way is one query giving every provider with its percentile value (NULL without values),
     -- in provider order.
-    SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END
-           <= current_setting('popularity.constants_single_pass_rows')::float8
-    INTO single_pass FROM pg_class AS c WHERE c.oid = tbl;
-    IF single_pass AND (SELECT c.relrowsecurity OR c.relkind <> 'r' FROM pg_class AS c WHERE c.oid = tbl) THEN
-        -- Row-level security (the executor applies the policies), or a partitioned table (the
-        -- executor reads every partition; the C++ scan reads one ordinary table).
+    -- (The rows of the table, or of all the leaves of a partitioned one.)
+    SELECT coalesce(sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE pg_relation_size(c.oid) / 100.0 END)
+                    <= current_setting('popularity.constants_single_pass_rows')::float8, true)
+    INTO single_pass FROM popularity._media_leaves(tbl) AS l(leaf) JOIN pg_class AS c ON c.oid = l.leaf;
+    IF single_pass AND (SELECT c.relrowsecurity FROM pg_class AS c WHERE c.oid = tbl) THEN
+        -- Row-level security: the executor applies the policies.
         source := format('SELECT x.provider, x.metric, x.percentile, x.val, x.constant, x.last_error,'
                          '       @extschema@.popularity_percentile('
                          '           @extschema@.popularity_metric_value(t.meta_data, x.metric), x.percentile) AS pv'
@@ -565,7 +558,8 @@ BEGIN
                          ' WHERE x.media_type = $1 AND ($2::text[] IS NULL OR x.provider = ANY ($2))'
                          ' GROUP BY x.media_type, x.provider ORDER BY x.provider', tbl);
     ELSIF single_pass THEN
-        -- The same values read by one C++ scan of the table, without the executor; its result is
+        -- The same values read by one C++ scan of the table (of each leaf of a partitioned one,
+        -- gathered per provider), without the executor; its result is
         -- in the order of its input arrays, which unnest zips with them (the arrays are aligned,
         -- being aggregated from the same rows; sorted once, as a provider name may be long).
         source := 'SELECT u.* FROM ('
@@ -1993,8 +1987,49 @@ COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
 -- replaced where they are defined above.)
 DROP FUNCTION popularity._key_column(regclass);
 
--- 0.2.0: the provider counts of a media type are marked for reconciliation when a partition is
--- attached to or detached from its table.
+-- 0.2.0: partitions under a registered media table carry the counts triggers (statement-level
+-- triggers are not inherited, and a statement, the workers' included, may name a partition), kept
+-- as partitions come and go by an event trigger, which also marks the counts for reconciliation when
+-- rows join or leave the table (ATTACH / DETACH PARTITION).
+-- The four counts triggers on one relation of a media table's tree (statement-level triggers are
+-- not inherited: each partition, and each partitioned table between, gets its own, which fire only
+-- for statements that name that relation, so no row is counted twice).
+CREATE FUNCTION popularity._install_stats_triggers_on(media_type text, rel regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS popularity_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', rel, media_type);
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS popularity_old NEW TABLE AS popularity_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', rel, media_type);
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS popularity_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', rel, media_type);
+    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_truncated(%L)', rel, media_type);
+END $$;
+COMMENT ON FUNCTION popularity._install_stats_triggers_on(text, regclass) IS
+    'Installs the four counts triggers on one relation of a media table''s tree';
+
+-- The relations of a media table's tree: the table, and every partition below it (partitioned
+-- ones included: a statement may name any of them). Foreign partitions are refused elsewhere.
+CREATE FUNCTION popularity._media_tree(media_table regclass)
+RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT media_table
+    UNION
+    SELECT t.relid FROM pg_partition_tree(media_table) AS t JOIN pg_class AS c ON c.oid = t.relid
+    WHERE c.relkind IN ('r', 'p')
+$$;
+COMMENT ON FUNCTION popularity._media_tree(regclass) IS
+    'The media table and every partition below it';
+
 CREATE FUNCTION popularity._attaches_or_detaches(command pg_ddl_command)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'popularity_attaches_or_detaches'
@@ -2002,33 +2037,131 @@ LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION popularity._attaches_or_detaches(pg_ddl_command) IS
     'Whether an ALTER TABLE command (from pg_event_trigger_ddl_commands) attaches or detaches a partition';
 
--- The rows of a partition attached under a registered media table (or detached from it) join (or
--- leave) the table without a row trigger firing: the provider counts of its media type are marked
--- for popularity.reconcile_stats (provider_stats.reconcile_pending says so until it runs). As the
--- extension owner, like the check above; only the media types of the tables the command altered.
+-- Partitions under a registered media table, as they come and go (CREATE TABLE ... PARTITION OF,
+-- ATTACH PARTITION, DETACH PARTITION), for the provider counts:
+-- - a new member of the tree gets the counts triggers (statement-level triggers are not inherited,
+--   and a statement may name a partition directly);
+-- - a table that left the tree loses them (they would count its rows for the media type);
+-- - the rows of a partition attached (or detached) join (or leave) the table without a row trigger
+--   firing: the media type's counts are marked for popularity.reconcile_stats
+--   (provider_stats.reconcile_pending says so until it runs).
+-- As the extension owner, like the check above; only the trees of the tables the command touched.
 CREATE FUNCTION popularity._partitions_changed()
 RETURNS event_trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    r record;
+    touched text[];
+    moved boolean;
 BEGIN
-    INSERT INTO popularity.stats_marks (media_type, provider, reason)
-    SELECT DISTINCT m.media_type, NULL::text, 'partition attached or detached'
+    SELECT array_agg(DISTINCT m.media_type) INTO touched
     FROM pg_event_trigger_ddl_commands() AS d
     CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
     JOIN popularity.media_types AS m ON m.media_table = t.relid
-    WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE'
-      AND popularity._attaches_or_detaches(d.command);
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag IN ('CREATE TABLE', 'ALTER TABLE');
+    SELECT bool_or(popularity._attaches_or_detaches(d.command)) INTO moved
+    FROM pg_event_trigger_ddl_commands() AS d
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE';
+    FOR r IN SELECT m.media_type, x.rel
+             FROM popularity.media_types AS m CROSS JOIN LATERAL popularity._media_tree(m.media_table) AS x(rel)
+             WHERE m.media_type = ANY (touched)
+               AND NOT EXISTS (SELECT FROM pg_trigger AS g
+                               WHERE g.tgrelid = x.rel AND g.tgname = 'zz_popularity_stats_insert') LOOP
+        PERFORM popularity._install_stats_triggers_on(r.media_type, r.rel);
+    END LOOP;
+    IF moved THEN
+        INSERT INTO popularity.stats_marks (media_type, provider, reason)
+        SELECT t, NULL::text, 'partition attached or detached' FROM unnest(touched) AS t;
+        FOR r IN SELECT g.tgrelid::regclass AS rel FROM pg_trigger AS g
+                 WHERE g.tgname = 'zz_popularity_stats_insert'
+                   AND g.tgfoid = 'popularity._stats_trigger()'::regprocedure
+                   AND NOT EXISTS (SELECT FROM popularity.media_types AS m
+                                   WHERE m.media_table = g.tgrelid
+                                      OR m.media_table IN (SELECT a.relid FROM pg_partition_ancestors(g.tgrelid) AS a(relid))) LOOP
+            PERFORM popularity._remove_stats_triggers(r.rel);
+        END LOOP;
+    END IF;
 END $$;
 COMMENT ON FUNCTION popularity._partitions_changed() IS
-    'Event trigger: marks the provider counts of a media type for reconciliation when a partition is '
-    'attached to or detached from its table';
+    'Event trigger: the counts triggers on partitions created or attached under a registered media '
+    'table, none on one detached, and the media type''s counts marked for reconciliation when rows '
+    'joined or left it (ATTACH / DETACH PARTITION)';
 CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
     EXECUTE FUNCTION popularity._partitions_changed();
 COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
-    'Marks the provider counts of a media type for reconciliation when a partition is attached or detached';
+    'Keeps the counts triggers and the counts of a registered media table right as partitions come and go';
+
+CREATE OR REPLACE FUNCTION popularity._remove_stats_triggers(media_table regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    suffix text;
+    rel regclass;
+BEGIN
+    FOR rel IN SELECT * FROM popularity._media_tree(media_table) LOOP
+        FOREACH suffix IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'zz_popularity_stats_' || suffix, rel);
+        END LOOP;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION popularity._remove_stats_triggers(regclass) IS
+    'Removes the counts triggers from a media table and its partitions (called by unregister_media_type)';
+
+CREATE OR REPLACE FUNCTION popularity._stats_truncated()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM popularity.media_types AS m
+                   WHERE m.media_type = TG_ARGV[0] AND m.media_table = TG_RELID) THEN
+        -- A partition of the registered table, truncated on its own: its rows are gone, and only
+        -- a recount says how many of each provider they were.
+        IF EXISTS (SELECT FROM popularity.media_types AS m
+                   WHERE m.media_type = TG_ARGV[0]
+                     AND m.media_table IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) AS a(relid))) THEN
+            INSERT INTO popularity.stats_marks (media_type, provider, reason)
+            VALUES (TG_ARGV[0], NULL, 'partition truncated');
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'table % is not the registered table of media type "%"', TG_RELID::regclass, TG_ARGV[0]
+            USING ERRCODE = 'triggered_action_exception',
+                  HINT = 'The counts triggers are installed by popularity.register_media_type().';
+    END IF;
+    INSERT INTO popularity.stats_journal AS j
+        (media_type, provider, rows, rows_with_metric, rows_scored, rows_invalid_metric, source)
+    SELECT s.media_type, s.provider, -s.rows, -s.rows_with_metric, -s.rows_scored, -s.rows_invalid_metric,
+           'truncate'
+    FROM popularity.provider_stats AS s WHERE s.media_type = TG_ARGV[0];
+    INSERT INTO popularity.stats_marks (media_type, provider, reason) VALUES (TG_ARGV[0], NULL, 'truncate');
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION popularity._stats_truncated() IS
+    'Counts trigger (AFTER TRUNCATE): zeroes the media type''s counts and marks it for reconcile_stats '
+    '(a partition truncated on its own: marks it only)';
+
+-- The partitions of media tables registered before: their counts triggers, and a recount (statements
+-- that named a partition were not counted).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT m.media_type, x.rel
+             FROM popularity.media_types AS m CROSS JOIN LATERAL popularity._media_tree(m.media_table) AS x(rel)
+             WHERE x.rel <> m.media_table
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
+                               WHERE g.tgrelid = x.rel AND g.tgname = 'zz_popularity_stats_insert') LOOP
+        PERFORM popularity._install_stats_triggers_on(r.media_type, r.rel);
+        INSERT INTO popularity.stats_marks (media_type, provider, reason) VALUES (r.media_type, NULL, 'upgrade');
+    END LOOP;
+END $$;
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ CREATE SERVER rc_server FOREIGN DATA WRAPPER rc_fdw;
 CREATE FOREIGN TABLE rc_foreign (provider text, meta_data jsonb) SERVER rc_server;
 RESET client_min_messages;
 
--- The constants scan: each is refused with 42809 (42P01 for an OID that is no relation).
+-- The constants scan: each is refused with 42809 (42P01 for an OID that is no relation), but the
+-- partitioned table (its leaves are scanned).
 DO $$
 DECLARE
     rel text;
@@ -43,6 +44,9 @@ BEGIN
 END $$;
 SELECT popularity._metric_percentiles(4000000000::oid::regclass, ARRAY['x'], ARRAY['y'], ARRAY[0.5]);
 SELECT popularity._metric_percentiles('rc_parted', ARRAY['x'], ARRAY['y'], ARRAY[0.5]);
+INSERT INTO rc_parted (identifier, provider, meta_data, updated_on) VALUES (gen_random_uuid(), 'flickr', '{"views": 7}', now());
+SELECT popularity._metric_percentiles('rc_parted', ARRAY['flickr'], ARRAY['views'], ARRAY[0.5]);
+DELETE FROM rc_parted;
 DROP VIEW rc_view;
 DROP MATERIALIZED VIEW rc_matview;
 -- The real table still works.

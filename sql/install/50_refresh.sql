@@ -14,7 +14,7 @@ CREATE TABLE popularity.refresh_runs (
         CONSTRAINT state_known CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     requested_by oid NOT NULL,
     -- The run's writers: transactions in progress when the run was queued (after its constants
-    -- committed) that may write the media table (they hold a write lock on it, or a transaction
+    -- committed) that may write the media table (they hold a write lock on it or a partition, or a transaction
     -- id; never read-only snapshots: see popularity._table_writers), as virtual transaction ids.
     -- Rows they insert may carry the old constants and become visible only when they commit, so
     -- the run is not finished before they end (see refresh_tasks.rewalk).

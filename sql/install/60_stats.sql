@@ -148,6 +148,15 @@ AS $$
 BEGIN
     IF NOT EXISTS (SELECT FROM popularity.media_types AS m
                    WHERE m.media_type = TG_ARGV[0] AND m.media_table = TG_RELID) THEN
+        -- A partition of the registered table, truncated on its own: its rows are gone, and only
+        -- a recount says how many of each provider they were.
+        IF EXISTS (SELECT FROM popularity.media_types AS m
+                   WHERE m.media_type = TG_ARGV[0]
+                     AND m.media_table IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) AS a(relid))) THEN
+            INSERT INTO popularity.stats_marks (media_type, provider, reason)
+            VALUES (TG_ARGV[0], NULL, 'partition truncated');
+            RETURN NULL;
+        END IF;
         RAISE EXCEPTION 'table % is not the registered table of media type "%"', TG_RELID::regclass, TG_ARGV[0]
             USING ERRCODE = 'triggered_action_exception',
                   HINT = 'The counts triggers are installed by popularity.register_media_type().';
@@ -161,7 +170,8 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION popularity._stats_truncated() IS
-    'Counts trigger (AFTER TRUNCATE): zeroes the media type''s counts and marks it for reconcile_stats';
+    'Counts trigger (AFTER TRUNCATE): zeroes the media type''s counts and marks it for reconcile_stats '
+    '(a partition truncated on its own: marks it only)';
 
 -- A provider's metric decides which of its rows "have a metric". When it is added, changed or
 -- removed, the key's counts were computed with another metric: the key is marked for
@@ -257,10 +267,11 @@ CREATE TRIGGER stats_media_type_added
     AFTER INSERT ON popularity.media_types
     FOR EACH ROW EXECUTE FUNCTION popularity._stats_media_type_added();
 
--- Called by register_media_type: the four counts triggers. A table that already has rows stays
--- marked for reconcile_stats (its existing rows were never counted); an empty one is exact from the
--- start (CREATE TRIGGER waits for every writer of the table, so the emptiness check sees all of
--- them).
+-- Called by register_media_type: the counts triggers on the table and each of its partitions
+-- (those created or attached later get them from popularity._partitions_changed). A table that
+-- already has rows stays marked for reconcile_stats (its existing rows were never counted); an
+-- empty one is exact from the start (CREATE TRIGGER waits for every writer of the table, so the
+-- emptiness check sees all of them).
 CREATE FUNCTION popularity._install_stats_triggers(media_type text, media_table regclass)
 RETURNS void
 LANGUAGE plpgsql
@@ -270,18 +281,11 @@ DECLARE
     installed boolean := EXISTS (SELECT FROM pg_trigger AS t
                                  WHERE t.tgrelid = media_table AND t.tgname = 'zz_popularity_stats_insert');
     has_rows boolean;
+    rel regclass;
 BEGIN
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_insert AFTER INSERT ON %s '
-                   'REFERENCING NEW TABLE AS popularity_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS popularity_old NEW TABLE AS popularity_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_delete AFTER DELETE ON %s '
-                   'REFERENCING OLD TABLE AS popularity_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_trigger(%L)', media_table, media_type);
-    EXECUTE format('CREATE OR REPLACE TRIGGER zz_popularity_stats_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION popularity._stats_truncated(%L)', media_table, media_type);
+    FOR rel IN SELECT * FROM popularity._media_tree(media_table) LOOP
+        PERFORM popularity._install_stats_triggers_on(media_type, rel);
+    END LOOP;
     -- Every new media_types row was marked (popularity._stats_media_type_added); a table that
     -- gets its counts triggers now and is empty is exact from the start.
     IF NOT installed THEN
@@ -293,7 +297,7 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION popularity._install_stats_triggers(text, regclass) IS
-    'Installs the counts triggers on a media table (called by register_media_type)';
+    'Installs the counts triggers on a media table and its partitions (called by register_media_type)';
 
 CREATE FUNCTION popularity._remove_stats_triggers(media_table regclass)
 RETURNS void
@@ -302,13 +306,16 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     suffix text;
+    rel regclass;
 BEGIN
-    FOREACH suffix IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'zz_popularity_stats_' || suffix, media_table);
+    FOR rel IN SELECT * FROM popularity._media_tree(media_table) LOOP
+        FOREACH suffix IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'zz_popularity_stats_' || suffix, rel);
+        END LOOP;
     END LOOP;
 END $$;
 COMMENT ON FUNCTION popularity._remove_stats_triggers(regclass) IS
-    'Removes the counts triggers from a media table (called by unregister_media_type)';
+    'Removes the counts triggers from a media table and its partitions (called by unregister_media_type)';
 
 -- Moves the journal into the base, in one transaction: the journal rows are deleted with RETURNING
 -- and added to the base in the same statement, so a reader (any snapshot) sees each delta exactly

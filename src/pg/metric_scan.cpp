@@ -32,6 +32,8 @@ extern "C" {
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/pg_type.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
 #include "executor/tuptable.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -323,18 +325,49 @@ void worker_scan(dsm_segment *seg, shm_toc *toc) {
     shm_mq_detach(handle);
 }
 
-// Opens the table with the caller's rights (an ordinary table, SELECT; no row-level security
-// applying) and scans it.
-void read_table(Oid relid, ProviderValues *providers, int count) {
-    Relation rel =
-        pg::open_media_table(relid, AccessShareLock, ACL_SELECT, "refresh_constants",
-                             "refresh_constants reads such a table through the executor instead.");
+// Scans one ordinary table (opened and locked), with parallel workers when it is large enough.
+void scan_table(Relation rel, ProviderValues *providers, int count) {
     const int workers = choose_workers(rel);
     if (workers == 0 || !parallel_scan(rel, providers, count, workers)) {
         TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, nullptr);
         scan_rows(rel, scan, providers, count);
         table_endscan(scan);
     }
+}
+
+// Opens the table with the caller's rights (SELECT; no row-level security applying) and scans it:
+// an ordinary table, or every leaf of a partitioned one, whose values are gathered per provider
+// as one state (the percentile over the whole tree). The leaves are read as a SELECT through the
+// parent reads them: locked, with the parent's rights checked (PostgreSQL checks no partition's).
+void read_table(Oid relid, ProviderValues *providers, int count) {
+    Relation rel = pg::open_media_table(
+        relid, AccessShareLock, ACL_SELECT, "refresh_constants",
+        "refresh_constants reads such a table through the executor instead.", true);
+    if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE) {
+        scan_table(rel, providers, count);
+        table_close(rel, AccessShareLock);
+        return;
+    }
+    List *tree = find_all_inheritors(relid, AccessShareLock, nullptr);
+    ListCell *cell = nullptr;
+    foreach (cell, tree) {
+        const Oid member = lfirst_oid(cell);
+        const char relkind = get_rel_relkind(member);
+        if (relkind == RELKIND_PARTITIONED_TABLE) {
+            continue; // its rows are in its leaves
+        }
+        if (relkind != RELKIND_RELATION) {
+            ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                            errmsg("partition %s of media table %s is not an ordinary table",
+                                   get_rel_name(member), RelationGetRelationName(rel)),
+                            errhint("refresh_constants reads the leaf partitions' rows directly; "
+                                    "foreign partitions are not supported.")));
+        }
+        Relation leaf = table_open(member, AccessShareLock);
+        scan_table(leaf, providers, count);
+        table_close(leaf, AccessShareLock);
+    }
+    list_free(tree);
     table_close(rel, AccessShareLock);
 }
 

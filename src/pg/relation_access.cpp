@@ -88,8 +88,8 @@ void check_media_table(Oid relid, AclMode privileges, const char *purpose, const
 }
 
 Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose,
-                          const char *rls_hint) {
-    check_media_table(relid, privileges, purpose, rls_hint);
+                          const char *rls_hint, bool partitioned_ok) {
+    check_media_table(relid, privileges, purpose, rls_hint, partitioned_ok);
     Relation rel = try_relation_open(relid, lockmode);
     if (rel == nullptr) {
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),

@@ -29,7 +29,7 @@ void check_media_table(Oid relid, AclMode privileges, const char *purpose, const
                        bool partitioned_ok = false);
 
 Relation open_media_table(Oid relid, LOCKMODE lockmode, AclMode privileges, const char *purpose,
-                          const char *rls_hint);
+                          const char *rls_hint, bool partitioned_ok = false);
 
 // The attribute number of column `name` of an open media table, whose type must be `type` or
 // `other_type` (pass the same twice for one type); raises 42703 or 42804 naming the column.

@@ -192,8 +192,9 @@ SPIPlanPtr journal_plan = nullptr;
 // Appends the deltas in one INSERT, as the extension's owner (pg::become_extension_owner)
 // (ingestion roles need no right on the extension's tables, as with foreign-key checks). The
 // statement is fully schema-qualified because it runs with the owner's rights under the caller's
-// search_path. It inserts only when `relid` is the registered table of the media type, so the
-// trigger function cannot be used to forge counts from another table. Plain C: may raise.
+// search_path. It inserts only when `relid` is the registered table of the media type or one of
+// its partitions, so the trigger function cannot be used to forge counts from another table.
+// Plain C: may raise.
 void write_journal(const char *media_type, Oid relid, const JournalRows *rows) {
     if (SPI_connect() != SPI_OK_CONNECT) {
         elog(ERROR, "SPI_connect failed");
@@ -211,7 +212,11 @@ void write_journal(const char *media_type, Oid relid, const JournalRows *rows) {
             "                 pg_catalog.unnest($5), pg_catalog.unnest($6))"
             "        AS d(provider, rows, rows_with_metric, rows_scored, rows_invalid_metric)"
             " WHERE m.media_type OPERATOR(pg_catalog.=) $1"
-            "   AND m.media_table::pg_catalog.oid OPERATOR(pg_catalog.=) $7",
+            // The statement's table: the registered table, or one of its partitions (each has
+            // the counts triggers, which fire for statements that name it).
+            "   AND m.media_table::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT"
+            "     a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($7) AS a(relid))"
+            "     OPERATOR(pg_catalog.||) $7)",
             7, types);
         if (plan == nullptr) {
             elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));

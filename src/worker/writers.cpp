@@ -20,6 +20,7 @@
 #include "writers.hpp"
 
 extern "C" {
+#include "catalog/pg_inherits.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "storage/sinvaladt.h"
@@ -41,7 +42,9 @@ bool same(const VirtualTransactionId &a, const VirtualTransactionId &b) {
 } // namespace
 
 VirtualTransactionId *table_writers(Oid relid, int *count) {
-    // Holders of a write lock on the table (fast-path locks included).
+    // Holders of a write lock on the table or any of its partitions (an INSERT straight into a
+    // partition does not lock the parent), fast-path locks included.
+    List *tree = find_all_inheritors(relid, NoLock, nullptr);
     LockData *locks = GetLockStatusData();
     auto *holders = static_cast<VirtualTransactionId *>(
         palloc(sizeof(VirtualTransactionId) * Max(locks->nelements, 1)));
@@ -50,7 +53,8 @@ VirtualTransactionId *table_writers(Oid relid, int *count) {
         const LockInstanceData &lock = locks->locks[i];
         if (lock.locktag.locktag_type == LOCKTAG_RELATION &&
             lock.locktag.locktag_lockmethodid == DEFAULT_LOCKMETHOD &&
-            lock.locktag.locktag_field1 == MyDatabaseId && lock.locktag.locktag_field2 == relid &&
+            lock.locktag.locktag_field1 == MyDatabaseId &&
+            list_member_oid(tree, lock.locktag.locktag_field2) &&
             (lock.holdMask & kWriteModes) != 0) {
             holders[holder_count].backendId = lock.backend;
             holders[holder_count].localTransactionId = lock.lxid;
@@ -78,6 +82,7 @@ VirtualTransactionId *table_writers(Oid relid, int *count) {
         }
     }
     pfree(holders);
+    list_free(tree);
     *count = kept;
     return all;
 }

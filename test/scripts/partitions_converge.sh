@@ -16,7 +16,8 @@
 #     (0.5) and tags the rules drop, which only the run can put right;
 #   - DETACHes one month's partition, and DROPs another one (whose catalog rows the upserts leave
 #     alone: after the detach an upsert of one of them would insert it anew, in the default
-#     partition); the dropped partition's rows are copied first, in the same transaction.
+#     partition); the dropped partition's rows are copied first, in the same transaction, under
+#     the DROP's locks.
 # When the CALL returns, ingestion stops and the script checks, each check on its own line:
 #   - the run succeeded, and the four changes all committed while it was running;
 #   - the job's invariant holds on every row of every partition: score = the definition under the
@@ -190,7 +191,10 @@ change_partitions() { # label
     detached=$detach_part
     drop_part=$(q "SELECT tableoid::regclass FROM image WHERE created_on >= month_start($DROP_MONTH)
                    AND created_on < month_start($DROP_MONTH + 1) LIMIT 1")
-    q "BEGIN; CREATE TABLE image_dropped_rows AS SELECT * FROM $drop_part; DROP TABLE $drop_part; COMMIT;"
+    # Locked first (as DROP locks: the parent, then the partition), so that the copy holds what
+    # the run and the counts saw last (a batch committing between the copy and the DROP would not).
+    q "BEGIN; LOCK TABLE ONLY image, $drop_part IN ACCESS EXCLUSIVE MODE;
+       CREATE TABLE image_dropped_rows AS SELECT * FROM $drop_part; DROP TABLE $drop_part; COMMIT;"
     dropped_rows=$(q "SELECT count(*) FROM image_dropped_rows")
     echo "drop $(run_state) $drop_part" >>"$tmp/$1.changes"
 }
@@ -235,7 +239,7 @@ run_case() { # id label call existing.sql new.sql
 # The providers whose counts (popularity.provider_stats) differ from a recount of ROWS (provider,
 # meta_data, standardized_popularity, weight w); with PENDING = true, a provider marked for
 # reconcile_stats counts as a difference.
-counts_diff() { # rows pending
+counts_diff() { # rows pending [show]
     q "WITH truth AS (
            SELECT t.provider::text AS provider, sum(t.w) AS rows,
                   coalesce(sum(t.w) FILTER (WHERE popularity._metric_status(t.meta_data, m.metric) = 'ok'), 0) AS rows_with_metric,
@@ -244,7 +248,7 @@ counts_diff() { # rows pending
            FROM ($1) AS t LEFT JOIN popularity.metrics AS m ON m.media_type = 'image' AND m.provider = t.provider::text
            GROUP BY 1),
        counted AS (SELECT * FROM popularity.provider_stats WHERE media_type = 'image')
-       SELECT count(*) FROM truth AS t FULL JOIN counted AS c USING (provider)
+       SELECT ${3:-count(*)} FROM truth AS t FULL JOIN counted AS c USING (provider)
        WHERE (coalesce(t.rows, 0), coalesce(t.rows_with_metric, 0), coalesce(t.rows_scored, 0), coalesce(t.rows_invalid_metric, 0))
              IS DISTINCT FROM (coalesce(c.rows, 0), coalesce(c.rows_with_metric, 0), coalesce(c.rows_scored, 0), coalesce(c.rows_invalid_metric, 0))
           OR ($2 AND c.reconcile_pending)"
@@ -282,7 +286,12 @@ check_common() { # id label [filter]
                         UNION ALL SELECT provider, meta_data, standardized_popularity, -1 FROM image_attached_as_attached" false)
     check "$label: the provider counts (popularity.provider_stats), before reconcile_stats, equal a recount of the tree, ATTACH, DETACH and DROP aside" \
         "$diff" "providers whose counts differ"
-    [ "$diff" = 0 ] || psql -X -d "$DB" -c "SELECT * FROM popularity.provider_stats WHERE media_type = 'image' ORDER BY provider"
+    [ "$diff" = 0 ] || counts_diff "SELECT provider, meta_data, standardized_popularity, 1 AS w FROM image
+                        UNION ALL SELECT provider, meta_data, standardized_popularity, 1 FROM $detached_or_none
+                        UNION ALL SELECT provider, meta_data, standardized_popularity, 1 FROM $dropped_or_none
+                        UNION ALL SELECT provider, meta_data, standardized_popularity, -1 FROM image_attached_as_attached" false \
+        "'  ' || provider || ': expected ' || concat_ws(' ', t.rows, t.rows_with_metric, t.rows_scored, t.rows_invalid_metric)
+         || ', counted ' || concat_ws(' ', c.rows, c.rows_with_metric, c.rows_scored, c.rows_invalid_metric) || ' (rows, with metric, scored, invalid)'"
     marks=$(q "SELECT count(*) FROM popularity.stats_marks WHERE media_type = 'image'")
     check "$label: the partition changes marked the counts for reconcile_stats ($marks marks)" "$([ "$marks" -gt 0 ] && echo 0 || echo 1)" "(none)"
     psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "SET client_min_messages = warning" -c "CALL popularity.reconcile_stats('image')" >/dev/null

@@ -78,6 +78,15 @@ void set_batch_settings() {
                       false);
 }
 
+// The OID of task `t`'s leaf, read through to_jsonb (a 0.1.0 schema has no such column: NULL).
+// to_jsonb writes a regclass as regclassout does: its name, or once the relation is dropped its
+// OID in digits (a name made of digits only is written in double quotes): a name is looked up
+// (the leaf exists), an OID is taken as it is.
+#define LEAF_OID_SQL                                                                               \
+    "CASE WHEN (to_jsonb(t) ->> 'leaf') ~ '^[0-9]+$'"                                              \
+    " THEN (to_jsonb(t) ->> 'leaf')::pg_catalog.oid"                                               \
+    " ELSE (to_jsonb(t) ->> 'leaf')::pg_catalog.regclass::pg_catalog.oid END"
+
 // Reads the task and its run; false when there is nothing (more) to do.
 bool load_task(Task &task) {
     Oid types[1] = {INT8OID};
@@ -93,7 +102,7 @@ bool load_task(Task &task) {
         "       coalesce((to_jsonb(r) ->> 'dry_run')::boolean, false),"
         "       coalesce((to_jsonb(r) ->> 'records_removed')::boolean, false),"
         "       (to_jsonb(r) ->> 'batch_blocks')::integer,"
-        "       coalesce((to_jsonb(t) ->> 'leaf')::regclass::oid, r.media_table::oid),"
+        "       coalesce(" LEAF_OID_SQL ", r.media_table::oid),"
         "       ARRAY(SELECT jsonb_array_elements_text(coalesce("
         "         nullif(to_jsonb(r) -> 'key_columns', 'null'), to_jsonb(ARRAY[r.key_column]))))"
         " FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
@@ -368,8 +377,7 @@ Step finish_walk(Task &task, const BatchContext &context) {
         "     popularity.refresh_tasks AS x WHERE x.run_id = t.run_id"
         "       AND to_jsonb(x) -> 'leaf' IS NOT DISTINCT FROM to_jsonb(t) -> 'leaf')"
         "     AS last_with_writers,"
-        "   pg_catalog.pg_relation_size(coalesce((to_jsonb(t) ->> 'leaf')::regclass,"
-        "                                        r.media_table))"
+        "   pg_catalog.pg_relation_size(coalesce(" LEAF_OID_SQL ", r.media_table::oid))"
         "     / pg_catalog.current_setting('block_size')::bigint AS blocks_now"
         "   FROM popularity.refresh_tasks AS t JOIN popularity.refresh_runs AS r USING (run_id)"
         "   WHERE t.task_id = $1)"

@@ -13,6 +13,21 @@
 #   ingest_latency_values ID [FROM TO] the same as numbers: count p50 p99 max (ms)
 #   ingest_failed_slices ID           number of pgbench slices of ID that did not exit 0
 #
+# INGEST_LAYOUT (default plain) picks the table's shape: plain is the table above (primary key
+# identifier); partitioned is left to test/lib/partitions.sh, which sets INGEST_TABLE_SQL (the
+# table's DDL, run before registration) and INGEST_LAYOUT=partitioned (the upserts then name
+# created_on, the partition key, in their rows and conflict targets).
+#
+# Every catalog row g has a created_on of its own, the same in every layout: created_of(g) is in one
+# of the INGEST_MONTHS (default 13) months up to the catalog's creation month (month offset
+# (g % INGEST_MONTHS) - (INGEST_MONTHS - 1)), and with INGEST_OLD_ROWS=true (default) about 1% of
+# rows (g % 101 = 50) are from 2001 (in a partitioned table: its default partition). New rows
+# (partitioned layout) take a month offset in [ingest_months.lo, ingest_months.hi] not in the array
+# ingest_months.skip (new_created_on(v); skipped months must not be adjacent), and the existing-row
+# upserts leave alone the catalog rows whose g % INGEST_MONTHS is one of INGEST_SKIP_RESIDUES (at
+# most two, at least 3 apart: a skipped key moves by 2). INGEST_FREE_SPACE=false keeps the first quarter's
+# even keys (no free space made).
+#
 # Every upsert logs, in its own statement (so its own transaction), the key and the values it
 # stored in the table `ingest_log` (log_id, identifier, kind: existing or new, meta_data, tags,
 # logged_at): a check can then tell that no ingested row was lost.
@@ -28,13 +43,8 @@
 INGEST_CLIENTS=${INGEST_CLIENTS:-3}
 INGEST_PGBENCH=${INGEST_PGBENCH:-$PG_BIN/pgbench}
 
-ingest_catalog() { # db rows
-    local db=$1 rows=$2
-    INGEST_ROWS=$rows
-    INGEST_QUARTER=$((rows / 4))
-    psql -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" || return 1
-    psql -X -q -v ON_ERROR_STOP=1 -d "$db" -v rows="$rows" -v quarter="$INGEST_QUARTER" >/dev/null <<'SQL' || return 1
-CREATE EXTENSION popularity;
+# The plain layout's table.
+INGEST_PLAIN_TABLE_SQL=$(cat <<'SQL'
 -- Openverse's image table (the columns that matter here), pages filled completely.
 CREATE TABLE image (
     identifier uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -54,6 +64,22 @@ CREATE TABLE image (
 ) WITH (fillfactor = 100);
 CREATE UNIQUE INDEX image_provider_fid_key ON image (provider, md5(foreign_identifier));
 CREATE UNIQUE INDEX image_url_key ON image (url);
+SQL
+)
+INGEST_LAYOUT=${INGEST_LAYOUT:-plain}
+INGEST_MONTHS=${INGEST_MONTHS:-13}         # catalog months: created_of(g) spreads rows over them
+INGEST_OLD_ROWS=${INGEST_OLD_ROWS:-true}   # about 1% of the catalog from 2001 (g % 101 = 50)
+INGEST_FREE_SPACE=${INGEST_FREE_SPACE:-true} # delete the even keys of the first quarter (see above)
+
+ingest_catalog() { # db rows
+    local db=$1 rows=$2
+    INGEST_ROWS=$rows
+    INGEST_QUARTER=$((rows / 4))
+    psql -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" || return 1
+    {
+        echo 'CREATE EXTENSION popularity;'
+        echo "${INGEST_TABLE_SQL:-$INGEST_PLAIN_TABLE_SQL}"
+        cat <<'SQL'
 -- Registered while empty (the counts are exact from the start), with the Openverse metrics
 -- (flickr, wikimedia, rawpixel, nappy, stocksnap; smithsonian has none).
 SELECT popularity.register_media_type('image', 'image');
@@ -97,6 +123,25 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                WHEN 'stocksnap' THEN jsonb_build_object('downloads_raw', v::text)
                ELSE jsonb_build_object('unit_code', 'NMNH') END $$;
 
+-- Creation times: created_of(g) for catalog row g, new_created_on(v) for a new row (see the top
+-- of test/lib/ingest.sh). The months count from the month the catalog was made in (a constant of
+-- the functions, so that a run crossing a month's end keeps its keys).
+CREATE TABLE ingest_months (lo integer NOT NULL, hi integer NOT NULL, skip integer[]);
+INSERT INTO ingest_months VALUES (1 - :months, 2, NULL); -- the catalog's months and two ahead
+SELECT format($f$
+    CREATE FUNCTION created_of(g bigint) RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT CASE WHEN %s AND g %% 101 = 50 THEN timestamptz '2001-01-01 00:00+00' + (g %% 365) * interval '1 day'
+                    ELSE %L::timestamptz + ((g %% %s) - %s) * interval '1 month' END
+               + (g * 7919 %% 2419200) * interval '1 second' $$$f$,
+    :'old_rows', date_trunc('month', now()), :months, :months - 1) \gexec
+SELECT format($f$
+    CREATE FUNCTION month_start(m integer) RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT %L::timestamptz + m * interval '1 month' $$$f$, date_trunc('month', now())) \gexec
+CREATE FUNCTION new_created_on(v bigint) RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT month_start(CASE WHEN m = ANY (skip) THEN CASE WHEN m < hi THEN m + 1 ELSE m - 1 END ELSE m END)
+           + (v * 7919 % 2419200) * interval '1 second'
+    FROM (SELECT lo + (v % (hi - lo + 1))::int AS m, hi, skip FROM ingest_months) AS s $$;
+
 CREATE TABLE ingest_log (
     log_id bigserial PRIMARY KEY,
     identifier uuid NOT NULL,
@@ -109,7 +154,7 @@ CREATE SEQUENCE new_key;
 -- The constants come from a sample first, so that every catalog row is scored at ingestion with
 -- them: the catalog starts with every score right.
 CREATE TABLE catalog_src AS
-SELECT md5('c' || g)::uuid AS identifier, provider_of(g) AS provider, 'c' || g AS foreign_identifier,
+SELECT md5('c' || g)::uuid AS identifier, created_of(g) AS created_on, provider_of(g) AS provider, 'c' || g AS foreign_identifier,
        'https://' || provider_of(g) || '.example.org/photos/' || g AS foreign_landing_url,
        'https://cdn.example.org/' || provider_of(g) || '/' || md5(g::text) || '.jpg' AS url,
        'Photograph number ' || g || ' of the collection' AS title,
@@ -117,20 +162,22 @@ SELECT md5('c' || g)::uuid AS identifier, provider_of(g) AS provider, 'c' || g A
            || jsonb_build_object('description', repeat('d', 40 + (g % 60)::int)) AS meta_data,
        make_tags(g, provider_of(g)) AS tags
 FROM generate_series(1, :rows) AS g;
-INSERT INTO image (identifier, provider, foreign_identifier, foreign_landing_url, url, title, meta_data, tags)
+INSERT INTO image (identifier, created_on, provider, foreign_identifier, foreign_landing_url, url, title, meta_data, tags)
 SELECT * FROM catalog_src WHERE right(foreign_identifier, 1) = '7';
 SELECT count(*) FROM popularity.refresh_constants('image');
 DELETE FROM image;
 VACUUM image;
-INSERT INTO image (identifier, provider, foreign_identifier, foreign_landing_url, url, title, meta_data, tags)
+INSERT INTO image (identifier, created_on, provider, foreign_identifier, foreign_landing_url, url, title, meta_data, tags)
 SELECT * FROM catalog_src ORDER BY substr(foreign_identifier, 2)::bigint;
 DROP TABLE catalog_src;
 -- The rows of the first quarter of the table with an even key are deleted: VACUUM records their
 -- space, and upserted rows that do not fit in their page move there, behind a job's walk.
-DELETE FROM image WHERE substr(foreign_identifier, 2)::bigint <= :quarter AND substr(foreign_identifier, 2)::bigint % 2 = 0;
+DELETE FROM image WHERE :free_space AND substr(foreign_identifier, 2)::bigint <= :quarter AND substr(foreign_identifier, 2)::bigint % 2 = 0;
 VACUUM (ANALYZE) image;
 CHECKPOINT;
 SQL
+    } | psql -X -q -v ON_ERROR_STOP=1 -d "$db" -v rows="$rows" -v quarter="$INGEST_QUARTER" \
+        -v months="$INGEST_MONTHS" -v old_rows="$INGEST_OLD_ROWS" -v free_space="$INGEST_FREE_SPACE" >/dev/null || return 1
     # shellcheck disable=SC2034 # for the caller
     INGEST_CATALOG_ROWS=$(psql -X -At -d "$db" -c "SELECT count(*) FROM image")
 }
@@ -180,12 +227,25 @@ INSERT INTO ingest_log (identifier, kind, meta_data, tags) SELECT identifier, 'n
 SQL
         } >"$INGEST_DIR/new_$tags.sql"
     done
+    [ "$INGEST_LAYOUT" = partitioned ] || return 0
+    # Partitioned: the rows name their partition key, which the conflict target includes; catalog
+    # rows of the months (g % :months = :skip or :skip2) that a test detaches or drops are never
+    # upserted (after a detach the upsert would insert them anew, in the default partition; n +- 2
+    # is of the same parity, so a key the first rule made odd, or one beyond the first quarter,
+    # stays a catalog row), and new rows are created in the months of ingest_months.
+    sed -i -e 's/^\\set n case when :n <= :quarter .*$/&\n\\set n case when :n % :months = :skip or :n % :months = :skip2 then (case when :n + 2 <= :rows then :n + 2 else :n - 2 end) else :n end/' \
+        -e 's/INSERT INTO image AS old (identifier, provider,/INSERT INTO image AS old (identifier, created_on, provider,/' \
+        -e "s/VALUES (md5('c' || :n)::uuid, /VALUES (md5('c' || :n)::uuid, created_of(:n), /" \
+        -e "s/SELECT md5('n' || k.n)::uuid, /SELECT md5('n' || k.n)::uuid, new_created_on(:v), /" \
+        -e 's/ON CONFLICT (identifier) DO UPDATE/ON CONFLICT (identifier, created_on) DO UPDATE/' \
+        "$INGEST_DIR"/existing_refresh.sql "$INGEST_DIR"/existing_filter.sql "$INGEST_DIR"/new_dirty.sql "$INGEST_DIR"/new_clean.sql
 }
 
 # pgbench in slices of 2 s until ingest_stop (it has no other clean stop): per-transaction logs in
 # $INGEST_DIR/lat.<id>.<slice>.<pid>, output in <id>.pgbench, one exit status a line in <id>.status.
 ingest_start() { # id db existing.sql new.sql
-    local id=$1 db=$2 existing=$3 new=$4
+    local id=$1 db=$2 existing=$3 new=$4 skip1 skip2
+    read -r skip1 skip2 _ <<<"${INGEST_SKIP_RESIDUES:-} -1 -1"
     rm -f "$INGEST_DIR/stop"
     : >"$INGEST_DIR/$id.status"
     (
@@ -194,7 +254,7 @@ ingest_start() { # id db existing.sql new.sql
             i=$((i + 1))
             rc=0
             "$INGEST_PGBENCH" -n -c "$INGEST_CLIENTS" -j 1 -T 2 -l --log-prefix="$INGEST_DIR/lat.$id.$i" \
-                -D rows="$INGEST_ROWS" -D quarter="$INGEST_QUARTER" \
+                -D rows="$INGEST_ROWS" -D quarter="$INGEST_QUARTER" -D skip="$skip1" -D skip2="$skip2" -D months="$INGEST_MONTHS" \
                 -f "$INGEST_DIR/$existing@3" -f "$INGEST_DIR/$new@1" "$db" \
                 >>"$INGEST_DIR/$id.pgbench" 2>&1 || rc=$?
             echo "$rc" >>"$INGEST_DIR/$id.status"

@@ -574,19 +574,24 @@ COMMENT ON FUNCTION popularity.citus_refresh_status(text) IS
 -- from the coordinator without wait (a cancelled wait cancels its runs itself).
 CREATE FUNCTION popularity.citus_cancel_refresh(media_type text DEFAULT NULL)
 RETURNS TABLE (node text, run_id bigint)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    IF NOT popularity._citus_coordinator() THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
     SELECT w.node_name || ':' || w.node_port, r::bigint
     FROM popularity._citus_on_workers(ARRAY[format(
              'SELECT coalesce(pg_catalog.string_agg(c::pg_catalog.text, '',''), '''')'
              ' FROM popularity.cancel_refresh(NULL, %L::pg_catalog.text) AS c', $1)]) AS w
     CROSS JOIN LATERAL unnest(string_to_array(nullif(w.result, ''), ',')) AS r
-    WHERE w.success
-$$;
+    WHERE w.success;
+END $$;
 COMMENT ON FUNCTION popularity.citus_cancel_refresh(text) IS
     'On a Citus coordinator: cancels the active runs of a media type (all when NULL) on every worker node; '
-    'returns them';
+    'returns them (none elsewhere)';
 
 -- The provider counts of a distributed table, from the coordinator: each worker node counts the
 -- rows of its own shards (the counts triggers fire on the shards and append to that node's

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # CITUS_SKIP_REASON is read by the caller
 # Citus for the multi-node tests: finds (or builds once) Citus in the PostgreSQL tree of $PG_CONFIG,
 # and starts a coordinator with workers on localhost. Source it after test/lib/cluster.sh, then:
 #   citus_ensure              0 when Citus 13.2 is usable in $PG_CONFIG's tree: installed already
@@ -51,7 +52,7 @@ _citus_find_tarball() { # sets _citus_tarball
     origin=${origin#file://}
     for dir in "$(dirname "$root")" ${origin:+"$(dirname "$origin")"}; do
         [ -d "$dir" ] || continue
-        for candidate in "$dir"/*/vendor/citus-$CITUS_VERSION.tar.gz; do
+        for candidate in "$dir"/*/vendor/"citus-$CITUS_VERSION.tar.gz"; do
             [ -f "$candidate" ] && { _citus_tarball=$candidate; return 0; }
         done
     done
@@ -99,7 +100,7 @@ _citus_build() { # tarball
 }
 
 citus_ensure() {
-    local pkglibdir stamp sum lock _citus_tarball=
+    local pkglibdir sum lock _citus_tarball=
     PG_CONFIG=${PG_CONFIG:-pg_config}
     pkglibdir=$("$PG_CONFIG" --pkglibdir) || { CITUS_SKIP_REASON="no pg_config"; return 1; }
     _citus_installed && return 0
@@ -145,10 +146,22 @@ citus_nodes_start() { # count [conf lines...]
     local count=$1 i
     shift
     for ((i = 0; i < count; i++)); do
-        cluster_start "shared_preload_libraries = 'citus,popularity'" \
-            "citus.node_conninfo = 'sslmode=disable'" \
-            "shared_buffers = 32MB" "max_connections = 60" "max_worker_processes = 20" \
-            "$@" || return 1
+        # A free port may be taken by another process before the server binds it: a few tries.
+        for attempt in 1 2 3 4; do
+            if cluster_start "shared_preload_libraries = 'citus,popularity'" \
+                "citus.node_conninfo = 'sslmode=disable'" \
+                "shared_buffers = 32MB" "max_connections = 60" "max_worker_processes = 20" \
+                "$@" 2>"${TMPDIR:-/tmp}/popularity-citus-start.$$"; then
+                break
+            fi
+            cluster_destroy
+            if [ "$attempt" = 4 ]; then
+                cat "${TMPDIR:-/tmp}/popularity-citus-start.$$" >&2
+                rm -f "${TMPDIR:-/tmp}/popularity-citus-start.$$"
+                return 1
+            fi
+        done
+        rm -f "${TMPDIR:-/tmp}/popularity-citus-start.$$"
         CITUS_DIRS[i]=$CLUSTER_DIR
         CITUS_PORTS[i]=$PGPORT
         CLUSTER_DIR=

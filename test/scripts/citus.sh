@@ -23,7 +23,14 @@ if ! citus_ensure; then
     exit 77
 fi
 
+tmp=$(mktemp -d /tmp/popularity-citus.XXXXXX)
+chmod 755 "$tmp"
 cleanup() {
+    # Background clients of this script (pgbench, the session holding the runs), if a check failed
+    # while they ran.
+    local pid
+    for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$tmp"
     if [ "${CITUS_KEEP:-0}" = 1 ]; then
         for i in "${!CITUS_DIRS[@]}"; do echo "kept node $i: psql -h ${CITUS_DIRS[i]} -p ${CITUS_PORTS[i]} -U postgres"; done
     else
@@ -236,8 +243,6 @@ check "both workers' filter runs succeeded and together changed every dirty row"
 
 # Cancel: a transaction that writes on every worker and stays open holds the runs (a run waits for
 # the writers in progress when it was queued), so the cancel finds them active.
-tmp=$(mktemp -d /tmp/popularity-citus.XXXXXX)
-chmod 755 "$tmp"
 on 0 -c "BEGIN; UPDATE image SET title = title WHERE substr(foreign_identifier, 2)::bigint <= 100;
          SELECT pg_sleep(600); COMMIT" >"$tmp/holder.out" 2>&1 &
 holder=$!
@@ -311,7 +316,6 @@ else
 fi
 if grep -qE 'aborted|error' "$tmp/pgbench.out"; then bad "pgbench: $(grep -E 'aborted|error' "$tmp/pgbench.out" | head -3)"; fi
 check "provider counts equal a recount after the ingestion" "$(val 0 -c "$recount_sql")" "$(val 0 -c "$counted_sql")"
-rm -rf "$tmp"
 
 # --- A distributed partitioned table: each worker walks the shards of every partition ------------
 on 0 >/dev/null <<'SQL'

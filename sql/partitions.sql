@@ -204,6 +204,24 @@ CALL popularity.reconcile_stats('pimage');
 SELECT pg_temp.counts_off() AS counts_off;
 DROP TABLE pimage_2024_05;
 
+-- A run queued for a table dropped before the scheduler recorded its writers (they are looked up
+-- over the table's partitions) does not stop the scheduler: the next run of another media type
+-- finishes.
+CREATE TABLE pgone (LIKE pimage INCLUDING ALL) PARTITION BY RANGE (created_on);
+CREATE TABLE pgone_1 PARTITION OF pgone FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+SELECT popularity.register_media_type('pgone', 'pgone', default_metrics => false);
+BEGIN;
+CALL filter_tags('pgone', wait => false);
+DROP TABLE pgone;
+COMMIT;
+SET statement_timeout = '60s';
+SET client_min_messages = warning;
+CALL filter_tags('pimage', dry_run => true);
+RESET client_min_messages;
+RESET statement_timeout;
+SELECT state FROM popularity.refresh_runs WHERE job = 'filter_tags' AND dry_run AND media_type = 'pimage';
+SELECT count(*) AS runs_left_queued FROM popularity.cancel_refresh(media_type => 'pgone');
+
 -- Unregistering leaves the tree alone.
 SELECT popularity.unregister_media_type('pimage');
 DROP TABLE pimage;

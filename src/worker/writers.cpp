@@ -23,6 +23,7 @@
 
 extern "C" {
 #include "catalog/pg_inherits.h"
+#include "utils/syscache.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "storage/sinvaladt.h"
@@ -47,7 +48,11 @@ VirtualTransactionId *table_writers(Oid relid, int *count) {
     // Holders of a write lock on the table or any of its partitions (an INSERT straight into a
     // partition does not lock the parent), or any of its Citus shards on this node (a write
     // through the coordinator locks the shard only), fast-path locks included.
-    List *tree = pg::citus_local_shards(relid, find_all_inheritors(relid, NoLock, nullptr));
+    // (A table dropped since the run was queued has no partitions nor shards: its run fails in its
+    // workers, with the reason; here it must not fail the scheduler, which starts every run.)
+    List *tree = SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid))
+                     ? pg::citus_local_shards(relid, find_all_inheritors(relid, NoLock, nullptr))
+                     : list_make1_oid(relid);
     LockData *locks = GetLockStatusData();
     auto *holders = static_cast<VirtualTransactionId *>(
         palloc(sizeof(VirtualTransactionId) * Max(locks->nelements, 1)));

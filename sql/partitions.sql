@@ -151,6 +151,19 @@ SELECT c.relname, count(g.tgname) AS counts_triggers
 FROM pg_class AS c LEFT JOIN pg_trigger AS g ON g.tgrelid = c.oid AND g.tgname LIKE 'zz\_popularity\_stats\_%'
 WHERE c.relname IN ('pimage', 'pimage_2024_03', 'pimage_2024_05', 'pimage_2023') GROUP BY 1 ORDER BY 1;
 
+-- A table attached with scores no run gave them, no constant changed: the attach marks every
+-- provider stale (rescore_marks), so the next refresh rescores them.
+CREATE TABLE pimage_2022 (LIKE pimage INCLUDING DEFAULTS);
+INSERT INTO pimage_2022 (identifier, created_on, provider, meta_data, standardized_popularity)
+SELECT md5('older' || g)::uuid, timestamptz '2022-01-01' + g * interval '1 hour', 'wikimedia',
+       jsonb_build_object('global_usage_count', g % 5), 42
+FROM generate_series(1, 300) AS g;
+ALTER TABLE pimage ATTACH PARTITION pimage_2022 FOR VALUES FROM ('2022-01-01') TO ('2023-01-01');
+SELECT provider, stale FROM popularity.rescore_state WHERE media_type = 'pimage' ORDER BY 1;
+CALL refresh_popularity('pimage');
+SELECT pg_temp.wrong_scores('pimage', 'pimage') AS wrong_after_stale_attach,
+       (SELECT count(*) FROM popularity.rescore_state WHERE media_type = 'pimage' AND stale) AS stale_left;
+
 -- filter_tags walks every leaf; the undo record names rows by (identifier, created_on).
 SET client_min_messages = warning; -- (rows scanned vary: rewritten rows landing in blocks not yet walked)
 CALL filter_tags('pimage');
@@ -228,5 +241,5 @@ DROP TABLE pimage;
 SELECT popularity.revoke_operator('part_operator');
 DROP OWNED BY part_operator;
 DROP ROLE part_operator;
-DELETE FROM popularity.refresh_runs WHERE media_type = 'pimage';
+DELETE FROM popularity.refresh_runs WHERE media_type IN ('pimage', 'pgone');
 ALTER SEQUENCE popularity.refresh_runs_run_id_seq RESTART WITH 1;

@@ -249,6 +249,16 @@ BEGIN
     DELETE FROM popularity.media_types AS m
     WHERE m.media_table::oid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() AS d
                                  WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
+    -- A partition with the counts triggers dropped: its rows left a registered table without a row
+    -- trigger firing. Which one is gone with it (the triggers' arguments), so every registered
+    -- partitioned table's counts are marked for reconcile_stats.
+    IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() AS d
+               WHERE d.object_type = 'trigger' AND d.object_identity LIKE 'zz\_popularity\_stats\_insert on %') THEN
+        INSERT INTO popularity.stats_marks (media_type, provider, reason)
+        SELECT m.media_type, NULL, 'partition dropped'
+        FROM popularity.media_types AS m JOIN pg_class AS c ON c.oid = m.media_table
+        WHERE c.relkind = 'p';
+    END IF;
 END $$;
 COMMENT ON FUNCTION popularity._forget_dropped_tables() IS
     'Event trigger: unregisters the media types of dropped tables';
@@ -2007,24 +2017,40 @@ COMMENT ON FUNCTION popularity._key_columns(regclass) IS
 -- (src/worker/key.cpp).
 CREATE FUNCTION popularity._key_match_sql(media_table regclass, key_columns name[], key_text text)
 RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    result text;
+    matched integer;
+BEGIN
+    -- Each column's equality is the one of the primary key index's operator class for it (the
+    -- operator the index serves), never an operator found by name.
     SELECT string_agg(
-        CASE WHEN cardinality(key_columns) = 1
-             THEN format('t.%I OPERATOR(%s) (%s)::%s', k.name, e.op, key_text, format_type(a.atttypid, NULL))
-             ELSE format('t.%I OPERATOR(%s) ((%s)::pg_catalog.text[])[%s]::%s', k.name, e.op, key_text, k.n,
-                         format_type(a.atttypid, NULL)) END,
-        ' AND ' ORDER BY k.n)
+               CASE WHEN cardinality(key_columns) = 1
+                    THEN format('t.%I OPERATOR(%I.%s) (%s)::%s', k.name, ns.nspname, o.oprname, key_text,
+                                format_type(a.atttypid, NULL))
+                    ELSE format('t.%I OPERATOR(%I.%s) ((%s)::pg_catalog.text[])[%s]::%s', k.name, ns.nspname,
+                                o.oprname, key_text, k.n, format_type(a.atttypid, NULL)) END,
+               ' AND ' ORDER BY k.n),
+           count(*)
+    INTO result, matched
     FROM unnest(key_columns) WITH ORDINALITY AS k(name, n)
     JOIN pg_attribute AS a ON a.attrelid = media_table AND a.attname = k.name AND NOT a.attisdropped
-    CROSS JOIN LATERAL (
-        SELECT coalesce((SELECT format('%I.%s', ns.nspname, o.oprname)
-                         FROM pg_operator AS o JOIN pg_namespace AS ns ON ns.oid = o.oprnamespace
-                         WHERE o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
-                         ORDER BY ns.nspname <> 'pg_catalog', ns.nspname LIMIT 1),
-                        'pg_catalog.=') AS op) AS e
-$$;
+    JOIN pg_index AS i ON i.indrelid = media_table AND i.indisprimary AND i.indkey[k.n - 1] = a.attnum
+    JOIN pg_opclass AS c ON c.oid = i.indclass[k.n - 1]
+    JOIN pg_amop AS ao ON ao.amopfamily = c.opcfamily AND ao.amopmethod = c.opcmethod
+                      AND ao.amoplefttype = c.opcintype AND ao.amoprighttype = c.opcintype
+                      AND ao.amopstrategy = 3 -- btree equality
+    JOIN pg_operator AS o ON o.oid = ao.amopopr
+    JOIN pg_namespace AS ns ON ns.oid = o.oprnamespace;
+    IF matched IS DISTINCT FROM cardinality(key_columns) THEN
+        RAISE EXCEPTION 'the primary key of % is no longer (%)', media_table, array_to_string(key_columns, ', ')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The run named its rows by that key; its record cannot be matched any more.';
+    END IF;
+    RETURN result;
+END $$;
 COMMENT ON FUNCTION popularity._key_match_sql(regclass, name[], text) IS
     'SQL comparing the primary key of alias t with a key written as text (one column: its text; '
     'several: a text array)';
@@ -2129,7 +2155,8 @@ BEGIN
     FROM pg_event_trigger_ddl_commands() AS d
     CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
     JOIN popularity.media_types AS m ON m.media_table = t.relid
-    WHERE d.classid = 'pg_class'::regclass AND d.command_tag IN ('CREATE TABLE', 'ALTER TABLE');
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag IN ('CREATE TABLE', 'ALTER TABLE')
+      AND NOT popularity._citus_distributed(m.media_table);
     SELECT bool_or(popularity._attaches_or_detaches(d.command)) INTO moved
     FROM pg_event_trigger_ddl_commands() AS d
     WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE';
@@ -2140,28 +2167,31 @@ BEGIN
                                WHERE g.tgrelid = x.rel AND g.tgname = 'zz_popularity_stats_insert') LOOP
         PERFORM popularity._install_stats_triggers_on(r.media_type, r.rel);
     END LOOP;
-    IF moved THEN
+    IF moved AND touched IS NOT NULL THEN
         INSERT INTO popularity.stats_marks (media_type, provider, reason)
         SELECT t, NULL::text, 'partition attached or detached' FROM unnest(touched) AS t;
-        FOR r IN SELECT g.tgrelid::regclass AS rel FROM pg_trigger AS g
-                 WHERE g.tgname = 'zz_popularity_stats_insert'
-                   AND g.tgfoid = 'popularity._stats_trigger()'::regprocedure
-                   AND NOT EXISTS (SELECT FROM popularity.media_types AS m
-                                   WHERE m.media_table = g.tgrelid
-                                      OR m.media_table IN (SELECT a.relid FROM pg_partition_ancestors(g.tgrelid) AS a(relid))) LOOP
-            PERFORM popularity._remove_stats_triggers(r.rel);
+        INSERT INTO popularity.rescore_marks (media_type, reason)
+        SELECT t, 'partition attached or detached' FROM unnest(touched) AS t;
+    END IF;
+    -- The counts triggers of these media types on relations no longer in their tree: the partitions
+    -- a DETACH detached (and their own partitions). (A trigger's argument is its media type.)
+    IF moved THEN
+        FOR r IN SELECT g.tgrelid::regclass AS rel
+                 FROM popularity.media_types AS m
+                 JOIN pg_trigger AS g ON g.tgname = 'zz_popularity_stats_insert'
+                                     AND g.tgfoid = 'popularity._stats_trigger()'::regprocedure
+                                     AND g.tgnargs = 1
+                                     AND g.tgargs = convert_to(m.media_type, current_setting('server_encoding')) || '\x00'::bytea
+                 WHERE m.media_type = ANY (touched)
+                   AND g.tgrelid NOT IN (SELECT t.rel FROM popularity._media_tree(m.media_table) AS t(rel)) LOOP
+            PERFORM popularity._remove_stats_triggers_on(r.rel);
         END LOOP;
     END IF;
 END $$;
 COMMENT ON FUNCTION popularity._partitions_changed() IS
     'Event trigger: the counts triggers on partitions created or attached under a registered media '
-    'table, none on one detached, and the media type''s counts marked for reconciliation when rows '
-    'joined or left it (ATTACH / DETACH PARTITION)';
-CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
-    EXECUTE FUNCTION popularity._partitions_changed();
-COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
-    'Keeps the counts triggers and the counts of a registered media table right as partitions come and go';
+    'table, none on one detached, and the media type''s counts marked for reconciliation and its '
+    'providers for a rescore when rows joined or left it (ATTACH / DETACH PARTITION)';
 
 CREATE OR REPLACE FUNCTION popularity._remove_stats_triggers(media_table regclass)
 RETURNS void
@@ -2169,13 +2199,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    suffix text;
     rel regclass;
 BEGIN
     FOR rel IN SELECT * FROM popularity._media_tree(media_table) LOOP
-        FOREACH suffix IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'zz_popularity_stats_' || suffix, rel);
-        END LOOP;
+        PERFORM popularity._remove_stats_triggers_on(rel);
     END LOOP;
 END $$;
 COMMENT ON FUNCTION popularity._remove_stats_triggers(regclass) IS
@@ -2515,6 +2542,7 @@ COMMENT ON FUNCTION popularity._citus_apply_config(text, jsonb) IS
 CREATE FUNCTION popularity._citus_push_config(media_type text)
 RETURNS void
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -2549,6 +2577,7 @@ COMMENT ON FUNCTION popularity._citus_push_config(text) IS
 CREATE FUNCTION popularity._citus_config_changed()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -2779,6 +2808,10 @@ DECLARE
     results jsonb[];
     failed text;
 BEGIN
+    -- (Checked here first: without Citus nothing internal is called, so any role may call it.)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'citus') THEN
+        RETURN;
+    END IF;
     IF NOT popularity._citus_coordinator() THEN
         RETURN;
     END IF;
@@ -2812,6 +2845,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- (Checked here first: without Citus nothing internal is called, so any role may call it.)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'citus') THEN
+        RETURN;
+    END IF;
     IF NOT popularity._citus_coordinator() THEN
         RETURN;
     END IF;
@@ -2843,6 +2880,10 @@ DECLARE
     results jsonb[];
     failed text;
 BEGIN
+    -- (Checked here first: without Citus nothing internal is called, so any role may call it.)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'citus') THEN
+        RETURN;
+    END IF;
     IF NOT popularity._citus_coordinator() THEN
         RETURN;
     END IF;
@@ -3047,6 +3088,92 @@ COMMENT ON PROCEDURE popularity.reconcile_stats(text, integer) IS
     'the differences, as deltas (concurrent ingestion loses nothing); reports each correction (NOTICE, '
     'popularity.stats_corrections) and clears the marks; returns the number of corrections. Schedulable with pg_cron';
 
+-- 0.2.0: a partition attached or detached marks its media type for a rescore (rescore_marks, read
+-- by rescore_state); the counts triggers leave only the partitions a DETACH detached; a dropped
+-- partition marks the counts; the partitions' event trigger is created last (it calls the Citus
+-- predicates above).
+
+-- Media types whose rows may carry scores no run gave them, though no constant changed: a partition
+-- attached with rows scored elsewhere (popularity._partitions_changed). Every provider of the media
+-- type is stale until a refresh queued after the mark succeeds.
+CREATE TABLE popularity.rescore_marks (
+    media_type text NOT NULL REFERENCES popularity.media_types (media_type) ON DELETE CASCADE,
+    reason text NOT NULL,
+    marked_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE popularity.rescore_marks IS
+    'Media types whose every provider is stale until a refresh queued after the mark succeeds (a partition '
+    'attached with rows scored elsewhere)';
+GRANT SELECT ON popularity.rescore_marks TO PUBLIC;
+
+-- The four counts triggers off one relation.
+CREATE FUNCTION popularity._remove_stats_triggers_on(rel regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    suffix text;
+BEGIN
+    FOREACH suffix IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'zz_popularity_stats_' || suffix, rel);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION popularity._remove_stats_triggers_on(regclass) IS
+    'Removes the four counts triggers from one relation';
+
+CREATE OR REPLACE FUNCTION popularity._forget_dropped_tables()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM popularity.media_types AS m
+    WHERE m.media_table::oid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() AS d
+                                 WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
+    -- A partition with the counts triggers dropped: its rows left a registered table without a row
+    -- trigger firing. Which one is gone with it (the triggers' arguments), so every registered
+    -- partitioned table's counts are marked for reconcile_stats.
+    IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() AS d
+               WHERE d.object_type = 'trigger' AND d.object_identity LIKE 'zz\_popularity\_stats\_insert on %') THEN
+        INSERT INTO popularity.stats_marks (media_type, provider, reason)
+        SELECT m.media_type, NULL, 'partition dropped'
+        FROM popularity.media_types AS m JOIN pg_class AS c ON c.oid = m.media_table
+        WHERE c.relkind = 'p';
+    END IF;
+END $$;
+COMMENT ON FUNCTION popularity._forget_dropped_tables() IS
+    'Event trigger: unregisters the media types of dropped tables; a dropped partition marks the counts of '
+    'the partitioned media tables for reconcile_stats';
+
+CREATE OR REPLACE VIEW popularity.rescore_state AS
+SELECT x.media_type, x.provider, x.constant, x.constant_changed_at,
+       last.run_id AS rescored_run, last.finished_at AS rescored_at, last.constant AS rescored_constant,
+       x.constant IS NOT NULL
+       AND (last.version IS DISTINCT FROM x.constant_version
+            OR EXISTS (SELECT FROM popularity.rescore_marks AS k
+                       WHERE k.media_type = x.media_type AND k.marked_at > last.requested_at)) AS stale
+FROM popularity.metrics AS x
+LEFT JOIN (
+    SELECT DISTINCT ON (r.media_type, u.provider) r.media_type, u.provider, r.run_id, r.finished_at,
+           u.constant, u.version, r.requested_at
+    FROM popularity.refresh_runs AS r
+    CROSS JOIN LATERAL unnest(r.providers, r.constants, r.constant_versions) AS u(provider, constant, version)
+    WHERE r.state = 'succeeded' AND r.job = 'refresh'
+    ORDER BY r.media_type, u.provider, r.finished_at DESC, r.run_id DESC
+) AS last ON last.media_type = x.media_type AND last.provider = x.provider;
+COMMENT ON VIEW popularity.rescore_state IS
+    'Per configured provider: its constant, when it changed, the last succeeded refresh run that rescored it '
+    '(when it finished, the constant it was queued with), and stale: it has a constant that changed since that '
+    'run was queued, or was never rescored (the next refresh_popularity rescores it)';
+
+CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
+    EXECUTE FUNCTION popularity._partitions_changed();
+COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
+    'Keeps the counts triggers and the counts of a registered media table right as partitions come and go';
+
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------
 
@@ -3194,6 +3321,16 @@ CREATE POLICY writers ON popularity.stats_journal FOR ALL
     USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_journal.media_type
                    AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')))
     WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_journal.media_type
+                        AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
+
+ALTER TABLE popularity.rescore_marks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.rescore_marks FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = rescore_marks.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'SELECT')));
+CREATE POLICY writers ON popularity.rescore_marks FOR ALL
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = rescore_marks.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = rescore_marks.media_type
                         AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
 
 ALTER TABLE popularity.stats_marks ENABLE ROW LEVEL SECURITY;

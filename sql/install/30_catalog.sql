@@ -486,9 +486,20 @@ BEGIN
     DELETE FROM popularity.media_types AS m
     WHERE m.media_table::oid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() AS d
                                  WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
+    -- A partition with the counts triggers dropped: its rows left a registered table without a row
+    -- trigger firing. Which one is gone with it (the triggers' arguments), so every registered
+    -- partitioned table's counts are marked for reconcile_stats.
+    IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() AS d
+               WHERE d.object_type = 'trigger' AND d.object_identity LIKE 'zz\_popularity\_stats\_insert on %') THEN
+        INSERT INTO popularity.stats_marks (media_type, provider, reason)
+        SELECT m.media_type, NULL, 'partition dropped'
+        FROM popularity.media_types AS m JOIN pg_class AS c ON c.oid = m.media_table
+        WHERE c.relkind = 'p';
+    END IF;
 END $$;
 COMMENT ON FUNCTION popularity._forget_dropped_tables() IS
-    'Event trigger: unregisters the media types of dropped tables';
+    'Event trigger: unregisters the media types of dropped tables; a dropped partition marks the counts of '
+    'the partitioned media tables for reconcile_stats';
 CREATE EVENT TRIGGER popularity_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION popularity._forget_dropped_tables();
 COMMENT ON EVENT TRIGGER popularity_forget_dropped_tables IS
@@ -562,6 +573,22 @@ END $$;
 COMMENT ON FUNCTION popularity._install_stats_triggers_on(text, regclass) IS
     'Installs the four counts triggers on one relation of a media table''s tree';
 
+-- The four counts triggers off one relation.
+CREATE FUNCTION popularity._remove_stats_triggers_on(rel regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    suffix text;
+BEGIN
+    FOREACH suffix IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'zz_popularity_stats_' || suffix, rel);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION popularity._remove_stats_triggers_on(regclass) IS
+    'Removes the four counts triggers from one relation';
+
 -- The relations of a media table's tree: the table, and every partition below it (partitioned
 -- ones included: a statement may name any of them). Foreign partitions are refused elsewhere.
 CREATE FUNCTION popularity._media_tree(media_table regclass)
@@ -585,14 +612,17 @@ COMMENT ON FUNCTION popularity._attaches_or_detaches(pg_ddl_command) IS
     'Whether an ALTER TABLE command (from pg_event_trigger_ddl_commands) attaches or detaches a partition';
 
 -- Partitions under a registered media table, as they come and go (CREATE TABLE ... PARTITION OF,
--- ATTACH PARTITION, DETACH PARTITION), for the provider counts:
+-- ATTACH PARTITION, DETACH PARTITION):
 -- - a new member of the tree gets the counts triggers (statement-level triggers are not inherited,
 --   and a statement may name a partition directly);
--- - a table that left the tree loses them (they would count its rows for the media type);
+-- - a partition detached loses them (they would count its rows for the media type);
 -- - the rows of a partition attached (or detached) join (or leave) the table without a row trigger
 --   firing: the media type's counts are marked for popularity.reconcile_stats
---   (provider_stats.reconcile_pending says so until it runs).
--- As the extension owner, like the check above; only the trees of the tables the command touched.
+--   (provider_stats.reconcile_pending says so until it runs), and an attached partition's rows may
+--   carry scores no run gave them: the media type is marked for a rescore (rescore_marks).
+-- A Citus distributed table's partitions are Citus's to manage (it refuses triggers it did not
+-- create itself): they are left alone. As the extension owner, like the check above; only the
+-- media types of the tables the command touched.
 CREATE FUNCTION popularity._partitions_changed()
 RETURNS event_trigger
 LANGUAGE plpgsql
@@ -608,7 +638,8 @@ BEGIN
     FROM pg_event_trigger_ddl_commands() AS d
     CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
     JOIN popularity.media_types AS m ON m.media_table = t.relid
-    WHERE d.classid = 'pg_class'::regclass AND d.command_tag IN ('CREATE TABLE', 'ALTER TABLE');
+    WHERE d.classid = 'pg_class'::regclass AND d.command_tag IN ('CREATE TABLE', 'ALTER TABLE')
+      AND NOT popularity._citus_distributed(m.media_table);
     SELECT bool_or(popularity._attaches_or_detaches(d.command)) INTO moved
     FROM pg_event_trigger_ddl_commands() AS d
     WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE';
@@ -619,25 +650,28 @@ BEGIN
                                WHERE g.tgrelid = x.rel AND g.tgname = 'zz_popularity_stats_insert') LOOP
         PERFORM popularity._install_stats_triggers_on(r.media_type, r.rel);
     END LOOP;
-    IF moved THEN
+    IF moved AND touched IS NOT NULL THEN
         INSERT INTO popularity.stats_marks (media_type, provider, reason)
         SELECT t, NULL::text, 'partition attached or detached' FROM unnest(touched) AS t;
-        FOR r IN SELECT g.tgrelid::regclass AS rel FROM pg_trigger AS g
-                 WHERE g.tgname = 'zz_popularity_stats_insert'
-                   AND g.tgfoid = 'popularity._stats_trigger()'::regprocedure
-                   AND NOT EXISTS (SELECT FROM popularity.media_types AS m
-                                   WHERE m.media_table = g.tgrelid
-                                      OR m.media_table IN (SELECT a.relid FROM pg_partition_ancestors(g.tgrelid) AS a(relid))) LOOP
-            PERFORM popularity._remove_stats_triggers(r.rel);
+        INSERT INTO popularity.rescore_marks (media_type, reason)
+        SELECT t, 'partition attached or detached' FROM unnest(touched) AS t;
+    END IF;
+    -- The counts triggers of these media types on relations no longer in their tree: the partitions
+    -- a DETACH detached (and their own partitions). (A trigger's argument is its media type.)
+    IF moved THEN
+        FOR r IN SELECT g.tgrelid::regclass AS rel
+                 FROM popularity.media_types AS m
+                 JOIN pg_trigger AS g ON g.tgname = 'zz_popularity_stats_insert'
+                                     AND g.tgfoid = 'popularity._stats_trigger()'::regprocedure
+                                     AND g.tgnargs = 1
+                                     AND g.tgargs = convert_to(m.media_type, current_setting('server_encoding')) || '\x00'::bytea
+                 WHERE m.media_type = ANY (touched)
+                   AND g.tgrelid NOT IN (SELECT t.rel FROM popularity._media_tree(m.media_table) AS t(rel)) LOOP
+            PERFORM popularity._remove_stats_triggers_on(r.rel);
         END LOOP;
     END IF;
 END $$;
 COMMENT ON FUNCTION popularity._partitions_changed() IS
     'Event trigger: the counts triggers on partitions created or attached under a registered media '
-    'table, none on one detached, and the media type''s counts marked for reconciliation when rows '
-    'joined or left it (ATTACH / DETACH PARTITION)';
-CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
-    EXECUTE FUNCTION popularity._partitions_changed();
-COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
-    'Keeps the counts triggers and the counts of a registered media table right as partitions come and go';
+    'table, none on one detached, and the media type''s counts marked for reconciliation and its '
+    'providers for a rescore when rows joined or left it (ATTACH / DETACH PARTITION)';

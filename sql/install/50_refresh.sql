@@ -281,20 +281,37 @@ COMMENT ON VIEW popularity.refresh_status IS
     'the last error, times and error (history included)';
 GRANT SELECT ON popularity.refresh_status TO PUBLIC;
 
+-- Media types whose rows may carry scores no run gave them, though no constant changed: a partition
+-- attached with rows scored elsewhere (popularity._partitions_changed). Every provider of the media
+-- type is stale until a refresh queued after the mark succeeds.
+CREATE TABLE popularity.rescore_marks (
+    media_type text NOT NULL REFERENCES popularity.media_types (media_type) ON DELETE CASCADE,
+    reason text NOT NULL,
+    marked_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE popularity.rescore_marks IS
+    'Media types whose every provider is stale until a refresh queued after the mark succeeds (a partition '
+    'attached with rows scored elsewhere)';
+GRANT SELECT ON popularity.rescore_marks TO PUBLIC;
+
 -- Which providers' rows carry their current constant, from stored state alone: a provider is stale
 -- when it has a constant and the last succeeded run that rescored it did not record the constant's
 -- current version when it was queued (the constant changed during or after that run, however it
--- was changed), or no run ever rescored it. refresh_popularity rescores the stale providers;
+-- was changed), or no run ever rescored it, or its media type was marked (rescore_marks) since that
+-- run was queued. refresh_popularity rescores the stale providers;
 -- freshness() reports the same column. (Runs without providers, e.g. "nothing to rescore", add
 -- nothing.)
 CREATE VIEW popularity.rescore_state AS
 SELECT x.media_type, x.provider, x.constant, x.constant_changed_at,
        last.run_id AS rescored_run, last.finished_at AS rescored_at, last.constant AS rescored_constant,
-       x.constant IS NOT NULL AND last.version IS DISTINCT FROM x.constant_version AS stale
+       x.constant IS NOT NULL
+       AND (last.version IS DISTINCT FROM x.constant_version
+            OR EXISTS (SELECT FROM popularity.rescore_marks AS k
+                       WHERE k.media_type = x.media_type AND k.marked_at > last.requested_at)) AS stale
 FROM popularity.metrics AS x
 LEFT JOIN (
     SELECT DISTINCT ON (r.media_type, u.provider) r.media_type, u.provider, r.run_id, r.finished_at,
-           u.constant, u.version
+           u.constant, u.version, r.requested_at
     FROM popularity.refresh_runs AS r
     CROSS JOIN LATERAL unnest(r.providers, r.constants, r.constant_versions) AS u(provider, constant, version)
     WHERE r.state = 'succeeded' AND r.job = 'refresh'
@@ -382,29 +399,45 @@ COMMENT ON FUNCTION popularity._key_columns(regclass) IS
     'The primary key columns of a media table, in order';
 
 -- The rows of `t` whose primary key equals the key written as text in the expression `key_text`
--- (SQL), each key column compared with its type's equality operator: one column, the column's text
+-- (SQL), each key column compared with the equality of the primary key index's operator class: one column, the column's text
 -- form; several, a text array of their text forms. The workers write and read keys so too
 -- (src/worker/key.cpp).
 CREATE FUNCTION popularity._key_match_sql(media_table regclass, key_columns name[], key_text text)
 RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    result text;
+    matched integer;
+BEGIN
+    -- Each column's equality is the one of the primary key index's operator class for it (the
+    -- operator the index serves), never an operator found by name.
     SELECT string_agg(
-        CASE WHEN cardinality(key_columns) = 1
-             THEN format('t.%I OPERATOR(%s) (%s)::%s', k.name, e.op, key_text, format_type(a.atttypid, NULL))
-             ELSE format('t.%I OPERATOR(%s) ((%s)::pg_catalog.text[])[%s]::%s', k.name, e.op, key_text, k.n,
-                         format_type(a.atttypid, NULL)) END,
-        ' AND ' ORDER BY k.n)
+               CASE WHEN cardinality(key_columns) = 1
+                    THEN format('t.%I OPERATOR(%I.%s) (%s)::%s', k.name, ns.nspname, o.oprname, key_text,
+                                format_type(a.atttypid, NULL))
+                    ELSE format('t.%I OPERATOR(%I.%s) ((%s)::pg_catalog.text[])[%s]::%s', k.name, ns.nspname,
+                                o.oprname, key_text, k.n, format_type(a.atttypid, NULL)) END,
+               ' AND ' ORDER BY k.n),
+           count(*)
+    INTO result, matched
     FROM unnest(key_columns) WITH ORDINALITY AS k(name, n)
     JOIN pg_attribute AS a ON a.attrelid = media_table AND a.attname = k.name AND NOT a.attisdropped
-    CROSS JOIN LATERAL (
-        SELECT coalesce((SELECT format('%I.%s', ns.nspname, o.oprname)
-                         FROM pg_operator AS o JOIN pg_namespace AS ns ON ns.oid = o.oprnamespace
-                         WHERE o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
-                         ORDER BY ns.nspname <> 'pg_catalog', ns.nspname LIMIT 1),
-                        'pg_catalog.=') AS op) AS e
-$$;
+    JOIN pg_index AS i ON i.indrelid = media_table AND i.indisprimary AND i.indkey[k.n - 1] = a.attnum
+    JOIN pg_opclass AS c ON c.oid = i.indclass[k.n - 1]
+    JOIN pg_amop AS ao ON ao.amopfamily = c.opcfamily AND ao.amopmethod = c.opcmethod
+                      AND ao.amoplefttype = c.opcintype AND ao.amoprighttype = c.opcintype
+                      AND ao.amopstrategy = 3 -- btree equality
+    JOIN pg_operator AS o ON o.oid = ao.amopopr
+    JOIN pg_namespace AS ns ON ns.oid = o.oprnamespace;
+    IF matched IS DISTINCT FROM cardinality(key_columns) THEN
+        RAISE EXCEPTION 'the primary key of % is no longer (%)', media_table, array_to_string(key_columns, ', ')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The run named its rows by that key; its record cannot be matched any more.';
+    END IF;
+    RETURN result;
+END $$;
 COMMENT ON FUNCTION popularity._key_match_sql(regclass, name[], text) IS
     'SQL comparing the primary key of alias t with a key written as text (one column: its text; '
     'several: a text array)';

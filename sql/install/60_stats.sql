@@ -306,13 +306,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    suffix text;
     rel regclass;
 BEGIN
     FOR rel IN SELECT * FROM popularity._media_tree(media_table) LOOP
-        FOREACH suffix IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'zz_popularity_stats_' || suffix, rel);
-        END LOOP;
+        PERFORM popularity._remove_stats_triggers_on(rel);
     END LOOP;
 END $$;
 COMMENT ON FUNCTION popularity._remove_stats_triggers(regclass) IS

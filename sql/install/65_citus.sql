@@ -274,6 +274,10 @@ END $$;
 COMMENT ON FUNCTION popularity._citus_apply_config(text, jsonb) IS
     'On a Citus worker: makes its copy of a media type''s configuration equal the coordinator''s (internal)';
 
+-- As the extension owner: what it copies is the coordinator's own configuration of the media type
+-- (read whole, whatever the caller's row-level security would show), and on the workers it must
+-- write rows only the owner may write (global tag rules, other owners' metrics); a caller can only
+-- make the workers' copy equal the coordinator's.
 -- On the coordinator: copies a media type's configuration to every worker (run_command_on_workers:
 -- one connection per worker, each committing on its own, outside the caller's transaction).
 -- Raises when a worker fails. A no-op without Citus, on a worker, and for a media type whose table
@@ -281,6 +285,7 @@ COMMENT ON FUNCTION popularity._citus_apply_config(text, jsonb) IS
 CREATE FUNCTION popularity._citus_push_config(media_type text)
 RETURNS void
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -309,12 +314,15 @@ END $$;
 COMMENT ON FUNCTION popularity._citus_push_config(text) IS
     'On a Citus coordinator: copies a media type''s configuration to every worker node (internal)';
 
+-- (As the extension owner, like the push: whoever's transaction changed the configuration, a
+-- table owner dropping a registered table included, has it copied.)
 -- The deferred trigger on the configuration tables: at commit of a transaction that changed a media
 -- type's configuration on the coordinator, the workers get it (once per media type and
 -- transaction; a change of the global tag rules goes to every registered media type).
 CREATE FUNCTION popularity._citus_config_changed()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -545,6 +553,10 @@ DECLARE
     results jsonb[];
     failed text;
 BEGIN
+    -- (Checked here first: without Citus nothing internal is called, so any role may call it.)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'citus') THEN
+        RETURN;
+    END IF;
     IF NOT popularity._citus_coordinator() THEN
         RETURN;
     END IF;
@@ -578,6 +590,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- (Checked here first: without Citus nothing internal is called, so any role may call it.)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'citus') THEN
+        RETURN;
+    END IF;
     IF NOT popularity._citus_coordinator() THEN
         RETURN;
     END IF;
@@ -609,6 +625,10 @@ DECLARE
     results jsonb[];
     failed text;
 BEGIN
+    -- (Checked here first: without Citus nothing internal is called, so any role may call it.)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'citus') THEN
+        RETURN;
+    END IF;
     IF NOT popularity._citus_coordinator() THEN
         RETURN;
     END IF;

@@ -160,6 +160,16 @@ CREATE POLICY writers ON popularity.stats_journal FOR ALL
     WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_journal.media_type
                         AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
 
+ALTER TABLE popularity.rescore_marks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers ON popularity.rescore_marks FOR SELECT
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = rescore_marks.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'SELECT')));
+CREATE POLICY writers ON popularity.rescore_marks FOR ALL
+    USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = rescore_marks.media_type
+                   AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')))
+    WITH CHECK (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = rescore_marks.media_type
+                        AND pg_catalog.has_table_privilege(m.media_table, 'UPDATE')));
+
 ALTER TABLE popularity.stats_marks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON popularity.stats_marks FOR SELECT
     USING (EXISTS (SELECT FROM popularity.media_types AS m WHERE m.media_type = stats_marks.media_type

@@ -28,3 +28,4 @@ POPULARITY_FUNCTION(popularity_attaches_or_detaches) {
     }
     PG_RETURN_BOOL(false);
 }
+

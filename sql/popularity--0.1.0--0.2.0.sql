@@ -356,6 +356,15 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
     END IF;
+    -- The workers update each leaf partition directly: a row cannot move to another partition.
+    IF popularity._partition_key_columns(tbl, CASE WHEN pg_catalog.current_setting('popularity.refresh_touch_updated_on')::boolean
+                                                   THEN ARRAY['standardized_popularity', 'updated_on']::name[]
+                                                   ELSE ARRAY['standardized_popularity']::name[] END) IS NOT NULL THEN
+        RAISE EXCEPTION 'media table % is partitioned by %, which the refresh writes', tbl,
+            array_to_string(popularity._partition_key_columns(tbl, ARRAY['standardized_popularity', 'updated_on']::name[]), ', ')
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'A rescored row would have to move to another partition. Partition by a column the refresh does not write (Openverse: created_on), or for a table partitioned by updated_on turn popularity.refresh_touch_updated_on off (ALTER SYSTEM).';
+    END IF;
     -- The workers read the table directly: a row-level security policy would apply to their
     -- UPDATE but not to their scan (said before the constants are committed).
     IF pg_catalog.row_security_active(tbl) THEN
@@ -733,6 +742,15 @@ BEGIN
         RAISE EXCEPTION 'refresh workers run as the calling role, and role "%" cannot log in', current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
+    END IF;
+    -- The workers update each leaf partition directly: a row cannot move to another partition.
+    IF popularity._partition_key_columns(tbl, CASE WHEN pg_catalog.current_setting('popularity.refresh_touch_updated_on')::boolean
+                                                   THEN ARRAY['standardized_popularity', 'updated_on']::name[]
+                                                   ELSE ARRAY['standardized_popularity']::name[] END) IS NOT NULL THEN
+        RAISE EXCEPTION 'media table % is partitioned by %, which the refresh writes', tbl,
+            array_to_string(popularity._partition_key_columns(tbl, ARRAY['standardized_popularity', 'updated_on']::name[]), ', ')
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'A rescored row would have to move to another partition. Partition by a column the refresh does not write (Openverse: created_on), or for a table partitioned by updated_on turn popularity.refresh_touch_updated_on off (ALTER SYSTEM).';
     END IF;
     -- The workers read the table directly: a row-level security policy would apply to their
     -- UPDATE but not to their scan (said before the constants are committed).
@@ -1139,7 +1157,7 @@ BEGIN
         FROM popularity.refresh_runs AS r CROSS JOIN LATERAL popularity._media_leaves(r.media_table) AS l(leaf)
         WHERE r.run_id = _create_tasks.run_id
           AND NOT EXISTS (SELECT FROM popularity.refresh_tasks AS t
-                          WHERE t.run_id = _create_tasks.run_id AND t.leaf = l.leaf)
+                          WHERE t.run_id = _create_tasks.run_id AND t.leaf = l.leaf AND NOT t.leaf_left)
     ), sized AS (
         SELECT l.*, greatest(1, least((l.nblocks + 63) / 64,
                    ceil(current_setting('popularity.max_workers')::integer * 4
@@ -1436,6 +1454,12 @@ BEGIN
             MESSAGE = pg_catalog.format('permission denied to filter the tags of %s', v_table),
             HINT = CASE WHEN v_dry_run THEN 'A dry run needs SELECT on the media table.'
                         ELSE 'filter_tags needs SELECT and UPDATE on the media table (a dry run: SELECT).' END;
+    END IF;
+    -- The workers update each leaf partition directly: a row cannot move to another partition.
+    IF popularity._partition_key_columns(v_table, ARRAY['tags']::name[]) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
+            MESSAGE = pg_catalog.format('media table %s is partitioned by tags, which filter_tags writes', v_table),
+            HINT = 'A filtered row would have to move to another partition. Partition by a column filter_tags does not write (Openverse: created_on).';
     END IF;
     -- The workers read the table directly: a row-level security policy would apply to their UPDATE
     -- but not to their scan.
@@ -2717,9 +2741,13 @@ BEGIN
         RAISE EXCEPTION 'no active Citus worker node' USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     -- The run of this job each worker queued (or found in progress).
-    SELECT array_agg(nullif(w.result, '')::bigint ORDER BY w.node_name, w.node_port) INTO run_ids
+    -- (The active one: at most one per media type and job; a node that failed has none.)
+    SELECT array_agg(CASE WHEN w.success THEN nullif(w.result, '')::bigint END ORDER BY w.node_name, w.node_port)
+    INTO run_ids
     FROM popularity._citus_on_workers(ARRAY[format(
-             'SELECT pg_catalog.max(r.run_id) FROM popularity.refresh_runs AS r'
+             'SELECT coalesce(pg_catalog.max(r.run_id) FILTER (WHERE r.state IN (''queued'', ''running'')),'
+             '                pg_catalog.max(r.run_id))'
+             ' FROM popularity.refresh_runs AS r'
              ' WHERE r.media_type OPERATOR(pg_catalog.=) %L AND r.job OPERATOR(pg_catalog.=) %L',
              v_media_type, v_job)], nodes, ports) AS w;
     IF failed IS NOT NULL THEN
@@ -3173,6 +3201,27 @@ CREATE EVENT TRIGGER popularity_partitions_changed ON ddl_command_end
     EXECUTE FUNCTION popularity._partitions_changed();
 COMMENT ON EVENT TRIGGER popularity_partitions_changed IS
     'Keeps the counts triggers and the counts of a registered media table right as partitions come and go';
+
+-- 0.2.0: a task whose partition left the media table is marked (leaf_left), so that the partition
+-- attached again is walked; jobs refuse a table partitioned by a column they write.
+ALTER TABLE popularity.refresh_tasks ADD COLUMN leaf_left boolean NOT NULL DEFAULT false;
+-- The columns among `columns` that partition the media table's tree (at any level): a job writing
+-- one of them would have to move rows between partitions, which the workers' updates of a leaf
+-- cannot do. (Expression keys are not inspected.)
+CREATE FUNCTION popularity._partition_key_columns(media_table regclass, columns name[])
+RETURNS name[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT array_agg(DISTINCT a.attname ORDER BY a.attname)
+    FROM popularity._media_tree(media_table) AS t(rel)
+    JOIN pg_partitioned_table AS p ON p.partrelid = t.rel
+    CROSS JOIN LATERAL unnest(p.partattrs::int2[]) AS k(attnum)
+    JOIN pg_attribute AS a ON a.attrelid = t.rel AND a.attnum = k.attnum
+    WHERE a.attname = ANY (columns)
+$$;
+COMMENT ON FUNCTION popularity._partition_key_columns(regclass, name[]) IS
+    'The given columns that partition the media table (at any level of its tree)';
 
 -- roles (keep this block last: its REVOKE covers every internal function created above).
 -- Policies -----------------------------------------------------------------------------------------

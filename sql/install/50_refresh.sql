@@ -106,6 +106,9 @@ CREATE TABLE popularity.refresh_tasks (
     -- relation's file when the task was created (a rewrite moves rows across block ranges).
     leaf regclass,
     leaf_relfilenode oid,
+    -- The leaf left the media table during the run (DETACH, DROP): the task ended there. The leaf
+    -- attached again gets tasks of its own.
+    leaf_left boolean NOT NULL DEFAULT false,
     UNIQUE (run_id, segment)
 );
 CREATE INDEX refresh_tasks_leaf ON popularity.refresh_tasks (run_id, leaf);
@@ -442,6 +445,24 @@ COMMENT ON FUNCTION popularity._key_match_sql(regclass, name[], text) IS
     'SQL comparing the primary key of alias t with a key written as text (one column: its text; '
     'several: a text array)';
 
+-- The columns among `columns` that partition the media table's tree (at any level): a job writing
+-- one of them would have to move rows between partitions, which the workers' updates of a leaf
+-- cannot do. (Expression keys are not inspected.)
+CREATE FUNCTION popularity._partition_key_columns(media_table regclass, columns name[])
+RETURNS name[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT array_agg(DISTINCT a.attname ORDER BY a.attname)
+    FROM popularity._media_tree(media_table) AS t(rel)
+    JOIN pg_partitioned_table AS p ON p.partrelid = t.rel
+    CROSS JOIN LATERAL unnest(p.partattrs::int2[]) AS k(attnum)
+    JOIN pg_attribute AS a ON a.attrelid = t.rel AND a.attnum = k.attnum
+    WHERE a.attname = ANY (columns)
+$$;
+COMMENT ON FUNCTION popularity._partition_key_columns(regclass, name[]) IS
+    'The given columns that partition the media table (at any level of its tree)';
+
 -- The relations a run walks for a media table: the table itself, or the leaf partitions of a
 -- partitioned one (at any depth; foreign partitions are refused under registered tables), or the
 -- shards of a Citus distributed table placed on this node (65_citus.sql: each node walks its own).
@@ -487,7 +508,7 @@ BEGIN
         FROM popularity.refresh_runs AS r CROSS JOIN LATERAL popularity._media_leaves(r.media_table) AS l(leaf)
         WHERE r.run_id = _create_tasks.run_id
           AND NOT EXISTS (SELECT FROM popularity.refresh_tasks AS t
-                          WHERE t.run_id = _create_tasks.run_id AND t.leaf = l.leaf)
+                          WHERE t.run_id = _create_tasks.run_id AND t.leaf = l.leaf AND NOT t.leaf_left)
     ), sized AS (
         SELECT l.*, greatest(1, least((l.nblocks + 63) / 64,
                    ceil(current_setting('popularity.max_workers')::integer * 4
@@ -651,6 +672,15 @@ BEGIN
         RAISE EXCEPTION 'refresh workers run as the calling role, and role "%" cannot log in', current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
+    END IF;
+    -- The workers update each leaf partition directly: a row cannot move to another partition.
+    IF popularity._partition_key_columns(tbl, CASE WHEN pg_catalog.current_setting('popularity.refresh_touch_updated_on')::boolean
+                                                   THEN ARRAY['standardized_popularity', 'updated_on']::name[]
+                                                   ELSE ARRAY['standardized_popularity']::name[] END) IS NOT NULL THEN
+        RAISE EXCEPTION 'media table % is partitioned by %, which the refresh writes', tbl,
+            array_to_string(popularity._partition_key_columns(tbl, ARRAY['standardized_popularity', 'updated_on']::name[]), ', ')
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'A rescored row would have to move to another partition. Partition by a column the refresh does not write (Openverse: created_on), or for a table partitioned by updated_on turn popularity.refresh_touch_updated_on off (ALTER SYSTEM).';
     END IF;
     -- The workers read the table directly: a row-level security policy would apply to their
     -- UPDATE but not to their scan (said before the constants are committed).

@@ -270,6 +270,12 @@ BEGIN
             HINT = CASE WHEN v_dry_run THEN 'A dry run needs SELECT on the media table.'
                         ELSE 'filter_tags needs SELECT and UPDATE on the media table (a dry run: SELECT).' END;
     END IF;
+    -- The workers update each leaf partition directly: a row cannot move to another partition.
+    IF popularity._partition_key_columns(v_table, ARRAY['tags']::name[]) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
+            MESSAGE = pg_catalog.format('media table %s is partitioned by tags, which filter_tags writes', v_table),
+            HINT = 'A filtered row would have to move to another partition. Partition by a column filter_tags does not write (Openverse: created_on).';
+    END IF;
     -- The workers read the table directly: a row-level security policy would apply to their UPDATE
     -- but not to their scan.
     IF pg_catalog.row_security_active(v_table) THEN

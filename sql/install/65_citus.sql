@@ -462,9 +462,13 @@ BEGIN
         RAISE EXCEPTION 'no active Citus worker node' USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     -- The run of this job each worker queued (or found in progress).
-    SELECT array_agg(nullif(w.result, '')::bigint ORDER BY w.node_name, w.node_port) INTO run_ids
+    -- (The active one: at most one per media type and job; a node that failed has none.)
+    SELECT array_agg(CASE WHEN w.success THEN nullif(w.result, '')::bigint END ORDER BY w.node_name, w.node_port)
+    INTO run_ids
     FROM popularity._citus_on_workers(ARRAY[format(
-             'SELECT pg_catalog.max(r.run_id) FROM popularity.refresh_runs AS r'
+             'SELECT coalesce(pg_catalog.max(r.run_id) FILTER (WHERE r.state IN (''queued'', ''running'')),'
+             '                pg_catalog.max(r.run_id))'
+             ' FROM popularity.refresh_runs AS r'
              ' WHERE r.media_type OPERATOR(pg_catalog.=) %L AND r.job OPERATOR(pg_catalog.=) %L',
              v_media_type, v_job)], nodes, ports) AS w;
     IF failed IS NOT NULL THEN

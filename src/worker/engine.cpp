@@ -118,6 +118,44 @@ bool leaf_present(const Task &task) {
     return below;
 }
 
+namespace {
+
+// The relation's qualified, quoted name now (TopMemoryContext), or nullptr when it has none.
+char *current_name(Oid relid) {
+    const char *name = get_rel_name(relid);
+    if (name == nullptr) {
+        return nullptr;
+    }
+    return MemoryContextStrdup(
+        TopMemoryContext, quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+                                                     name));
+}
+
+void forget_plan(SPIPlanPtr &plan) {
+    if (plan != nullptr) {
+        SPI_freeplan(plan);
+        plan = nullptr;
+    }
+}
+
+} // namespace
+
+void refresh_names(Task &task) {
+    char *table = current_name(task.relid);
+    if (table != nullptr && strcmp(table, task.table) != 0) {
+        task.table = table;
+    }
+    char *leaf = task.leaf == task.relid ? task.table : current_name(task.leaf);
+    if (leaf == nullptr || strcmp(leaf, task.leaf_table) == 0) {
+        return;
+    }
+    task.leaf_table = leaf;
+    // The statements that name the leaf (the others name the extension's tables only).
+    forget_plan(task.update_plan);
+    forget_plan(task.keys_plan);
+    prepare_statements(task);
+}
+
 // The batch reads the table directly with the role's snapshot, so the role must still be allowed
 // to read (and, unless the run is a dry run, update) it: rights revoked during a run stop it at
 // its next batch; and no row-level security policy may apply to it (the UPDATE would apply the

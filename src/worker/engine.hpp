@@ -179,6 +179,9 @@ SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *types);
 // Whether the task's leaf is still part of the media table (locked: it stays so until the
 // transaction ends); false when it was detached or dropped during the run.
 bool leaf_present(const Task &task);
+// Names the task's relations as they are called now (after leaf_present, under its lock): when
+// the leaf or the media table was renamed, the statements that name them are prepared again.
+void refresh_names(Task &task);
 // Opens the task's relation (the media table or its leaf) for a batch (kind, rights, row-level
 // security, rewrite checked) and has the job resolve its columns. After leaf_present.
 Relation open_batch_table(Task &task);

@@ -106,9 +106,10 @@ char *update_sql(const Task &task, Oid *types, int *nargs) {
     types[1] = JSONBARRAYOID;
     if (!task.record_removed) {
         *nargs = 2;
+        // (The table's OID too: the statement names it, and a name can change hands.)
         return psprintf("UPDATE %s AS t SET tags = u.tags FROM unnest($1::tid[], $2::jsonb[])"
-                        " AS u(tid, tags) WHERE t.ctid = u.tid",
-                        task.leaf_table);
+                        " AS u(tid, tags) WHERE t.ctid = u.tid AND t.tableoid = %u::oid",
+                        task.leaf_table, task.leaf);
     }
     types[2] = JSONBARRAYOID;
     types[3] = INT8OID;
@@ -117,14 +118,15 @@ char *update_sql(const Task &task, Oid *types, int *nargs) {
     // statement that rewrites the rows; it returns how many rows the UPDATE wrote.
     return psprintf("WITH w AS (UPDATE %s AS t SET tags = u.tags"
                     " FROM unnest($1::tid[], $2::jsonb[], $3::jsonb[]) AS u(tid, tags, removed)"
-                    " WHERE t.ctid = u.tid RETURNING %s AS row_key, t.tags, u.removed),"
+                    " WHERE t.ctid = u.tid AND t.tableoid = %u::oid"
+                    " RETURNING %s AS row_key, t.tags, u.removed),"
                     " r AS (INSERT INTO popularity.tag_filter_removed"
                     "   (run_id, row_keys, removed, tags_hashes)"
                     "   SELECT $4, array_agg(w.row_key), array_agg(w.removed),"
                     "          array_agg(popularity._tags_hash(w.tags)) FROM w HAVING count(*) > 0"
                     "   RETURNING cardinality(row_keys) AS n)"
                     " SELECT coalesce((SELECT n FROM r), 0)",
-                    task.leaf_table, task.key_text_sql);
+                    task.leaf_table, task.leaf, task.key_text_sql);
 }
 
 uint64 write(const Task &task, Batch &batch, int changing) {

@@ -39,6 +39,12 @@ void register_launcher();
 constexpr const char *kPinnedSearchPath = "pg_catalog, pg_temp";
 inline void pin_search_path() {
     SetConfigOption("search_path", kPinnedSearchPath, PGC_SUSET, PGC_S_OVERRIDE);
+    // Keys are written as text by one session and read by others (undo_filter_tags): whatever the
+    // role's or database's settings, dates, intervals and floats are written in formats every
+    // session reads back exactly.
+    SetConfigOption("datestyle", "ISO, MDY", PGC_SUSET, PGC_S_OVERRIDE);
+    SetConfigOption("intervalstyle", "postgres", PGC_SUSET, PGC_S_OVERRIDE);
+    SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 // Starts a scheduler for a database (by OID, or by name when database_name is given). Never

@@ -121,9 +121,12 @@ char *update_sql(const Task &task, Oid *types, int *nargs) {
     types[0] = TIDARRAYOID;
     types[1] = FLOAT8ARRAYOID;
     *nargs = 2;
+    // (The table's OID too: the statement names it, and a name can change hands.)
     return psprintf("UPDATE %s AS t SET standardized_popularity = u.score%s"
-                    " FROM unnest($1::tid[], $2::float8[]) AS u(tid, score) WHERE t.ctid = u.tid",
-                    task.leaf_table, pg::refresh_touch_updated_on ? ", updated_on = now()" : "");
+                    " FROM unnest($1::tid[], $2::float8[]) AS u(tid, score) WHERE t.ctid = u.tid"
+                    " AND t.tableoid = %u::oid",
+                    task.leaf_table, pg::refresh_touch_updated_on ? ", updated_on = now()" : "",
+                    task.leaf);
 }
 
 uint64 write(const Task &task, Batch &batch, int changing) {

@@ -295,7 +295,7 @@ void end_detached_task(const Task &task) {
     run("DELETE FROM popularity.refresh_skipped WHERE task_id = $1", 1, types, id, nullptr,
         SPI_OK_DELETE);
     run("UPDATE popularity.refresh_tasks SET state = 'done', finished_at = clock_timestamp(),"
-        " rewalk = false WHERE task_id = $1",
+        " rewalk = false, leaf_left = true WHERE task_id = $1",
         1, types, id, nullptr, SPI_OK_UPDATE);
 }
 
@@ -432,18 +432,25 @@ Step do_step(Task &task) {
         // trigger is caught by that run.
         LockRelationOid(task.relid, RowExclusiveLock);
     }
-    if (task.leaf != task.relid && task.next_block >= task.end_block) {
+    if (task.leaf != task.relid && task.next_block >= task.end_block &&
+        !ConditionalLockRelationOid(task.relid, ShareUpdateExclusiveLock)) {
         // The walk of the leaf is over: this step revisits or finishes, and finishing covers the
-        // partitions created or attached meanwhile (finish_walk). ATTACH PARTITION and DETACH
-        // CONCURRENTLY take this lock too: one in progress commits first and is seen. Taken
+        // partitions created or attached meanwhile (finish_walk). ATTACH PARTITION, DETACH
+        // CONCURRENTLY and ANALYZE take this lock too (for as long as they validate or wait): the
+        // task waits for them without holding anything, rather than queue behind them (a lock
+        // timeout would fail the run), and is done once they have committed and are seen. Taken
         // before the leaf's lock (an ATTACH may wait for the default partition's).
-        LockRelationOid(task.relid, ShareUpdateExclusiveLock);
+        worker::note_step(task_ref(task), worker::Wait::ddl);
+        commit_transaction();
+        return Step::wait;
     }
     if (!leaf_present(task)) {
         end_detached_task(task);
         commit_transaction();
         return Step::finished;
     }
+    // A rename of the leaf (or of the table) since the statements were prepared: they name it.
+    refresh_names(task);
     const BatchContext context = load_context(task);
     // The ingestion trigger on this worker's own rows: it has nothing to add while the other job
     // is not running on the media type (a refresh worker writes the score itself, a filter
@@ -517,6 +524,7 @@ bool start_task(Task &task, volatile bool *claimed) {
         commit_transaction();
         return false;
     }
+    refresh_names(task);
     // Prepared once (a start-up that failed and is retried keeps those it made).
     prepare_statements(task);
     // (What the ingestion trigger does on this worker's rows is decided per transaction: do_step.)

@@ -42,6 +42,7 @@ constexpr int kMaxPids = 32;
 
 constexpr const char *kWaitingForWriters = "writers";
 constexpr const char *kWaitingForRows = "rows held by other transactions";
+constexpr const char *kWaitingForDdl = "partition DDL on the media table";
 constexpr const char *kWaitingToRetry = "retry";
 
 // A small sorted set of process ids.
@@ -248,6 +249,7 @@ bool note_step(const TaskRef &task, Wait wait) {
     }
     const char *waiting_for = wait == Wait::writers ? kWaitingForWriters
                               : wait == Wait::rows  ? kWaitingForRows
+                              : wait == Wait::ddl   ? kWaitingForDdl
                                                     : nullptr;
     // The writers' processes are looked up by refresh_status itself (they end one by one).
     Pids pids{};

@@ -26,6 +26,8 @@ enum class Wait {
     none,
     writers, // the walk is done; transactions in progress when the run was queued have not ended
     rows,    // rows other transactions hold are left to revisit
+    ddl,     // the walk is done; partition DDL on the media table (ATTACH, DETACH CONCURRENTLY,
+             // ANALYZE) holds the lock finishing it needs
 };
 
 // A background worker runs no client statement, so statement_timeout is never armed for it: each

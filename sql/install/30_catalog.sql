@@ -486,15 +486,17 @@ BEGIN
     DELETE FROM popularity.media_types AS m
     WHERE m.media_table::oid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() AS d
                                  WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
-    -- A partition with the counts triggers dropped: its rows left a registered table without a row
-    -- trigger firing. Which one is gone with it (the triggers' arguments), so every registered
-    -- partitioned table's counts are marked for reconcile_stats.
+    -- A partition with the counts triggers dropped (a table, not just its triggers): its rows left a
+    -- registered table without a row trigger firing. Which one is gone with it (the triggers'
+    -- arguments), so the counts of every registered partitioned table are marked for
+    -- reconcile_stats (but Citus-distributed ones: Citus manages their partitions).
     IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() AS d
-               WHERE d.object_type = 'trigger' AND d.object_identity LIKE 'zz\_popularity\_stats\_insert on %') THEN
+               WHERE d.object_type = 'trigger' AND d.object_identity LIKE 'zz\_popularity\_stats\_insert on %')
+       AND EXISTS (SELECT FROM pg_event_trigger_dropped_objects() AS d WHERE d.object_type = 'table') THEN
         INSERT INTO popularity.stats_marks (media_type, provider, reason)
         SELECT m.media_type, NULL, 'partition dropped'
         FROM popularity.media_types AS m JOIN pg_class AS c ON c.oid = m.media_table
-        WHERE c.relkind = 'p';
+        WHERE c.relkind = 'p' AND NOT popularity._citus_distributed(m.media_table);
     END IF;
 END $$;
 COMMENT ON FUNCTION popularity._forget_dropped_tables() IS

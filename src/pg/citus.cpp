@@ -40,14 +40,22 @@ Oid citus_shard_parent(Oid relid) {
     if (SPI_connect() != SPI_OK_CONNECT) {
         elog(ERROR, "SPI_connect failed");
     }
-    Oid types[2] = {OIDOID, INT8OID};
-    Datum values[2] = {ObjectIdGetDatum(table),
-                       Int64GetDatum(std::strtoll(name + digits, nullptr, 10))};
-    const int rc = SPI_execute_with_args("SELECT FROM pg_catalog.pg_dist_shard AS s"
-                                         " WHERE s.logicalrelid::pg_catalog.oid"
-                                         "       OPERATOR(pg_catalog.=) $1"
-                                         "   AND s.shardid OPERATOR(pg_catalog.=) $2",
-                                         2, types, values, nullptr, true, 1);
+    // The name only proposes: the shard must be placed on this node, and its name (as Citus makes
+    // it) must be this very relation; a table named like a shard is not one.
+    Oid types[3] = {OIDOID, INT8OID, OIDOID};
+    Datum values[3] = {ObjectIdGetDatum(table),
+                       Int64GetDatum(std::strtoll(name + digits, nullptr, 10)),
+                       ObjectIdGetDatum(relid)};
+    const int rc = SPI_execute_with_args(
+        "SELECT FROM pg_catalog.pg_dist_shard AS s"
+        " JOIN pg_catalog.pg_dist_placement AS p ON p.shardid OPERATOR(pg_catalog.=) s.shardid"
+        " WHERE s.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+        "   AND s.shardid OPERATOR(pg_catalog.=) $2"
+        "   AND p.groupid OPERATOR(pg_catalog.=)"
+        "       (SELECT g.groupid FROM pg_catalog.pg_dist_local_group AS g)"
+        "   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false))"
+        "       ::pg_catalog.oid OPERATOR(pg_catalog.=) $3",
+        3, types, values, nullptr, true, 1);
     if (rc != SPI_OK_SELECT) {
         elog(ERROR, "reading pg_dist_shard failed: %s", SPI_result_code_string(rc));
     }

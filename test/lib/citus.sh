@@ -50,6 +50,10 @@ _citus_find_tarball() { # sets _citus_tarball
     root=$(_citus_repo_root)
     origin=$(git -C "$root" config --get remote.origin.url 2>/dev/null || true)
     origin=${origin#file://}
+    # (A local origin as a directory, normalised: "git clone ." records the path with a trailing /.)
+    if [ -n "$origin" ] && [ -d "$origin" ]; then
+        origin=$(cd "$origin" && pwd -P)
+    fi
     for dir in "$(dirname "$root")" ${origin:+"$(dirname "$origin")"}; do
         [ -d "$dir" ] || continue
         for candidate in "$dir"/*/vendor/"citus-$CITUS_VERSION.tar.gz"; do

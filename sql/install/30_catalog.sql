@@ -636,18 +636,24 @@ DECLARE
     touched text[];
     moved boolean;
 BEGIN
+    -- Only commands that add or remove partitions: a CREATE TABLE (... PARTITION OF), an ALTER
+    -- TABLE that attaches or detaches. (Not any ALTER TABLE: pg_restore adds a restored table's
+    -- constraints before its triggers, which it then creates itself.)
     SELECT array_agg(DISTINCT m.media_type) INTO touched
     FROM pg_event_trigger_ddl_commands() AS d
     CROSS JOIN LATERAL (SELECT d.objid UNION SELECT a.relid FROM pg_partition_ancestors(d.objid) AS a(relid)) AS t(relid)
     JOIN popularity.media_types AS m ON m.media_table = t.relid
-    WHERE d.classid = 'pg_class'::regclass AND d.command_tag IN ('CREATE TABLE', 'ALTER TABLE')
+    WHERE d.classid = 'pg_class'::regclass
+      AND (d.command_tag = 'CREATE TABLE'
+           OR (d.command_tag = 'ALTER TABLE' AND popularity._attaches_or_detaches(d.command)))
       AND NOT popularity._citus_distributed(m.media_table);
     SELECT bool_or(popularity._attaches_or_detaches(d.command)) INTO moved
     FROM pg_event_trigger_ddl_commands() AS d
     WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER TABLE';
+    -- (The registered table's own are register_media_type's.)
     FOR r IN SELECT m.media_type, x.rel
              FROM popularity.media_types AS m CROSS JOIN LATERAL popularity._media_tree(m.media_table) AS x(rel)
-             WHERE m.media_type = ANY (touched)
+             WHERE m.media_type = ANY (touched) AND x.rel <> m.media_table
                AND NOT EXISTS (SELECT FROM pg_trigger AS g
                                WHERE g.tgrelid = x.rel AND g.tgname = 'zz_popularity_stats_insert') LOOP
         PERFORM popularity._install_stats_triggers_on(r.media_type, r.rel);

@@ -21,6 +21,7 @@
 
 extern "C" {
 #include "access/heapam.h"
+#include "port/atomics.h"
 #include "access/parallel.h"
 #include "access/xact.h"
 #include "optimizer/cost.h"
@@ -41,6 +42,7 @@ extern "C" {
 #include "utils/snapmgr.h"
 }
 
+#include <algorithm>
 #include <cstring>
 
 using namespace popularity;
@@ -131,6 +133,18 @@ void scan_rows(Relation rel, TableScanDesc scan, ProviderValues *providers, int 
 constexpr uint64 kKeyConfig = UINT64CONST(0x504F50554C415201);
 constexpr uint64 kKeyScan = UINT64CONST(0x504F50554C415202);
 constexpr uint64 kKeyQueues = UINT64CONST(0x504F50554C415203);
+constexpr uint64 kKeyLeaves = UINT64CONST(0x504F50554C415204);
+// Leaves scanned by one parallel context; a tree with more is scanned a context per leaf.
+constexpr int kMaxLeaves = 4096;
+
+// The leaves of a partitioned table, for one parallel scan of the whole tree: every participant
+// walks the leaves in this order, taking blocks of each from its own parallel scan (as a scan of
+// one table would), so one set of workers serves every leaf.
+struct SharedLeaves {
+    int count;
+    Oid relids[kMaxLeaves];
+    Size offsets[kMaxLeaves]; // of each leaf's ParallelTableScanDesc in the kKeyScan chunk
+};
 constexpr Size kQueueSize = 256 * 1024;
 constexpr int kValuesPerMessage = 8192;
 
@@ -190,11 +204,17 @@ ProviderValues *read_config(const SharedConfig *config) {
 // Workers for a table of this size, as the planner would choose for a parallel sequential scan
 // (one from min_parallel_table_scan_size, one more each time the size triples), capped by
 // max_parallel_workers_per_gather; none under SERIALIZABLE or inside parallel mode.
-int choose_workers(Relation rel) {
+// A leaf of a partitioned table and its size in blocks.
+struct LeafSize {
+    Oid relid;
+    double pages;
+};
+
+// Parallel workers for a scan of `pages` blocks: as the planner would give a table of that size.
+int choose_workers_for(double pages) {
     if (max_parallel_workers_per_gather <= 0 || IsolationIsSerializable() || IsInParallelMode()) {
         return 0;
     }
-    const double pages = RelationGetNumberOfBlocks(rel);
     double threshold = Max(min_parallel_table_scan_size, 1);
     if (pages < threshold) {
         return 0;
@@ -205,6 +225,10 @@ int choose_workers(Relation rel) {
         threshold *= 3;
     }
     return workers;
+}
+
+int choose_workers(Relation rel) {
+    return choose_workers_for(RelationGetNumberOfBlocks(rel));
 }
 
 void send_values(shm_mq_handle *queue, const ProviderValues *providers, int count) {
@@ -255,19 +279,49 @@ void receive_values(shm_mq_handle *queue, ProviderValues *providers, int count) 
     }
 }
 
-// Scans the table with `workers` parallel workers and the leader; false when no dynamic shared
-// memory segment could be made (the caller then scans alone).
-bool parallel_scan(Relation rel, ProviderValues *providers, int count, int workers) {
+// Scans every leaf, each through its parallel scan in `scans` (see SharedLeaves).
+void scan_leaves(const SharedLeaves *leaves, char *scans, ProviderValues *providers, int count) {
+    for (int i = 0; i < leaves->count; i++) {
+        Relation leaf = table_open(leaves->relids[i], AccessShareLock);
+        TableScanDesc scan = table_beginscan_parallel(
+            leaf, reinterpret_cast<ParallelTableScanDesc>(scans + leaves->offsets[i]));
+        scan_rows(leaf, scan, providers, count);
+        table_endscan(scan);
+        table_close(leaf, AccessShareLock);
+    }
+}
+
+// Scans the table with `workers` parallel workers and the leader (block by block), or, given
+// `leaf_relids`, the leaves of the partitioned table `rel` (leaf by leaf: one parallel context for
+// the whole tree); false when no dynamic shared memory segment could be made (the caller then
+// scans alone).
+bool parallel_scan(Relation rel, ProviderValues *providers, int count, int workers,
+                   const Oid *leaf_relids = nullptr, int leaf_count = 0) {
     Snapshot snapshot = GetActiveSnapshot();
     EnterParallelMode();
     ParallelContext *pcxt = CreateParallelContext("$libdir/popularity",
                                                   "popularity_metric_percentiles_worker", workers);
     const Size config_bytes = config_size(providers, count);
-    const Size scan_bytes = table_parallelscan_estimate(rel, snapshot);
+    SharedLeaves *leaves = nullptr;
+    Size scan_bytes = 0;
+    if (leaf_relids == nullptr) {
+        scan_bytes = table_parallelscan_estimate(rel, snapshot);
+    } else {
+        leaves = static_cast<SharedLeaves *>(palloc(sizeof(SharedLeaves)));
+        leaves->count = leaf_count;
+        for (int i = 0; i < leaf_count; i++) {
+            Relation leaf = table_open(leaf_relids[i], AccessShareLock);
+            leaves->relids[i] = leaf_relids[i];
+            leaves->offsets[i] = scan_bytes;
+            scan_bytes += MAXALIGN(table_parallelscan_estimate(leaf, snapshot));
+            table_close(leaf, NoLock);
+        }
+        shm_toc_estimate_chunk(&pcxt->estimator, sizeof(SharedLeaves));
+    }
     shm_toc_estimate_chunk(&pcxt->estimator, config_bytes);
-    shm_toc_estimate_chunk(&pcxt->estimator, scan_bytes);
+    shm_toc_estimate_chunk(&pcxt->estimator, Max(scan_bytes, 1));
     shm_toc_estimate_chunk(&pcxt->estimator, mul_size(kQueueSize, workers));
-    shm_toc_estimate_keys(&pcxt->estimator, 3);
+    shm_toc_estimate_keys(&pcxt->estimator, 4);
     InitializeParallelDSM(pcxt);
     if (pcxt->seg == nullptr) {
         DestroyParallelContext(pcxt);
@@ -277,9 +331,24 @@ bool parallel_scan(Relation rel, ProviderValues *providers, int count, int worke
     auto *config = static_cast<SharedConfig *>(shm_toc_allocate(pcxt->toc, config_bytes));
     write_config(config, RelationGetRelid(rel), providers, count);
     shm_toc_insert(pcxt->toc, kKeyConfig, config);
-    auto *pscan = static_cast<ParallelTableScanDesc>(shm_toc_allocate(pcxt->toc, scan_bytes));
-    table_parallelscan_initialize(rel, pscan, snapshot);
-    shm_toc_insert(pcxt->toc, kKeyScan, pscan);
+    char *scans = static_cast<char *>(shm_toc_allocate(pcxt->toc, Max(scan_bytes, 1)));
+    if (leaves == nullptr) {
+        table_parallelscan_initialize(rel, reinterpret_cast<ParallelTableScanDesc>(scans),
+                                      snapshot);
+    } else {
+        for (int i = 0; i < leaves->count; i++) {
+            Relation leaf = table_open(leaves->relids[i], AccessShareLock);
+            table_parallelscan_initialize(
+                leaf, reinterpret_cast<ParallelTableScanDesc>(scans + leaves->offsets[i]),
+                snapshot);
+            table_close(leaf, NoLock);
+        }
+        auto *shared =
+            static_cast<SharedLeaves *>(shm_toc_allocate(pcxt->toc, sizeof(SharedLeaves)));
+        std::memcpy(shared, leaves, sizeof(SharedLeaves));
+        shm_toc_insert(pcxt->toc, kKeyLeaves, shared);
+    }
+    shm_toc_insert(pcxt->toc, kKeyScan, scans);
     char *queues = static_cast<char *>(shm_toc_allocate(pcxt->toc, mul_size(kQueueSize, workers)));
     for (int i = 0; i < workers; i++) {
         shm_mq *queue = shm_mq_create(queues + i * kQueueSize, kQueueSize);
@@ -296,9 +365,14 @@ bool parallel_scan(Relation rel, ProviderValues *providers, int count, int worke
         handles[i] = shm_mq_attach(reinterpret_cast<shm_mq *>(queues + i * kQueueSize), pcxt->seg,
                                    pcxt->worker[i].bgwhandle);
     }
-    TableScanDesc scan = table_beginscan_parallel(rel, pscan);
-    scan_rows(rel, scan, providers, count);
-    table_endscan(scan);
+    if (leaves != nullptr) {
+        scan_leaves(leaves, scans, providers, count);
+    } else {
+        TableScanDesc scan =
+            table_beginscan_parallel(rel, reinterpret_cast<ParallelTableScanDesc>(scans));
+        scan_rows(rel, scan, providers, count);
+        table_endscan(scan);
+    }
     for (int i = 0; i < pcxt->nworkers_launched; i++) {
         receive_values(handles[i], providers, count);
     }
@@ -310,17 +384,23 @@ bool parallel_scan(Relation rel, ProviderValues *providers, int count, int worke
 
 void worker_scan(dsm_segment *seg, shm_toc *toc) {
     const auto *config = static_cast<const SharedConfig *>(shm_toc_lookup(toc, kKeyConfig, false));
-    auto pscan = static_cast<ParallelTableScanDesc>(shm_toc_lookup(toc, kKeyScan, false));
     char *queues = static_cast<char *>(shm_toc_lookup(toc, kKeyQueues, false));
     shm_mq *queue = reinterpret_cast<shm_mq *>(queues + ParallelWorkerNumber * kQueueSize);
     shm_mq_set_sender(queue, MyProc);
     shm_mq_handle *handle = shm_mq_attach(queue, seg, nullptr);
     ProviderValues *providers = read_config(config);
-    Relation rel = table_open(config->relid, AccessShareLock);
-    TableScanDesc scan = table_beginscan_parallel(rel, pscan);
-    scan_rows(rel, scan, providers, config->count);
-    table_endscan(scan);
-    table_close(rel, AccessShareLock);
+    auto *leaves = static_cast<SharedLeaves *>(shm_toc_lookup(toc, kKeyLeaves, true));
+    char *scans = static_cast<char *>(shm_toc_lookup(toc, kKeyScan, false));
+    if (leaves != nullptr) {
+        scan_leaves(leaves, scans, providers, config->count);
+    } else {
+        auto pscan = reinterpret_cast<ParallelTableScanDesc>(scans);
+        Relation rel = table_open(config->relid, AccessShareLock);
+        TableScanDesc scan = table_beginscan_parallel(rel, pscan);
+        scan_rows(rel, scan, providers, config->count);
+        table_endscan(scan);
+        table_close(rel, AccessShareLock);
+    }
     send_values(handle, providers, config->count);
     shm_mq_detach(handle);
 }
@@ -349,6 +429,10 @@ void read_table(Oid relid, ProviderValues *providers, int count) {
         return;
     }
     List *tree = find_all_inheritors(relid, AccessShareLock, nullptr);
+    const int members = list_length(tree);
+    auto *leaves = static_cast<LeafSize *>(palloc(sizeof(LeafSize) * Max(members, 1)));
+    int leaf_count = 0;
+    double pages = 0;
     ListCell *cell = nullptr;
     foreach (cell, tree) {
         const Oid member = lfirst_oid(cell);
@@ -364,10 +448,30 @@ void read_table(Oid relid, ProviderValues *providers, int count) {
                                     "foreign partitions are not supported.")));
         }
         Relation leaf = table_open(member, AccessShareLock);
-        scan_table(leaf, providers, count);
-        table_close(leaf, AccessShareLock);
+        leaves[leaf_count].relid = member;
+        leaves[leaf_count].pages = RelationGetNumberOfBlocks(leaf);
+        pages += leaves[leaf_count].pages;
+        leaf_count++;
+        table_close(leaf, NoLock);
     }
     list_free(tree);
+    // Largest first.
+    std::sort(leaves, leaves + leaf_count,
+              [](const LeafSize &a, const LeafSize &b) { return a.pages > b.pages; });
+    Oid *relids = static_cast<Oid *>(palloc(sizeof(Oid) * Max(leaf_count, 1)));
+    for (int i = 0; i < leaf_count; i++) {
+        relids[i] = leaves[i].relid;
+    }
+    // One parallel context for the whole tree (one per leaf would start workers as often as there
+    // are leaves), with as many workers as a table of the tree's size would get.
+    const int workers = leaf_count <= kMaxLeaves ? choose_workers_for(pages) : 0;
+    if (workers == 0 || !parallel_scan(rel, providers, count, workers, relids, leaf_count)) {
+        for (int i = 0; i < leaf_count; i++) {
+            Relation leaf = table_open(relids[i], AccessShareLock);
+            scan_table(leaf, providers, count); // (in parallel on its own when large enough)
+            table_close(leaf, AccessShareLock);
+        }
+    }
     table_close(rel, AccessShareLock);
 }
 

@@ -476,11 +476,10 @@ BEGIN
         RETURN QUERY SELECT * FROM popularity._citus_local_shards(media_table);
         RETURN;
     END IF;
+    -- The ordinary tables of the tree (a partitioned table's rows are in its leaves).
     RETURN QUERY
-    SELECT c.oid::regclass FROM pg_class AS c WHERE c.oid = media_table AND c.relkind = 'r'
-    UNION ALL
-    SELECT t.relid FROM pg_partition_tree(media_table) AS t JOIN pg_class AS c ON c.oid = t.relid
-    WHERE t.isleaf AND c.relkind = 'r' AND t.relid <> media_table;
+    SELECT t.rel FROM popularity._media_tree(media_table) AS t(rel) JOIN pg_class AS c ON c.oid = t.rel
+    WHERE c.relkind = 'r';
 END $$;
 COMMENT ON FUNCTION popularity._media_leaves(regclass) IS
     'The relations a run walks: the media table, or the leaf partitions of a partitioned one, or the '
@@ -651,6 +650,7 @@ DECLARE
     caller_path pg_catalog.text;
     tbl pg_catalog.regclass;
     key_column pg_catalog.name;
+    written_keys pg_catalog.name[];
     stale_providers pg_catalog.text[];
     new_run bigint;
     failed_count bigint;
@@ -674,11 +674,13 @@ BEGIN
                   HINT = 'Call refresh_popularity() as a role with LOGIN that may update the media table.';
     END IF;
     -- The workers update each leaf partition directly: a row cannot move to another partition.
-    IF popularity._partition_key_columns(tbl, CASE WHEN pg_catalog.current_setting('popularity.refresh_touch_updated_on')::boolean
-                                                   THEN ARRAY['standardized_popularity', 'updated_on']::name[]
-                                                   ELSE ARRAY['standardized_popularity']::name[] END) IS NOT NULL THEN
+    written_keys := popularity._partition_key_columns(tbl,
+        CASE WHEN pg_catalog.current_setting('popularity.refresh_touch_updated_on')::boolean
+             THEN ARRAY['standardized_popularity', 'updated_on']::name[]
+             ELSE ARRAY['standardized_popularity']::name[] END);
+    IF written_keys IS NOT NULL THEN
         RAISE EXCEPTION 'media table % is partitioned by %, which the refresh writes', tbl,
-            array_to_string(popularity._partition_key_columns(tbl, ARRAY['standardized_popularity', 'updated_on']::name[]), ', ')
+            array_to_string(written_keys, ', ')
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'A rescored row would have to move to another partition. Partition by a column the refresh does not write (Openverse: created_on), or for a table partitioned by updated_on turn popularity.refresh_touch_updated_on off (ALTER SYSTEM).';
     END IF;

@@ -21,7 +21,6 @@
 
 extern "C" {
 #include "access/heapam.h"
-#include "port/atomics.h"
 #include "access/parallel.h"
 #include "access/xact.h"
 #include "optimizer/cost.h"
